@@ -1,0 +1,1 @@
+"""The ``gradscope`` command line (installed as the ``gradscope_cli`` package)."""

@@ -1,0 +1,29 @@
+"""``gradscope`` — the click front end. Thin: parse options, call the library, choose the exit code.
+
+Exit codes: 0 no findings at or above --fail-on; 1 findings at or above it; 2 usage or loading
+error; 3 the traced program raised (the report is still written); 130 interrupted (Ctrl-C); a
+script's own ``sys.exit(N)`` keeps its N.
+"""
+from __future__ import annotations
+
+import click
+
+from gradscope._version import __version__
+
+from .checks_cmd import checks_command
+from .render_cmd import render_command
+from .trace_cmd import trace_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gradscope")
+def main() -> None:
+    """See what autograd does with your PyTorch model, and catch the bugs that stop it learning.
+
+    gradscope runs your own code, as `python` would: trace only files you would run yourself.
+    """
+
+
+main.add_command(trace_command)
+main.add_command(checks_command)
+main.add_command(render_command)

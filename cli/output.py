@@ -1,0 +1,56 @@
+"""Writing a report to the paths the user asked for (shared by `trace` and `render`)."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import click
+
+from gradscope.errors import GradscopeError, GraphvizNotFound
+from gradscope.report import Report
+from gradscope.tracedata import write_atomically
+
+
+def resolve_paths(out: Optional[str], json_path: Optional[str], dot_path: Optional[str],
+                  svg_path: Optional[str], default_out: Optional[str]) -> tuple:
+    """(json, dot, svg, svg_required): --out DIR fills in whatever was not given explicitly."""
+    svg_required = svg_path is not None
+    if out is None and not (json_path or dot_path or svg_path):
+        out = default_out
+    if out is not None:
+        json_path = json_path or os.path.join(out, "trace.json")
+        dot_path = dot_path or os.path.join(out, "graph.dot")
+        svg_path = svg_path or os.path.join(out, "graph.svg")
+    return json_path, dot_path, svg_path, svg_required
+
+
+def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[str],
+                  svg_path: Optional[str], svg_required: bool, depth: Optional[int],
+                  max_nodes: int) -> Optional[str]:
+    """Write JSON, DOT and SVG (in that order, so the cheap complete formats land first).
+
+    Returns an error message when a *required* SVG could not be drawn, else None; an SVG that
+    was only implied by --out is skipped with a note.
+    """
+    written = []
+    if json_path:
+        report.save(json_path)
+        written.append(json_path)
+    if dot_path:
+        text = report.to_dot(depth=depth)
+        write_atomically(dot_path, lambda f: f.write(text))
+        written.append(dot_path)
+    problem = None
+    if svg_path:
+        try:
+            text = report.to_svg(depth=depth, max_nodes=max_nodes)
+            write_atomically(svg_path, lambda f: f.write(text))
+            written.append(svg_path)
+        except GradscopeError as e:
+            if svg_required or not isinstance(e, GraphvizNotFound):
+                problem = str(e)
+            else:
+                click.echo(f"gradscope: SVG skipped: {e}", err=True)
+    for path in written:
+        click.echo(f"wrote {path}", err=True)
+    return problem

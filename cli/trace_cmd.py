@@ -1,0 +1,144 @@
+"""``gradscope trace``: run a script or build ``FILE.py:NAME`` under gradscope and report."""
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Optional
+
+import click
+
+from .output import resolve_paths, write_outputs
+
+DEFAULT_OUT = "gradscope-report"
+EXIT_FINDINGS, EXIT_USAGE, EXIT_PROGRAM, EXIT_INTERRUPT = 1, 2, 3, 130
+
+
+def _split_ids(value: Optional[str]) -> list:
+    return [s.strip() for s in (value or "").split(",") if s.strip()]
+
+
+@click.command("trace", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("target")
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--input", "inputs", multiple=True, metavar="SHAPE[:DTYPE[:HIGH]]",
+              help="FILE.py:NAME only: one per forward() argument, e.g. 8,3,32,32 or "
+                   "4,128:long (token ids, kept below the model's smallest Embedding size).")
+@click.option("--out", type=click.Path(file_okay=False),
+              help=f"Folder for trace.json, graph.dot and graph.svg [default: {DEFAULT_OUT}/ "
+                   "when no --json/--dot/--svg is given].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
+@click.option("--dot", "dot_path", type=click.Path(dir_okay=False), help="Write DOT here.")
+@click.option("--svg", "svg_path", type=click.Path(dir_okay=False),
+              help="Write SVG here (needs Graphviz's dot).")
+@click.option("--depth", type=click.IntRange(min=0),
+              help="Draw modules below this depth as single boxes (0: one box per model).")
+@click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
+              help="Drawing budget: a bigger graph is drawn collapsed to modules.")
+@click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]),
+              default="error", show_default=True,
+              help="Exit 1 when a finding of this severity or worse is found.")
+@click.option("--only", metavar="CHECK[,CHECK]", help="Run only these checks.")
+@click.option("--disable", metavar="CHECK[,CHECK]", help="Skip these checks.")
+@click.option("--device", metavar="DEVICE",
+              help="FILE.py:NAME only: move the model and inputs there (cpu, cuda, cuda:1).")
+@click.option("-q", "--quiet", is_flag=True, help="Print no summary, only errors.")
+@click.pass_context
+def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: tuple,
+                  out: Optional[str], json_path: Optional[str], dot_path: Optional[str],
+                  svg_path: Optional[str], depth: Optional[int], max_nodes: int, fail_on: str,
+                  only: Optional[str], disable: Optional[str], device: Optional[str],
+                  quiet: bool) -> None:
+    """Trace TARGET: a script (run as __main__ with SCRIPT_ARGS, after --) or FILE.py:NAME
+    (a model class, instance or zero-argument factory; give --input shapes).
+
+    \b
+    gradscope trace train.py -- --epochs 1
+    gradscope trace model.py:Net --input 8,3,32,32
+    gradscope trace lm.py:GPT --input 4,128:long --out report/
+
+    gradscope runs your code as `python` would; trace only code you trust.
+    """
+    from gradscope.errors import InputError, LoadError
+    from gradscope.usercode import parse_input_spec, split_target
+
+    path, name = split_target(target)
+    if name is None and (inputs or device):
+        raise click.UsageError(f"--input and --device go with FILE.py:NAME, not a script: a "
+                               f"script makes its own inputs. Did you mean '{target}:Net'?")
+    if name is not None and script_args:
+        raise click.UsageError(f"arguments after the target ({' '.join(script_args)}) are passed "
+                               "to scripts; FILE.py:NAME takes --input instead.")
+    for spec in inputs:
+        try:
+            parse_input_spec(spec)
+        except InputError as e:
+            raise click.BadParameter(str(e), param_hint="--input") from None
+    json_path, dot_path, svg_path, svg_required = resolve_paths(out, json_path, dot_path,
+                                                                svg_path, DEFAULT_OUT)
+    try:
+        outcome = _run(path, name, target, script_args, inputs, device,
+                       _split_ids(only), _split_ids(disable))
+    except (LoadError, InputError) as e:
+        click.echo(f"gradscope: error: {e}", err=True)
+        ctx.exit(EXIT_USAGE)
+    report = outcome.report
+    if not quiet:
+        click.echo(report.to_text(), nl=False)
+    try:
+        problem = write_outputs(report, json_path, dot_path, svg_path, svg_required, depth,
+                                max_nodes)
+    except OSError as e:
+        click.echo(f"gradscope: error: cannot write the report: {e}", err=True)
+        ctx.exit(EXIT_USAGE)
+    if outcome.error is not None:
+        ctx.exit(_report_failure(outcome.error))
+    if problem:
+        click.echo(f"gradscope: error: {problem}", err=True)
+        ctx.exit(EXIT_USAGE)
+    ctx.exit(EXIT_FINDINGS if report.findings_at_or_above(fail_on) else 0)
+
+
+def _run(path: str, name: Optional[str], target: str, script_args: tuple, inputs: tuple,
+         device: Optional[str], only: list, disable: list):
+    from gradscope.runner import trace_script, trace_target
+
+    if name is None:
+        return trace_script(path, script_args, only=only or None, disable=disable or None)
+    return trace_target(target, inputs, device, only=only or None, disable=disable or None)
+
+
+def _report_failure(error: BaseException) -> int:
+    """Print what the user's program raised and pick the exit code."""
+    from gradscope.errors import GradscopeError
+
+    if isinstance(error, KeyboardInterrupt):
+        click.echo("gradscope: interrupted; the report holds what was captured so far.", err=True)
+        return EXIT_INTERRUPT
+    if isinstance(error, SystemExit):
+        code = error.code
+        click.echo(f"gradscope: the script called sys.exit({code!r}); exit code kept.", err=True)
+        return code if isinstance(code, int) else 1
+    if isinstance(error, GradscopeError):
+        click.echo(f"gradscope: error: {error}", err=True)
+        return EXIT_USAGE
+    click.echo("gradscope: the traced program raised (the report above holds everything "
+               "captured before the failure):", err=True)
+    click.echo(format_user_traceback(error), err=True, nl=False)
+    return EXIT_PROGRAM
+
+
+def format_user_traceback(error: BaseException) -> str:
+    """The traceback as Python would print it, minus gradscope's and click's own frames."""
+    import gradscope
+
+    ours = (os.path.dirname(gradscope.__file__), os.path.dirname(click.__file__),
+            os.path.dirname(__file__))
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(ours):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(error), error, tb))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(trace_command())

@@ -1,0 +1,219 @@
+"""The library entry points: ``trace(model, *inputs)`` and ``graph_of(tensor)``."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import traceback
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .checks import run_checks, select_checks
+from .errors import GradscopeError, InputError, TracedProgramError
+from .graph import Graph
+from .report import Report
+from .tracedata import Trace
+from .tracing.capture import Capture
+from .tracing.walk import storage_key, walk_autograd_graph
+
+
+def trace(model: nn.Module, *inputs: Any, loss_fn: Optional[Callable[[Any], Any]] = None,
+          label: Optional[str] = None, only: Optional[list] = None,
+          disable: Optional[list] = None, **kwargs: Any) -> Report:
+    """Run ``model(*inputs, **kwargs)``, a loss and backward; return what autograd did.
+
+    The loss is ``loss_fn(output)`` when given; otherwise the output itself when it is a scalar,
+    a ``"loss"`` entry of a dict-like output when there is one, else the sum of every floating
+    tensor in the output. The model is left as it was found: training mode, ``.grad``, buffers
+    (BatchNorm running statistics) and the random number generators are restored.
+
+    >>> report = gradscope.trace(model, torch.randn(8, 3, 32, 32))
+    >>> report.save("graph.svg")
+    """
+    if not isinstance(model, nn.Module):
+        raise InputError(f"gradscope.trace expects an nn.Module as its first argument, got "
+                         f"{type(model).__name__}; for any tensor use gradscope.graph_of(tensor).")
+    checks = select_checks(only, disable)
+    capture = Capture(mode="api")
+    run = {"mode": "api", "target": label or type(model).__name__, "status": "ok"}
+    with capture:  # a failure to install our hooks is ours and propagates as it is
+        capture.add_model(model, label or type(model).__name__)
+        try:
+            run_model(capture, model, inputs, kwargs, loss_fn)
+        except GradscopeError as e:
+            run.update(status="error", error=str(e))
+            e.report = build_report(capture, run, checks)  # type: ignore[attr-defined]
+            raise
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            run.update(status="interrupted" if interrupted else "error",
+                       error=describe_exception(e))
+            report = build_report(capture, run, checks)
+            if interrupted:
+                raise
+            raise TracedProgramError(
+                f"the traced model raised {describe_exception(e)}; the error's .report holds "
+                "what was captured before the failure", report) from e
+    return build_report(capture, run, checks)
+
+
+def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
+              loss_fn: Optional[Callable[[Any], Any]] = None) -> None:
+    """Forward, loss, graph walk and backward of ``model`` inside an open capture."""
+    with preserved_state(model):
+        output = model(*args, **kwargs)
+        loss = loss_of(output, loss_fn)
+        capture.capture_graph([loss])
+        capture.on_backward(loss, "backward")
+        loss.backward()
+        capture.grad_norms.update(gradient_norms(model, capture))
+
+
+def loss_of(output: Any, loss_fn: Optional[Callable[[Any], Any]] = None) -> torch.Tensor:
+    """The scalar to call backward on (see :func:`trace`); InputError when there is none."""
+    if loss_fn is not None:
+        loss = loss_fn(output)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+            raise InputError(f"loss_fn returned {_describe(loss)}; it must return a one-element "
+                             "tensor, e.g. lambda out: out.logits.mean()")
+        return loss.reshape(())
+    if isinstance(output, torch.Tensor) and output.numel() == 1 and output.requires_grad:
+        return output.reshape(())
+    if isinstance(output, dict):
+        maybe = output.get("loss")
+        if isinstance(maybe, torch.Tensor) and maybe.numel() == 1 and maybe.requires_grad:
+            return maybe.reshape(())
+    tensors = [t for t in _flat_tensors(output) if t.requires_grad and t.is_floating_point()]
+    if not tensors:
+        raise InputError(
+            f"the model returned {_describe(output)}, which holds no floating-point tensor that "
+            "requires grad, so there is nothing to call backward on. Return a tensor from "
+            "forward(), pass loss_fn=... (library), or trace a script that computes the loss "
+            "(gradscope trace train.py).")
+    total = tensors[0].sum()
+    for t in tensors[1:]:
+        total = total + t.sum()
+    return total
+
+
+def _flat_tensors(value: Any, depth: int = 0) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth > 4:
+        return []
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        items = [getattr(value, f.name, None) for f in dataclasses.fields(value)]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        return []
+    out: list = []
+    for v in items:
+        out.extend(_flat_tensors(v, depth + 1))
+    return out
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)} (requires_grad={value.requires_grad})"
+    if value is None:
+        return "None"
+    return f"a {type(value).__name__}"
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Restore training flags, ``.grad``, buffers and RNG state of ``model`` afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    params = list(dict.fromkeys(model.parameters()))
+    grads = [p.grad for p in params]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+    for p in params:
+        p.grad = None  # our backward starts from clean gradients; the user's come back after
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape:
+                    b.copy_(saved)
+        for p, g in zip(params, grads):
+            p.grad = g
+        for m, mode in modes:
+            m.training = mode
+
+
+def gradient_norms(model: nn.Module, capture: Capture) -> dict:
+    """L2 norm of every parameter's gradient, read back in one transfer per device."""
+    names = capture.tracker.lookup(model)
+    label = names[0] if names else type(model).__name__
+    named = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+    if not named:
+        return {}
+    by_device: dict = {}
+    for n, g in named:
+        by_device.setdefault(g.device, []).append((n, g))
+    out = {}
+    for items in by_device.values():
+        norms = torch.stack([g.detach().float().norm() for _, g in items]).tolist()
+        out.update({(label, n): v for (n, _), v in zip(items, norms)})
+    return out
+
+
+def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> Report:
+    """Close ``capture`` (if still open) and turn what it recorded into a checked Report."""
+    capture.close()
+    snap = capture.snapshot
+    for p in snap["parameters"]:
+        p["grad_norm"] = capture.grad_norms.get((p["model"], p["name"]))
+    notes = list(capture.notes)
+    if capture.graph is None:
+        notes.append("No backward() call was seen, so there is no autograd graph: the report "
+                     "shows the modules and output shapes of the forward passes only.")
+    if not snap["models"]:
+        notes.append("No nn.Module forward ran under gradscope.")
+    elif not snap["parameters"]:
+        notes.append("The traced model has no parameters: there is nothing to train.")
+    if capture.internal_errors:
+        notes.append("gradscope hit internal errors (the run itself was not affected): "
+                     + "; ".join(capture.internal_errors[:3]))
+    trace = Trace(graph=capture.graph or Graph(), models=snap["models"],
+                  modules=snap["modules"], parameters=snap["parameters"],
+                  backward_calls=capture.backward_calls, optimizer_steps=capture.optimizer_steps,
+                  events=capture.events, run=dict(run), notes=notes,
+                  torch_version=torch.__version__)
+    if capture.graph_location:
+        trace.run["graph_from"] = capture.graph_location
+    trace.findings = run_checks(trace, checks)
+    return Report(trace)
+
+
+def describe_exception(e: BaseException) -> str:
+    """``ValueError: message`` on one line."""
+    return "".join(traceback.format_exception_only(type(e), e)).strip()
+
+
+def graph_of(*tensors: torch.Tensor, params: Optional[dict] = None) -> Graph:
+    """The autograd graph behind any tensor(s), like torchviz's ``make_dot(y)``.
+
+    ``params`` maps names to tensors (``dict(model.named_parameters())``) so that leaves carry
+    names; leaves not in it are marked ``unregistered``.
+    """
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"graph_of expects tensors, got {_describe(t)}")
+    table = {}
+    storages = set()
+    for name, p in (params or {}).items():
+        if isinstance(p, torch.Tensor) and id(p) not in table:
+            table[id(p)] = (None, name)
+            storages.add(storage_key(p)[0])
+    if not any(t.grad_fn is not None for t in tensors):
+        raise InputError("graph_of: no tensor given has a grad_fn (requires_grad=False, or it is "
+                         "a leaf); compute it from tensors that require grad, outside no_grad().")
+    return walk_autograd_graph(tensors, params=table, param_storage_keys=storages)

@@ -1,0 +1,170 @@
+"""The autograd graph as plain data: no torch, no graphviz.
+
+A :class:`Graph` holds one :class:`Node` per autograd ``Node`` reachable from the roots of a
+backward call, and one :class:`Edge` per ``next_functions`` entry. Edges point the way data flows
+in the forward pass: ``src`` produced a tensor that ``dst`` consumed (a parameter's
+``AccumulateGrad`` leaf is the ``src`` of an edge into the op that used the parameter).
+
+Node ids are ``n0``, ``n1``, ... in walk order, so the same program gives the same ids.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, NamedTuple, Optional
+
+# Values of Node.leaf for AccumulateGrad nodes (leaf tensors that require grad).
+LEAF_PARAMETER = "parameter"      # a parameter of a traced model
+LEAF_INPUT = "input"              # a tensor passed into a traced model's forward
+LEAF_UNREGISTERED = "unregistered"  # neither: a tensor the optimizer of the model never sees
+
+
+class SavedTensor(NamedTuple):
+    """A tensor an autograd node keeps alive until backward (activation memory).
+
+    ``bytes`` is the size of the tensor's storage; ``counted`` is False when that storage was
+    already counted elsewhere (an earlier node, or a parameter), so totals count each storage once.
+    """
+
+    name: str
+    shape: Optional[tuple]
+    dtype: str
+    bytes: int
+    counted: bool
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": None if self.shape is None else list(self.shape),
+                "dtype": self.dtype, "bytes": self.bytes, "counted": self.counted}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SavedTensor":
+        shape = d.get("shape")
+        return cls(d["name"], None if shape is None else tuple(shape), d["dtype"], int(d["bytes"]),
+                   bool(d["counted"]))
+
+
+class Node:
+    """One autograd node (or, with ``op=None``, a non-autograd node a renderer added)."""
+
+    __slots__ = ("id", "op", "module", "model", "shape", "dtype", "device", "param", "leaf",
+                 "saved", "outputs")
+
+    def __init__(self, id: str, op: Optional[str], module: Optional[str] = None,
+                 model: Optional[str] = None, shape: Optional[tuple] = None,
+                 dtype: Optional[str] = None, device: Optional[str] = None,
+                 param: Optional[str] = None, leaf: Optional[str] = None,
+                 saved: Optional[list] = None, outputs: int = 1) -> None:
+        self.id = id
+        self.op = op
+        self.module = module      # qualified name inside its model, "" for the model itself
+        self.model = model        # label of the traced model that ran the op; None: outside any
+        self.shape = shape
+        self.dtype = dtype
+        self.device = device
+        self.param = param        # qualified parameter name for a parameter's AccumulateGrad
+        self.leaf = leaf          # one of LEAF_* for AccumulateGrad nodes, else None
+        self.saved = saved if saved is not None else []
+        self.outputs = outputs    # how many tensors the forward op produced
+
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes of saved activations this node holds, each storage counted once graph-wide."""
+        return sum(s.bytes for s in self.saved if s.counted)
+
+    @property
+    def module_path(self) -> Optional[str]:
+        """``model.module`` as one string, or None for ops outside every traced model."""
+        if self.model is None:
+            return None
+        return self.model if not self.module else f"{self.model}.{self.module}"
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id, "op": self.op, "module": self.module, "model": self.model,
+            "shape": None if self.shape is None else list(self.shape),
+            "dtype": self.dtype, "device": self.device, "param": self.param, "leaf": self.leaf,
+            "outputs": self.outputs, "saved_bytes": self.saved_bytes,
+            "saved": [s.to_dict() for s in self.saved],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Node":
+        shape = d.get("shape")
+        return cls(d["id"], d.get("op"), d.get("module"), d.get("model"),
+                   None if shape is None else tuple(shape), d.get("dtype"), d.get("device"),
+                   d.get("param"), d.get("leaf"),
+                   [SavedTensor.from_dict(s) for s in d.get("saved", [])], d.get("outputs", 1))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        where = self.module_path or "<outside models>"
+        return f"Node({self.id}, {self.op}, {where}, shape={self.shape})"
+
+
+class Edge(NamedTuple):
+    """Data flows from ``src`` to ``dst`` in the forward pass."""
+
+    src: str
+    dst: str
+
+
+class Graph:
+    """Nodes, edges and the ids of the root nodes (where backward started)."""
+
+    def __init__(self, nodes: Optional[list] = None, edges: Optional[list] = None,
+                 roots: Optional[list] = None) -> None:
+        self.nodes: list[Node] = nodes if nodes is not None else []
+        self.edges: list[Edge] = edges if edges is not None else []
+        self.roots: list[str] = roots if roots is not None else []
+        self._index: Optional[dict] = None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, Graph) and self.roots == other.roots
+                and self.edges == other.edges and self.nodes == other.nodes)
+
+    def node(self, node_id: str) -> Node:
+        """The node with this id (KeyError if there is none)."""
+        if self._index is None or len(self._index) != len(self.nodes):
+            self._index = {n.id: n for n in self.nodes}
+        return self._index[node_id]
+
+    def op_counts(self) -> dict:
+        """How many nodes of each op, most common first (ties by name)."""
+        counts: dict = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+    def params(self) -> Iterable[Node]:
+        return (n for n in self.nodes if n.leaf is not None)
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(n.saved_bytes for n in self.nodes)
+
+    def to_dict(self) -> dict:
+        return {"roots": list(self.roots), "nodes": [n.to_dict() for n in self.nodes],
+                "edges": [{"src": e.src, "dst": e.dst} for e in self.edges]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Graph":
+        return cls([Node.from_dict(n) for n in d.get("nodes", [])],
+                   [Edge(e["src"], e["dst"]) for e in d.get("edges", [])], list(d.get("roots", [])))
+
+    def to_networkx(self) -> Any:
+        """A ``networkx.DiGraph`` with every node attribute; edges run producer -> consumer."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for n in self.nodes:
+            attrs = n.to_dict()
+            attrs.pop("id")
+            g.add_node(n.id, **attrs)
+        g.add_edges_from(self.edges)
+        return g

@@ -1,0 +1,1 @@
+"""Renderers: Trace + findings to text, DOT, SVG. Only svg.py imports graphviz."""

@@ -1,0 +1,86 @@
+"""The terminal summary: what ran, the graph's size, the modules, the findings."""
+from __future__ import annotations
+
+import textwrap
+
+from ..findings import severity_rank
+from ..tracedata import Trace
+from .view import human_bytes, human_count
+
+MAX_MODULE_ROWS = 25
+
+
+def _table(rows: list, headers: list) -> list:
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*(str(c) for c in r)) for r in rows]
+    return ["  " + line.rstrip() for line in lines]
+
+
+def _module_rows(trace: Trace) -> list:
+    ops: dict = {}
+    saved: dict = {}
+    for n in trace.graph.nodes:
+        if n.model is None or n.leaf is not None:
+            continue
+        key = (n.model, n.module)
+        ops[key] = ops.get(key, 0) + 1
+        saved[key] = saved.get(key, 0) + n.saved_bytes
+    rows = []
+    for m in trace.modules:
+        if not m["calls"]:
+            continue
+        key = (m["model"], m["name"])
+        name = m["model"] + ("." + m["name"] if m["name"] else "")
+        params = m["parameters"]
+        rows.append([name, m["type"] + ("" if m["registered"] else " (unregistered)"), m["calls"],
+                     m["output"] or "", "-" if params is None else human_count(params),
+                     ops.get(key, 0), human_bytes(saved[key]) if saved.get(key) else ""])
+    return rows
+
+
+def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
+    run = trace.run
+    s = trace.summary()
+    lines = [f"gradscope {run.get('mode', '')} trace of {run.get('target', '?')} "
+             f"(torch {trace.torch_version})"]
+    if s["nodes"]:
+        where = f" (first backward, {run['graph_from']})" if run.get("graph_from") else ""
+        lines.append(f"  graph{where}: {s['nodes']:,} nodes ({s['ops']:,} ops, {s['leaves']:,} "
+                     f"leaves), {s['edges']:,} edges, saved activations "
+                     f"{human_bytes(s['saved_bytes'])}")
+    lines.append(f"  backward calls: {trace.backward_calls}   optimizer steps: "
+                 f"{trace.optimizer_steps}")
+    for m in trace.models:
+        lines.append(f"  model {m['label']}: {m['type']}, {human_count(m['parameters'])} parameters")
+    rows = _module_rows(trace)
+    if rows:
+        lines.append("")
+        lines.append("modules")
+        shown = rows[:max_module_rows]
+        lines += _table(shown, ["module", "type", "calls", "output", "params", "ops", "saved"])
+        if len(rows) > len(shown):
+            lines.append(f"  ... {len(rows) - len(shown)} more modules in the JSON report")
+    lines.append("")
+    if trace.findings:
+        counts = {}
+        for f in trace.findings:
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+        summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=severity_rank,
+                                                               reverse=True))
+        lines.append(f"findings ({summary})")
+        for f in trace.findings:
+            where = " ".join(x for x in (f.module, f.location and f"at {f.location}") if x)
+            lines.append(f"  {f.severity.upper():<7} {f.check}" + (f"  {where}" if where else ""))
+            for part in (f.message, f.hint and f"fix: {f.hint}"):
+                if part:
+                    lines += textwrap.wrap(part, 96, initial_indent="          ",
+                                           subsequent_indent="          ")
+    else:
+        lines.append("findings: none")
+    for note in trace.notes:
+        lines += textwrap.wrap(f"note: {note}", 100, subsequent_indent="      ")
+    if run.get("status") not in (None, "ok"):
+        lines.append(f"the traced program failed: {run.get('error', '')}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,207 @@
+"""What a drawing shows: the op-level graph, or the graph collapsed to modules at some depth.
+
+A View is renderer-neutral: boxes with a kind, a label and the module path of the cluster they
+sit in, and edges between them. ``--depth N`` makes every module N levels below its model one
+box (depth 0: each model is one box). Ops of shallower modules stay ops. Too large a view for
+``dot`` picks the deepest depth that fits ``max_nodes`` instead (see ``choose_view``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from ..graph import LEAF_INPUT, LEAF_PARAMETER, Graph
+from ..tracedata import Trace
+
+# dot's layout time grows roughly with the square of the node count: ~0.05 s at 700 nodes,
+# ~3.5 s at 7,000 (TORCH-FACTS.md). 3,000 nodes keeps a drawing within a few seconds.
+DEFAULT_MAX_NODES = 3000
+
+
+@dataclasses.dataclass
+class ViewNode:
+    id: str
+    kind: str                   # op | parameter | input | unregistered | module | root-op
+    lines: list                 # label lines, first is the title
+    cluster: tuple              # (model, part, part, ...) of the enclosing clusters; () = none
+    members: list = dataclasses.field(default_factory=list)  # graph node ids drawn by this box
+    tooltip: str = ""
+
+
+@dataclasses.dataclass
+class View:
+    nodes: list
+    edges: list                 # (src, dst, label or "")
+    depth: Optional[int]        # None: op level
+    note: str = ""              # why this level was chosen, when it was not asked for
+    cluster_labels: dict = dataclasses.field(default_factory=dict)  # cluster tuple -> label
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1e3:.0f}k"
+    return f"{n:,}"
+
+
+def shape_text(shape: Optional[tuple]) -> str:
+    return "" if shape is None else str(tuple(shape))
+
+
+def _path(model: Optional[str], module: Optional[str]) -> tuple:
+    if model is None:
+        return ()
+    return (model,) + (tuple(module.split(".")) if module else ())
+
+
+def module_types(trace: Trace) -> dict:
+    return {(m["model"], m["name"]): m["type"] for m in trace.modules}
+
+
+def _cluster_labels(trace: Trace, paths: set) -> dict:
+    types = module_types(trace)
+    labels = {}
+    for path in paths:
+        for k in range(1, len(path) + 1):
+            sub = path[:k]
+            if sub in labels:
+                continue
+            name = ".".join(sub[1:])
+            typ = types.get((sub[0], name))
+            last = sub[-1] if k > 1 else sub[0]
+            labels[sub] = f"{last}: {typ}" if typ and typ != last else last
+    return labels
+
+
+def op_view(trace: Trace) -> View:
+    """Every autograd node as its own box, inside nested module clusters."""
+    graph = trace.graph
+    roots = set(graph.roots)
+    nodes = []
+    for n in graph.nodes:
+        cluster = _path(n.model, n.module)
+        if n.leaf is not None:
+            kind = n.leaf
+            title = n.param if n.leaf == LEAF_PARAMETER else (
+                "input" if n.leaf == LEAF_INPUT else "unregistered leaf")
+            lines = [title.rpartition(".")[2] if n.leaf == LEAF_PARAMETER else title,
+                     shape_text(n.shape)]
+        else:
+            kind = "root" if n.id in roots else "op"
+            lines = [n.op or "?", shape_text(n.shape)]
+            if n.saved_bytes:
+                lines.append(f"saved {human_bytes(n.saved_bytes)}")
+        tip = f"{n.id} {n.op}" + (f" in {n.module_path}" if n.module_path else "")
+        if n.param:
+            tip += f" param {n.param}"
+        nodes.append(ViewNode(n.id, kind, [x for x in lines if x], cluster, [n.id], tip))
+    edges = [(e.src, e.dst, "") for e in graph.edges]
+    paths = {v.cluster for v in nodes if v.cluster}
+    return View(nodes, edges, None, cluster_labels=_cluster_labels(trace, paths))
+
+
+def collapsed_view(trace: Trace, depth: int, group_outside: bool = False) -> View:
+    """Modules ``depth`` levels below their model drawn as one box each; with ``group_outside``
+    the ops outside every model become one box too."""
+    graph = trace.graph
+    types = module_types(trace)
+    shape_of = {}
+    group_of: dict = {}
+    boxes: dict = {}     # group id -> ViewNode
+    stats: dict = {}     # group id -> [ops, params numel, saved bytes]
+    op_nodes = []
+    roots = set(graph.roots)
+    for n in graph.nodes:
+        shape_of[n.id] = n.shape
+        path = _path(n.model, n.module)
+        if not path and group_outside:
+            path = ("(outside models)",)
+        if path and len(path) - 1 >= depth:
+            key = path[: depth + 1]
+            if key not in group_of:
+                gid = f"g{len(boxes)}"
+                group_of[key] = gid
+                name = ".".join(key[1:])
+                title = key[-1] if len(key) > 1 else key[0]
+                typ = types.get((key[0], name))
+                boxes[gid] = ViewNode(gid, "module", [f"{title}: {typ}" if typ else title],
+                                      key[:-1], [], ".".join(key))
+                stats[gid] = [0, 0, 0]
+            gid = group_of[key]
+            box = boxes[gid]
+            box.members.append(n.id)
+            s = stats[gid]
+            if n.leaf is None:
+                s[0] += 1
+            elif n.shape is not None and n.leaf == LEAF_PARAMETER:
+                numel = 1
+                for d in n.shape:
+                    numel *= d
+                s[1] += numel
+            s[2] += n.saved_bytes
+            group_of[n.id] = gid
+        else:
+            group_of[n.id] = n.id
+            op_nodes.append(n)
+    sub = op_view(Trace(graph=Graph(op_nodes, [], [r for r in graph.roots if r in
+                                                      {x.id for x in op_nodes}]),
+                        modules=trace.modules))
+    for gid, box in boxes.items():
+        ops, numel, saved = stats[gid]
+        detail = f"{ops} ops"
+        if numel:
+            detail += f" · {human_count(numel)} params"
+        box.lines.append(detail)
+        if saved:
+            box.lines.append(f"saved {human_bytes(saved)}")
+        if roots & set(box.members):
+            box.kind = "module-root"
+    edges = []
+    seen = set()
+    for e in graph.edges:
+        a, b = group_of[e.src], group_of[e.dst]
+        if a == b or (a, b) in seen:
+            continue
+        seen.add((a, b))
+        label = shape_text(shape_of.get(e.src)) if (a in boxes or b in boxes) else ""
+        edges.append((a, b, label))
+    nodes = list(boxes.values()) + sub.nodes
+    paths = {v.cluster for v in nodes if v.cluster}
+    return View(nodes, edges, depth, cluster_labels=_cluster_labels(trace, paths))
+
+
+def max_module_depth(trace: Trace) -> int:
+    return max((len(n.module.split(".")) if n.module else 0
+                for n in trace.graph.nodes if n.model is not None), default=0)
+
+
+def choose_view(trace: Trace, depth: Optional[int] = None,
+                max_nodes: int = DEFAULT_MAX_NODES) -> View:
+    """The asked-for depth, or op level when it fits ``max_nodes``, else the deepest depth
+    that fits (saying so in ``view.note``)."""
+    if depth is not None:
+        return collapsed_view(trace, depth)
+    if len(trace.graph.nodes) <= max_nodes:
+        return op_view(trace)
+    for d in range(max_module_depth(trace), -1, -1):
+        view = collapsed_view(trace, d)
+        if len(view.nodes) <= max_nodes:
+            view.note = (f"The op-level graph has {len(trace.graph.nodes):,} nodes, more than "
+                         f"the drawing budget of {max_nodes:,}; drawn collapsed to module depth "
+                         f"{d} ({len(view.nodes):,} boxes). The JSON and DOT files keep every node.")
+            return view
+    view = collapsed_view(trace, 0, group_outside=True)
+    view.note = (f"The graph has {len(trace.graph.nodes):,} nodes, mostly ops outside any module; "
+                 "drawn as one box per model plus one for those ops. The JSON and DOT files keep "
+                 "every node.")
+    return view

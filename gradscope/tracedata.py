@@ -1,0 +1,136 @@
+"""Trace: everything one run recorded, as plain data that saves to JSON and loads back equal.
+
+No torch objects live here, so a saved trace re-renders without torch. The JSON layout is
+documented in ``docs/json-schema.md``; ``SCHEMA_VERSION`` changes whenever a field changes meaning.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import tempfile
+from typing import IO, Any, Optional
+
+from ._version import __version__
+from .findings import Finding
+from .graph import Graph
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class Trace:
+    """One run: the graph of the first backward call, the models, the timeline and the findings."""
+
+    graph: Graph = dataclasses.field(default_factory=Graph)
+    models: list = dataclasses.field(default_factory=list)       # [{label, type, parameters}]
+    modules: list = dataclasses.field(default_factory=list)      # [{model, name, type, ...}]
+    parameters: list = dataclasses.field(default_factory=list)   # [{model, name, shape, ...}]
+    backward_calls: int = 0
+    optimizer_steps: int = 0
+    events: list = dataclasses.field(default_factory=list)       # [{kind, index, location, ...}]
+    findings: list = dataclasses.field(default_factory=list)     # [Finding]
+    run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
+    notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
+    torch_version: Optional[str] = None
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "gradscope": __version__,
+            "schema": SCHEMA_VERSION,
+            "torch": self.torch_version,
+            "run": dict(self.run),
+            "summary": self.summary(),
+            "backward_calls": self.backward_calls,
+            "optimizer_steps": self.optimizer_steps,
+            "notes": list(self.notes),
+            "findings": [f.to_dict() for f in self.findings],
+            "models": list(self.models),
+            "modules": list(self.modules),
+            "parameters": list(self.parameters),
+            "events": list(self.events),
+            "graph": self.graph.to_dict(),
+        }
+
+    def summary(self) -> dict:
+        g = self.graph
+        return {"nodes": len(g.nodes), "edges": len(g.edges),
+                "ops": sum(1 for n in g.nodes if n.leaf is None),
+                "leaves": sum(1 for n in g.nodes if n.leaf is not None),
+                "saved_bytes": g.saved_bytes,
+                "parameters": sum(p.get("numel", 0) for p in self.parameters)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Trace":
+        if not isinstance(d, dict) or "gradscope" not in d:
+            raise ValueError("not a gradscope trace: the JSON has no 'gradscope' key")
+        return cls(
+            graph=Graph.from_dict(d.get("graph", {})),
+            models=list(d.get("models", [])), modules=list(d.get("modules", [])),
+            parameters=list(d.get("parameters", [])),
+            backward_calls=int(d.get("backward_calls", 0)),
+            optimizer_steps=int(d.get("optimizer_steps", 0)),
+            events=list(d.get("events", [])),
+            findings=[Finding.from_dict(f) for f in d.get("findings", [])],
+            run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
+            torch_version=d.get("torch"))
+
+    def write_json(self, fp: IO[str]) -> None:
+        """Stream the JSON: top-level keys pretty, one graph node or edge per line (diffable,
+        linear time, no giant intermediate string for a million-node graph)."""
+        d = self.to_dict()
+        graph = d.pop("graph")
+        fp.write("{\n")
+        for key, value in d.items():
+            fp.write(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)},\n")
+        fp.write(' "graph": {\n  "roots": ' + json.dumps(graph["roots"]) + ',\n  "nodes": [')
+        _write_lines(fp, graph["nodes"])
+        fp.write('],\n  "edges": [')
+        _write_lines(fp, graph["edges"])
+        fp.write("]\n }\n}\n")
+
+    def to_json(self) -> str:
+        buf = io.StringIO()
+        self.write_json(buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trace":
+        return cls.from_dict(json.loads(text))
+
+    def save_json(self, path: str) -> None:
+        write_atomically(path, self.write_json)
+
+    @classmethod
+    def load(cls, path: str) -> "Trace":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_json(f.read())
+
+
+def _write_lines(fp: IO[str], items: list) -> None:
+    dumps = json.dumps
+    for i, item in enumerate(items):
+        fp.write(("\n   " if i == 0 else ",\n   ") + dumps(item, sort_keys=True))
+    if items:
+        fp.write("\n  ")
+
+
+def write_atomically(path: str, write: Any, mode: str = "w") -> None:
+    """Write through a temporary file in the same folder, then rename: a crash or Ctrl-C never
+    leaves a half-written report behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".gradscope-", dir=folder)
+    try:
+        kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+        with os.fdopen(fd, mode, **kwargs) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

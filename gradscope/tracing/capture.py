@@ -1,0 +1,245 @@
+"""Capture: installs every hook of one run, records plain data, removes everything on exit.
+
+States: ``new`` -> ``open`` (inside ``with``) -> ``closed``. A closed capture cannot be reopened.
+While open it holds the models and optimizers it saw; on close it snapshots what the report
+needs into plain data and drops every reference to user objects.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+import torch.optim.optimizer as torch_optimizer
+
+from ..errors import GradscopeWarning, SessionClosedError
+from ..graph import Graph
+from .handles import HandleGroup
+from .locations import user_location
+from .modules import ModuleTracker
+from .walk import storage_key, walk_autograd_graph
+
+MAX_EVENTS = 10_000
+
+
+def _tensors_in(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+class Capture:
+    """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
+
+    def __init__(self, mode: str = "api", intercept_backward: bool = False) -> None:
+        self.mode = mode
+        self.intercept_backward = intercept_backward
+        self.state = "new"
+        self.tracker = ModuleTracker()
+        self.handles = HandleGroup()
+        self.graph: Optional[Graph] = None
+        self.graph_location: Optional[str] = None
+        self.backward_calls = 0
+        self.grad_calls = 0
+        self.optimizer_steps = 0
+        self.events: list = []
+        self.notes: list = []
+        self.internal_errors: list = []
+        self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
+        self._optimizers: dict = {}          # id -> optimizer, while open
+        self._snapshot: Optional[dict] = None
+
+    # -- life cycle ----------------------------------------------------------------------------
+    def __enter__(self) -> "Capture":
+        if self.state != "new":
+            raise SessionClosedError(
+                f"this gradscope capture is {self.state}; a capture records one run. "
+                "Create a new one for the next run.")
+        self.state = "open"
+        try:
+            self.tracker.install(self.handles)
+            self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
+                self._on_optimizer_step))
+            if self.intercept_backward:
+                self._patch_backward()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove every hook and patch, snapshot the models, drop references. Idempotent."""
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        try:
+            self.handles.remove()
+        finally:
+            try:
+                self._snapshot = self._take_snapshot()
+            finally:
+                self.tracker.clear_references()
+                self._optimizers.clear()
+
+    def add_model(self, model: torch.nn.Module, label: str) -> str:
+        return self.tracker.add_model(model, label)
+
+    # -- graph ---------------------------------------------------------------------------------
+    def capture_graph(self, roots: Iterable[torch.Tensor], location: Optional[str] = None) -> Graph:
+        """Walk the graph behind ``roots`` with module attribution; keeps the first one."""
+        params, storages = self._parameter_tables()
+        graph = walk_autograd_graph(roots, params=params, inputs=self.tracker.input_ids,
+                                    attribution=self.tracker.attribution(),
+                                    param_storage_keys=storages)
+        if self.graph is None:
+            self.graph = graph
+            self.graph_location = location
+            self.tracker.record_ranges = False  # later graphs are not drawn: stop recording
+        return graph
+
+    def _parameter_tables(self) -> tuple:
+        params: dict = {}
+        storages: set = set()
+        for label, model in self.tracker.models.items():
+            if model is None:
+                continue
+            for name, p in model.named_parameters(remove_duplicate=False):
+                if id(p) not in params:
+                    params[id(p)] = (label, name)
+                    storages.add(storage_key(p)[0])
+        return params, storages
+
+    # -- backward and optimizer hooks ----------------------------------------------------------
+    def _guard(self, what: str, fn: Callable[[], None]) -> None:
+        # A bug of ours must never break the user's training: keep it, warn once, carry on.
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - reported, not swallowed
+            if not self.internal_errors:
+                warnings.warn(f"gradscope could not record {what}: {e!r}; the report will lack it",
+                              GradscopeWarning, stacklevel=3)
+            self.internal_errors.append(f"{what}: {e!r}")
+
+    def _event(self, kind: str, **data: Any) -> None:
+        if len(self.events) < MAX_EVENTS:
+            self.events.append({"kind": kind, **data})
+        elif len(self.events) == MAX_EVENTS:
+            self.notes.append(f"Only the first {MAX_EVENTS} events are kept in the timeline.")
+            self.events.append({"kind": "truncated"})
+
+    def on_backward(self, roots: Any, kind: str = "backward") -> None:
+        """Called just before a backward (or ``autograd.grad``) call runs."""
+        def record() -> None:
+            location = user_location()
+            if kind == "backward":
+                self.backward_calls += 1
+                index = self.backward_calls
+            else:
+                self.grad_calls += 1
+                index = self.grad_calls
+            self._event(kind, index=index, location=location)
+            if self.graph is None:
+                tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+                if tensors:
+                    self.capture_graph(tensors, location)
+        self._guard("a backward call", record)
+
+    def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        def record() -> None:
+            self.optimizer_steps += 1
+            self._optimizers[id(optimizer)] = optimizer
+            self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
+                        location=user_location())
+        self._guard("an optimizer step", record)
+
+    def _patch_backward(self) -> None:
+        autograd = torch.autograd
+        original_backward, original_grad = autograd.backward, autograd.grad
+        capture = self
+
+        @functools.wraps(original_backward)
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if capture.state == "open":
+                capture.on_backward(tensors, "backward")
+            return original_backward(tensors, *args, **kwargs)
+
+        @functools.wraps(original_grad)
+        def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
+            if capture.state == "open":
+                capture.on_backward(outputs, "grad")
+            return original_grad(outputs, *args, **kwargs)
+
+        def restore() -> None:
+            # Only undo our own patch: if someone patched on top of us, leave theirs in place
+            # (our wrapper becomes a pass-through once the capture is closed).
+            if autograd.backward is backward:
+                autograd.backward = original_backward
+            if autograd.grad is grad:
+                autograd.grad = original_grad
+
+        autograd.backward, autograd.grad = backward, grad
+        self.handles.on_remove(restore)
+
+    # -- snapshot ------------------------------------------------------------------------------
+    def _take_snapshot(self) -> dict:
+        in_graph = set()
+        if self.graph is not None:
+            in_graph = {(n.model, n.param) for n in self.graph.nodes if n.param is not None}
+        optimized = set()
+        for opt in self._optimizers.values():
+            for group in opt.param_groups:
+                optimized.update(id(p) for p in group["params"])
+        models, parameters = [], []
+        for label, model in self.tracker.models.items():
+            if model is None:
+                continue
+            total = 0
+            for name, p in model.named_parameters():
+                total += p.numel()
+                parameters.append({
+                    "model": label, "name": name, "module": name.rpartition(".")[0],
+                    "shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", ""),
+                    "device": str(p.device), "numel": p.numel(),
+                    "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
+                    "in_optimizer": (id(p) in optimized) if self._optimizers else None,
+                    "has_grad": p.grad is not None,
+                })
+            models.append({"label": label, "type": type(model).__name__, "parameters": total,
+                           "training": model.training})
+        return {"models": models, "parameters": parameters, "modules": self._module_table()}
+
+    def _module_table(self) -> list:
+        rows = []
+        records = self.tracker.records
+        seen = set()
+        for label, model in self.tracker.models.items():
+            if model is None:
+                continue
+            for name, sub in model.named_modules():
+                rec = records.get((label, name))
+                seen.add((label, name))
+                rows.append({
+                    "model": label, "name": name, "type": type(sub).__name__, "registered": True,
+                    "calls": rec.calls if rec else 0, "output": rec.output if rec else None,
+                    "parameters": sum(p.numel() for p in sub.parameters(recurse=False)),
+                    "location": None,
+                })
+        for key, rec in records.items():
+            if key not in seen:
+                rows.append({"model": rec.model, "name": rec.name, "type": rec.type,
+                             "registered": rec.registered, "calls": rec.calls,
+                             "output": rec.output, "parameters": None,
+                             "location": rec.location})
+        return rows
+
+    @property
+    def snapshot(self) -> dict:
+        if self._snapshot is None:
+            raise SessionClosedError("the capture is still open; close it before asking for data")
+        return self._snapshot

@@ -1,0 +1,45 @@
+"""One place that owns every hook and patch gradscope installs, so all of them go in one call.
+
+Modelled on torch's ``RemovableHandle``/``_MultiHandle``: ``remove()`` is idempotent, runs in
+reverse order of installation (the last hook in is the first out), and never stops half way: an
+error while removing one hook is kept and re-raised after all the others are gone.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+class HandleGroup:
+    """Removable handles and undo callables, removed together (LIFO)."""
+
+    def __init__(self) -> None:
+        self._undo: list = []
+
+    def add(self, handle: Any) -> Any:
+        """Keep a torch ``RemovableHandle`` (anything with ``remove()``); returns it."""
+        self._undo.append(handle.remove)
+        return handle
+
+    def on_remove(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` at removal time (restoring a patched attribute, say)."""
+        self._undo.append(undo)
+
+    def __len__(self) -> int:
+        return len(self._undo)
+
+    def remove(self) -> None:
+        first_error = None
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception as e:  # keep removing the rest; report the first failure
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+
+    def __enter__(self) -> "HandleGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()

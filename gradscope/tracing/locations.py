@@ -1,0 +1,45 @@
+"""Find the user's own ``file:line`` on the stack, skipping frames inside torch and gradscope."""
+from __future__ import annotations
+
+import os
+import sys
+from types import FrameType
+from typing import Optional
+
+import torch
+
+_SKIP_DIRS = tuple(
+    os.path.dirname(os.path.abspath(m.__file__)) + os.sep
+    for m in (torch, sys.modules[__name__.split(".")[0]])
+) + ("<frozen ", "<string>")
+_SKIP_FILES = ("runpy.py", "contextlib.py", "functools.py")
+
+
+def is_library_file(filename: str) -> bool:
+    return filename.startswith(_SKIP_DIRS) or os.path.basename(filename) in _SKIP_FILES
+
+
+def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
+    """The innermost frame that belongs to the user's code, or None."""
+    frame = start if start is not None else sys._getframe(1)
+    while frame is not None:
+        if not is_library_file(frame.f_code.co_filename):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def user_location(start: Optional[FrameType] = None) -> Optional[str]:
+    """``path:line`` of the innermost user frame (path relative to the cwd when inside it)."""
+    frame = user_frame(start if start is not None else sys._getframe(1))
+    if frame is None:
+        return None
+    return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def display_path(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel

@@ -1,0 +1,238 @@
+"""Which module's forward was running when each autograd node was created.
+
+Two global forward hooks (pre and post, ``always_call=True`` so the stack stays balanced when a
+forward raises) push and pop a stack of running modules and record, for every call, the range of
+autograd sequence numbers handed out while it ran (``torch._C._autograd._get_sequence_nr`` peeks
+the thread's counter for the price of a dict lookup). After the run, a node's sequence number is
+looked up in those nested ranges: the innermost range that holds it is the module that made it.
+This costs two counter reads per module call and nothing per op, unlike wrapping every torch
+function.
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from .handles import HandleGroup
+from .locations import user_frame, user_location
+
+_peek_sequence_nr: Optional[Callable[[], int]] = getattr(
+    getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
+
+
+@dataclasses.dataclass
+class ModuleRecord:
+    """What was seen of one module (one qualified name in one model)."""
+
+    model: str
+    name: str                       # qualified name inside the model, "" for the model itself
+    type: str
+    registered: bool                # False: not a submodule of its caller (built in forward, say)
+    calls: int = 0
+    output: Optional[str] = None    # shapes of the first call's outputs, e.g. "(8, 10)"
+    location: Optional[str] = None  # first call site in user code (for unregistered modules)
+
+
+def describe_output(out: Any, limit: int = 4) -> Optional[str]:
+    """Shapes of the tensors a forward returned, shallowly: tensors, tuples, dicts, dataclasses."""
+    found: list = []
+
+    def add(prefix: str, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            found.append(f"{prefix}{tuple(value.shape)}")
+
+    if isinstance(out, torch.Tensor):
+        return str(tuple(out.shape))
+    if isinstance(out, dict):  # Hugging Face ModelOutput is an OrderedDict
+        for k, v in out.items():
+            add(f"{k}: ", v)
+    elif dataclasses.is_dataclass(out) and not isinstance(out, type):
+        for f in dataclasses.fields(out):
+            add(f"{f.name}: ", getattr(out, f.name, None))
+    elif isinstance(out, (list, tuple)):
+        for v in out:
+            add("", v)
+    if not found:
+        return None if out is None else type(out).__name__
+    more = f", +{len(found) - limit}" if len(found) > limit else ""
+    return ", ".join(found[:limit]) + more
+
+
+class ModuleTracker:
+    """Names modules, keeps the stack of running forwards and the sequence ranges of each call."""
+
+    def __init__(self) -> None:
+        self.models: dict = {}        # label -> root module
+        self.records: dict = {}       # (model, name) -> ModuleRecord
+        self.input_ids: set = set()   # ids of leaf tensors that were passed to a model's forward
+        self._input_refs: list = []   # keeps those tensors alive so ids stay unique
+        self.record_ranges = True
+        self._names: dict = {}        # id(module) -> (module, model, name), strong refs
+        self._transient: dict = {}    # same, for modules not registered anywhere (this root call)
+        self._stack: list = []        # [module, model, name, start_seq, unregistered_counter]
+        self._ranges: list = []       # (start, end, model, name)
+        self._explicit_labels: dict = {}
+
+    # -- set-up --------------------------------------------------------------------------------
+    def add_model(self, model: nn.Module, label: str) -> str:
+        """Name ``model`` and its submodules before any forward runs (API use)."""
+        self._explicit_labels[id(model)] = label
+        return self._register_root(model)[1]
+
+    def install(self, handles: HandleGroup) -> None:
+        reg = nn.modules.module
+        handles.add(reg.register_module_forward_pre_hook(self._pre_hook))
+        handles.add(reg.register_module_forward_hook(self._post_hook, always_call=True))
+
+    def clear_references(self) -> None:
+        """Drop every strong reference to user objects (called when the session ends)."""
+        self._names.clear()
+        self._transient.clear()
+        self._stack.clear()
+        self._input_refs.clear()
+        self.models = {k: None for k in self.models}
+
+    # -- naming --------------------------------------------------------------------------------
+    def _register_root(self, module: nn.Module) -> tuple:
+        known = self._names.get(id(module))
+        if known is not None and known[0] is module:
+            return known
+        label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
+        self.models[label] = module
+        for name, sub in module.named_modules(remove_duplicate=True):
+            if id(sub) not in self._names:
+                self._names[id(sub)] = (sub, label, name)
+        return self._names[id(module)]
+
+    def _unique_label(self, label: str) -> str:
+        if label not in self.models:
+            return label
+        k = 2
+        while f"{label}#{k}" in self.models:
+            k += 1
+        return f"{label}#{k}"
+
+    def _name_unregistered(self, module: nn.Module, parent: list) -> tuple:
+        # A module its caller does not own: built inside forward, or held in a plain list/dict.
+        parent[4] += 1
+        prefix = f"{parent[2]}." if parent[2] else ""
+        name = f"{prefix}<{type(module).__name__}#{parent[4] - 1}>"
+        for sub_name, sub in module.named_modules():
+            if id(sub) not in self._names and id(sub) not in self._transient:
+                full = f"{name}.{sub_name}" if sub_name else name
+                self._transient[id(sub)] = (sub, parent[1], full)
+                key = (parent[1], full)
+                if key not in self.records:
+                    self.records[key] = ModuleRecord(parent[1], full, type(sub).__name__, False,
+                                                     location=user_location())
+        return self._transient[id(module)]
+
+    def lookup(self, module: nn.Module) -> Optional[tuple]:
+        """``(model, name)`` for a module seen so far, else None."""
+        for table in (self._names, self._transient):
+            hit = table.get(id(module))
+            if hit is not None and hit[0] is module:
+                return hit[1], hit[2]
+        return None
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        entry = self._names.get(id(module))
+        if entry is None or entry[0] is not module:
+            entry = self._transient.get(id(module))
+            if entry is None or entry[0] is not module:
+                entry = (self._name_unregistered(module, self._stack[-1]) if self._stack
+                         else self._register_root(module))
+        if not self._stack:
+            self._note_inputs(args)
+        start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
+        self._stack.append([module, entry[1], entry[2], start, 0])
+
+    def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._stack:
+            return
+        # Normally the top; after a forward raised inside a nested call, unwind to this module.
+        k = len(self._stack) - 1
+        while k > 0 and self._stack[k][0] is not module:
+            k -= 1
+        frame = self._stack[k]
+        del self._stack[k:]
+        _, model, name, start, _ = frame
+        if self.record_ranges and _peek_sequence_nr is not None:
+            end = _peek_sequence_nr()
+            if end > start:
+                self._ranges.append((start, end, model, name))
+        rec = self.records.get((model, name))
+        if rec is None:
+            rec = self.records[(model, name)] = ModuleRecord(model, name, type(module).__name__,
+                                                              True)
+        rec.calls += 1
+        if rec.output is None:
+            rec.output = describe_output(output)
+        if not self._stack:
+            self._transient.clear()
+
+    def _note_inputs(self, args: Any) -> None:
+        for a in args if isinstance(args, tuple) else (args,):
+            if isinstance(a, torch.Tensor) and a.requires_grad and a.grad_fn is None:
+                if id(a) not in self.input_ids:
+                    self.input_ids.add(id(a))
+                    self._input_refs.append(a)
+
+    # -- attribution ---------------------------------------------------------------------------
+    def attribution(self) -> Callable[[int], Optional[tuple]]:
+        """A function from sequence number to the innermost ``(model, module)`` that made it."""
+        bounds, owners = flatten_ranges(self._ranges)
+
+        def owner_of(seq: int) -> Optional[tuple]:
+            i = bisect.bisect_right(bounds, seq) - 1
+            return owners[i] if i >= 0 else None
+
+        return owner_of
+
+
+def flatten_ranges(ranges: list) -> tuple:
+    """Nested ``[start, end)`` ranges to sorted breakpoints and the innermost owner after each.
+
+    Ranges from properly nested forward calls never partly overlap, so one sweep with a stack
+    gives, for every breakpoint, the owner of the sequence numbers from there to the next one.
+    """
+    bounds: list = []
+    owners: list = []
+
+    def emit(pos: int, owner: Optional[tuple]) -> None:
+        if bounds and bounds[-1] == pos:
+            owners[-1] = owner
+        else:
+            bounds.append(pos)
+            owners.append(owner)
+
+    stack: list = []
+    for start, end, model, name in sorted(ranges, key=lambda r: (r[0], -r[1])):
+        while stack and stack[-1][1] <= start:
+            emit(stack.pop()[1], stack[-1][2] if stack else None)
+        emit(start, (model, name))
+        stack.append((start, end, (model, name)))
+    while stack:
+        emit(stack.pop()[1], stack[-1][2] if stack else None)
+    return bounds, owners
+
+
+def _guess_label(module: nn.Module) -> str:
+    """The user's variable name for a model (``model``, ``net``, ``self.encoder``), else its class."""
+    frame = user_frame()
+    if frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            for var, value in list(scope.items()):
+                if value is module and not var.startswith("_"):
+                    return var
+        owner = frame.f_locals.get("self")
+        if owner is not None and not isinstance(owner, nn.Module):
+            for attr, value in list(getattr(owner, "__dict__", {}).items()):
+                if value is module:
+                    return f"self.{attr}"
+    return type(module).__name__

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-shot set-up used by `make demo` and `make test`: creates .venv in the repo root, installs
+# torch (an already-installed one is kept), gradscope with its dependencies, and Graphviz's `dot`.
+# Safe to run again: every step checks first and does nothing when its work is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+TORCH_PIN=${GRADSCOPE_TORCH:-torch==2.13.0}
+
+say() { printf '[gradscope setup] %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else say "need root for: $*  (run it yourself, then re-run make)"; return 1
+    fi
+}
+
+apt_install() {
+    say "installing Debian packages: $*"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    say "no '$PYTHON' found: install Python 3.10+ first (apt-get install python3 python3-venv)"; exit 1
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    # Keep a torch the machine already has: let the venv see the system site-packages then.
+    site_flag=""
+    if "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+        site_flag="--system-site-packages"
+        say "keeping the installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+    fi
+    if ! "$PYTHON" -m venv $site_flag "$VENV" >/dev/null 2>&1; then
+        # Debian splits venv/ensurepip into python3-venv.
+        rm -rf "$VENV"
+        apt_install python3-venv
+        "$PYTHON" -m venv $site_flag "$VENV"
+    fi
+fi
+
+VPY="$VENV/bin/python"
+if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
+    # A pinned version: an unpinned 'torch' would pull the multi-GB CUDA build.
+    say "installing $TORCH_PIN (CPU build)"
+    "$VPY" -m pip install -q "$TORCH_PIN"
+fi
+
+say "installing gradscope (editable) and its dependencies"
+"$VPY" -m pip install -q -e '.[test]'
+
+if ! command -v dot >/dev/null 2>&1; then
+    apt_install graphviz
+fi
+say "ready: $("$VPY" -c 'import torch, gradscope; print("torch", torch.__version__, "/ gradscope", gradscope.__version__)'), $(dot -V 2>&1)"
