@@ -7,9 +7,9 @@ import click
 @click.command("checks")
 def checks_command() -> None:
     """List every check gradscope runs (ids work with --only and --disable)."""
-    from gradscope.checks import all_checks
+    from gradscope.checks import registry
 
-    checks = all_checks()
+    checks = registry.all_checks()
     if not checks:
         click.echo("no checks are registered")
         return

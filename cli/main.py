@@ -6,9 +6,14 @@ script's own ``sys.exit(N)`` keeps its N.
 """
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from gradscope._version import __version__
+
+# A torch built without NumPy warns on first use; that noise is not the user's problem here.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 from .checks_cmd import checks_command
 from .render_cmd import render_command

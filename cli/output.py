@@ -34,7 +34,7 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
     """
     written = []
     if json_path:
-        report.save(json_path)
+        report.save(json_path, format="json")
         written.append(json_path)
     if dot_path:
         text = report.to_dot(depth=depth)

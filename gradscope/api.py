@@ -77,13 +77,13 @@ def loss_of(output: Any, loss_fn: Optional[Callable[[Any], Any]] = None) -> torc
         if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
             raise InputError(f"loss_fn returned {_describe(loss)}; it must return a one-element "
                              "tensor, e.g. lambda out: out.logits.mean()")
-        return loss.reshape(())
+        return _scalar(loss)
     if isinstance(output, torch.Tensor) and output.numel() == 1 and output.requires_grad:
-        return output.reshape(())
+        return _scalar(output)
     if isinstance(output, dict):
         maybe = output.get("loss")
         if isinstance(maybe, torch.Tensor) and maybe.numel() == 1 and maybe.requires_grad:
-            return maybe.reshape(())
+            return _scalar(maybe)
     tensors = [t for t in _flat_tensors(output) if t.requires_grad and t.is_floating_point()]
     if not tensors:
         raise InputError(
@@ -95,6 +95,10 @@ def loss_of(output: Any, loss_fn: Optional[Callable[[Any], Any]] = None) -> torc
     for t in tensors[1:]:
         total = total + t.sum()
     return total
+
+
+def _scalar(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 0 else t.reshape(())  # reshape of a 0-d tensor would add a node
 
 
 def _flat_tensors(value: Any, depth: int = 0) -> list:

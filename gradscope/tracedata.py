@@ -119,12 +119,17 @@ def _write_lines(fp: IO[str], items: list) -> None:
 
 def write_atomically(path: str, write: Any, mode: str = "w") -> None:
     """Write through a temporary file in the same folder, then rename: a crash or Ctrl-C never
-    leaves a half-written report behind."""
+    leaves a half-written report behind. Targets that are not regular files (``/dev/null``, a
+    pipe) are written in place: renaming over them would replace the device itself."""
+    kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, mode, **kwargs) as f:
+            write(f)
+        return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".gradscope-", dir=folder)
     try:
-        kwargs = {"encoding": "utf-8", "newline": "\n"} if "b" not in mode else {}
         with os.fdopen(fd, mode, **kwargs) as f:
             write(f)
         os.replace(tmp, path)

@@ -10,6 +10,13 @@ TORCH_PIN=${GRADSCOPE_TORCH:-torch==2.13.0}
 
 say() { printf '[gradscope setup] %s\n' "$*"; }
 
+STAMP=$VENV/.gradscope-setup
+# Fast path: everything was set up after the last change to the package metadata.
+if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt scripts/setup.sh ] \
+        && command -v dot >/dev/null 2>&1 && [ -x "$VENV/bin/gradscope" ]; then
+    exit 0
+fi
+
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"
     elif command -v sudo >/dev/null 2>&1; then sudo "$@"
@@ -55,4 +62,5 @@ say "installing gradscope (editable) and its dependencies"
 if ! command -v dot >/dev/null 2>&1; then
     apt_install graphviz
 fi
+touch "$STAMP"
 say "ready: $("$VPY" -c 'import torch, gradscope; print("torch", torch.__version__, "/ gradscope", gradscope.__version__)'), $(dot -V 2>&1)"

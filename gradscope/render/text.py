@@ -46,7 +46,7 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     lines = [f"gradscope {run.get('mode', '')} trace of {run.get('target', '?')} "
              f"(torch {trace.torch_version})"]
     if s["nodes"]:
-        where = f" (first backward, {run['graph_from']})" if run.get("graph_from") else ""
+        where = f" (backward at {run['graph_from']})" if run.get("graph_from") else ""
         lines.append(f"  graph{where}: {s['nodes']:,} nodes ({s['ops']:,} ops, {s['leaves']:,} "
                      f"leaves), {s['edges']:,} edges, saved activations "
                      f"{human_bytes(s['saved_bytes'])}")

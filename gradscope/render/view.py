@@ -134,7 +134,8 @@ def collapsed_view(trace: Trace, depth: int, group_outside: bool = False) -> Vie
                 name = ".".join(key[1:])
                 title = key[-1] if len(key) > 1 else key[0]
                 typ = types.get((key[0], name))
-                boxes[gid] = ViewNode(gid, "module", [f"{title}: {typ}" if typ else title],
+                boxes[gid] = ViewNode(gid, "module",
+                                      [f"{title}: {typ}" if typ and typ != title else title],
                                       key[:-1], [], ".".join(key))
                 stats[gid] = [0, 0, 0]
             gid = group_of[key]

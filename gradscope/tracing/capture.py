@@ -31,6 +31,10 @@ def _tensors_in(value: Any) -> list:
     return []
 
 
+def _has_model(graph: Graph) -> bool:
+    return any(n.model is not None for n in graph.nodes)
+
+
 class Capture:
     """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
 
@@ -42,6 +46,7 @@ class Capture:
         self.handles = HandleGroup()
         self.graph: Optional[Graph] = None
         self.graph_location: Optional[str] = None
+        self._graph_has_model = False
         self.backward_calls = 0
         self.grad_calls = 0
         self.optimizer_steps = 0
@@ -92,16 +97,32 @@ class Capture:
 
     # -- graph ---------------------------------------------------------------------------------
     def capture_graph(self, roots: Iterable[torch.Tensor], location: Optional[str] = None) -> Graph:
-        """Walk the graph behind ``roots`` with module attribution; keeps the first one."""
+        """Walk the graph behind ``roots`` with module attribution.
+
+        The first graph is kept, unless it touched no traced model (a warm-up on a bare tensor,
+        say) and a later one does: the report is about the model, so that one replaces it.
+        """
         params, storages = self._parameter_tables()
         graph = walk_autograd_graph(roots, params=params, inputs=self.tracker.input_ids,
                                     attribution=self.tracker.attribution(),
                                     param_storage_keys=storages)
-        if self.graph is None:
+        if self.graph is None or (not self._graph_has_model and _has_model(graph)):
+            if self.graph is not None:
+                self.notes.append(
+                    f"The first backward call ({self.graph_location}) involved no model; the "
+                    f"graph shown is from the first backward through one ({location}).")
             self.graph = graph
             self.graph_location = location
-            self.tracker.record_ranges = False  # later graphs are not drawn: stop recording
+            self._graph_has_model = _has_model(graph)
+            if self._graph_has_model:
+                self.tracker.record_ranges = False  # later graphs are not drawn: stop recording
         return graph
+
+    def _wants_graph(self) -> bool:
+        # Look for a model graph during the first few backward calls only: a script that never
+        # runs a model should not pay for a walk on every step.
+        return self.graph is None or (not self._graph_has_model
+                                      and self.backward_calls + self.grad_calls <= 20)
 
     def _parameter_tables(self) -> tuple:
         params: dict = {}
@@ -144,7 +165,7 @@ class Capture:
                 self.grad_calls += 1
                 index = self.grad_calls
             self._event(kind, index=index, location=location)
-            if self.graph is None:
+            if self._wants_graph():
                 tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
                 if tensors:
                     self.capture_graph(tensors, location)

@@ -212,7 +212,10 @@ def flatten_ranges(ranges: list) -> tuple:
             owners.append(owner)
 
     stack: list = []
-    for start, end, model, name in sorted(ranges, key=lambda r: (r[0], -r[1])):
+    # Equal ranges (a module whose whole forward is one child's call): ranges are appended when
+    # calls end, inner first, so the later one is the outer and must come first.
+    order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], -ranges[i][1], -i))
+    for start, end, model, name in (ranges[i] for i in order):
         while stack and stack[-1][1] <= start:
             emit(stack.pop()[1], stack[-1][2] if stack else None)
         emit(start, (model, name))

@@ -1,0 +1,73 @@
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/models.py
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def independent_walk(*roots):
+    """Count autograd nodes and edges reachable from roots, written separately from gradscope."""
+    seen = {}
+    edges = 0
+    todo = [r.grad_fn for r in roots if r.grad_fn is not None]
+    for fn in todo:
+        seen[id(fn)] = fn
+    while todo:
+        fn = todo.pop()
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            edges += 1
+            if id(nxt) not in seen:
+                seen[id(nxt)] = nxt
+                todo.append(nxt)
+    return len(seen), edges
+
+
+def global_hook_counts():
+    """How many process-wide hooks torch currently holds (all must be back to 0 after us)."""
+    import torch.nn.modules.module as m
+    import torch.optim.optimizer as o
+
+    return {
+        "forward_pre": len(m._global_forward_pre_hooks),
+        "forward": len(m._global_forward_hooks),
+        "backward": len(m._global_backward_hooks),
+        "backward_pre": len(m._global_backward_pre_hooks),
+        "always_called": len(m._global_forward_hooks_always_called),
+        "param_reg": len(m._global_parameter_registration_hooks),
+        "module_reg": len(m._global_module_registration_hooks),
+        "buffer_reg": len(m._global_buffer_registration_hooks),
+        "opt_pre": len(o._global_optimizer_pre_hooks),
+        "opt_post": len(o._global_optimizer_post_hooks),
+    }
+
+
+@pytest.fixture
+def no_leaks():
+    """Asserts that the test leaves no global hook and no patched autograd function behind."""
+    before = global_hook_counts()
+    backward, grad = torch.autograd.backward, torch.autograd.grad
+    yield
+    assert global_hook_counts() == before
+    assert torch.autograd.backward is backward
+    assert torch.autograd.grad is grad
+
+
+@pytest.fixture(autouse=True)
+def _require_dot(request):
+    if request.node.get_closest_marker("dot") and shutil.which("dot") is None:
+        if os.environ.get("CI"):
+            pytest.fail("Graphviz 'dot' is missing in CI: 'make test' should have installed it")
+        pytest.skip("Graphviz 'dot' not installed (make test installs it)")
+
+
+@pytest.fixture(autouse=True)
+def _require_cuda(request):
+    if request.node.get_closest_marker("cuda") and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")

@@ -1,0 +1,121 @@
+"""Every sample runs through the real CLI; what each one demonstrates is in its graph."""
+import glob
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from gradscope_cli.main import main
+
+from conftest import REPO
+
+SAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "samples", "*.py")))
+
+
+def trace_sample(name, tmp_path, *extra):
+    out = tmp_path / "t.json"
+    result = CliRunner().invoke(main, ["trace", os.path.join(REPO, "samples", name),
+                                       "--json", str(out), "--fail-on", "never", *extra])
+    assert result.exit_code == 0, result.output
+    with open(out) as f:
+        return json.load(f), result.output
+
+
+def test_every_sample_is_covered_below():
+    assert set(SAMPLES) == set(EXPECT), "add the new sample's expectations to EXPECT"
+
+
+def _ops(d, module=None):
+    return [n["op"] for n in d["graph"]["nodes"] if module is None or n["module"] == module]
+
+
+def expect_layers_in_forward(d):
+    unregistered = {m["type"] for m in d["modules"] if not m["registered"]}
+    assert unregistered == {"Conv2d", "Linear"}
+    leaves = [n for n in d["graph"]["nodes"] if n["op"] == "AccumulateGrad"]
+    assert len(leaves) == 4 and all(n["leaf"] == "unregistered" for n in leaves)
+    assert d["parameters"] == [] and d["backward_calls"] == 3
+    assert any("no parameters" in n for n in d["notes"])
+    loc = next(m["location"] for m in d["modules"] if m["type"] == "Conv2d")
+    assert loc.endswith("layers_in_forward.py:26")
+
+
+def expect_handwritten_batchnorm(d):
+    params = {n["param"] for n in d["graph"]["nodes"] if n["leaf"] == "parameter"}
+    assert {"bn1.gamma", "bn1.beta", "bn2.gamma", "bn2.beta"} <= params
+    assert d["optimizer_steps"] == 3
+    assert "MeanBackward1" in _ops(d, "bn1")
+
+
+def expect_forgot_zero_grad(d):
+    assert d["backward_calls"] == 6 and d["optimizer_steps"] == 4
+    assert d["run"]["graph_from"].endswith("forgot_zero_grad.py:48")  # the model's backward
+    assert sum(op == "NativeBatchNormBackward0" for op in _ops(d)) == 4
+
+
+def expect_builtin_sum(d):
+    adds = [n for n in d["graph"]["nodes"] if n["op"] == "AddBackward0" and n["module"] == ""]
+    unbind = [n for n in d["graph"]["nodes"] if n["op"] == "UnbindBackward0"]
+    # iterating a tensor unbinds it once into 64 one-element views, then 64 Python additions
+    assert len(adds) == 64 and len(unbind) == 1 and unbind[0]["outputs"] == 64
+
+
+def expect_softmax_cross_entropy(d):
+    assert _ops(d, "out") == ["SoftmaxBackward0"]
+    assert "LogSoftmaxBackward0" in [n["op"] for n in d["graph"]["nodes"]
+                                     if n["model"] == "criterion"]
+
+
+def expect_clean(d):
+    assert d["findings"] == []
+    assert all(p["in_graph"] and p["in_optimizer"] for p in d["parameters"]
+               if p["model"] == "model")
+    assert d["optimizer_steps"] == 2
+
+
+def expect_clean_transformer(d):
+    expect_clean(d)
+    assert "SoftmaxBackward0" in _ops(d, "blocks.0.attn")
+    tied = [n for n in d["graph"]["nodes"] if n["param"] in ("tok.weight", "lm_head.weight")]
+    assert len(tied) == 1
+
+
+def expect_clean_cnn(d):
+    expect_clean(d)
+    assert "AddBackward0" in _ops(d, "layer1.0")  # the residual add
+
+
+def expect_clean_lstm(d):
+    expect_clean(d)
+    lstm = [n for n in d["graph"]["nodes"] if n["module"] == "lstm" and n["leaf"] == "parameter"]
+    assert len(lstm) == 8  # weight_ih, weight_hh, bias_ih, bias_hh for each of 2 layers
+
+
+EXPECT = {
+    "layers_in_forward.py": expect_layers_in_forward,
+    "handwritten_batchnorm.py": expect_handwritten_batchnorm,
+    "forgot_zero_grad.py": expect_forgot_zero_grad,
+    "builtin_sum.py": expect_builtin_sum,
+    "softmax_cross_entropy.py": expect_softmax_cross_entropy,
+    "clean_cnn.py": expect_clean_cnn,
+    "clean_transformer.py": expect_clean_transformer,
+    "clean_lstm.py": expect_clean_lstm,
+}
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_sample_through_the_cli(name, tmp_path):
+    d, output = trace_sample(name, tmp_path)
+    EXPECT[name](d)
+    assert "gradscope script trace" in output
+
+
+@pytest.mark.parametrize("target,inputs", [
+    ("clean_cnn.py:SmallResNet", ["--input", "2,3,32,32"]),
+    ("clean_transformer.py:TinyGPT", ["--input", "2,32:long"]),
+    ("clean_lstm.py:build", []),
+])
+def test_samples_as_model_targets(target, inputs, tmp_path):
+    d, _ = trace_sample(target, tmp_path, *inputs)
+    assert d["backward_calls"] == 1 and all(p["in_graph"] for p in d["parameters"])

@@ -1,0 +1,147 @@
+"""The autograd walk: completeness against an independent walk, ids, leaves, saved tensors."""
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+from gradscope.graph import LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED
+from gradscope.tracing.walk import walk_autograd_graph
+
+from conftest import independent_walk
+from models import zoo
+
+
+def _loss(out):
+    if isinstance(out, torch.Tensor):
+        return out.sum()
+    if isinstance(out, dict):
+        return sum(v.sum() for v in out.values())
+    return sum(o.sum() for o in out)
+
+
+@pytest.mark.parametrize("name,model,inputs", zoo(), ids=[z[0] for z in zoo()])
+def test_node_and_edge_counts_match_an_independent_walk(name, model, inputs):
+    loss = _loss(model(*inputs))
+    graph = gradscope.graph_of(loss, params=dict(model.named_parameters()))
+    nodes, edges = independent_walk(loss)
+    assert len(graph.nodes) == nodes
+    assert len(graph.edges) == edges
+    # every trainable parameter that feeds the loss appears exactly once, by name
+    names = sorted(n.param for n in graph.nodes if n.leaf == LEAF_PARAMETER)
+    assert len(names) == len(set(names))
+    used = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(names) == used
+
+
+def test_ids_are_a_counter_in_walk_order_and_stable():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(2, 3)
+    g1 = gradscope.graph_of(model(x).sum())
+    g2 = gradscope.graph_of(model(x).sum())
+    assert [n.id for n in g1.nodes] == [f"n{i}" for i in range(len(g1.nodes))]
+    assert [(n.id, n.op) for n in g1.nodes] == [(n.id, n.op) for n in g2.nodes]
+    assert g1.edges == g2.edges
+    assert g1.roots == ["n0"] and g1.nodes[0].op == "SumBackward0"
+
+
+def test_accumulate_grad_leaves_are_marked():
+    w = nn.Parameter(torch.randn(3))
+    stray = torch.randn(3, requires_grad=True)
+    x = torch.randn(3, requires_grad=True)
+    y = (w * stray * x).sum()
+    g = walk_autograd_graph([y], params={id(w): ("m", "w")}, inputs={id(x)})
+    leaves = {n.leaf: n for n in g.nodes if n.op == "AccumulateGrad"}
+    assert set(leaves) == {LEAF_PARAMETER, LEAF_UNREGISTERED, LEAF_INPUT}
+    assert leaves[LEAF_PARAMETER].param == "w" and leaves[LEAF_PARAMETER].model == "m"
+    assert leaves[LEAF_UNREGISTERED].param is None
+    assert leaves[LEAF_UNREGISTERED].shape == (3,)
+
+
+def test_edges_run_from_producer_to_consumer():
+    w = nn.Parameter(torch.randn(2, 2))
+    y = (w @ w).relu().sum()
+    g = gradscope.graph_of(y, params={"w": w})
+    ops = {n.id: n.op for n in g.nodes}
+    pairs = {(ops[e.src], ops[e.dst]) for e in g.edges}
+    assert ("AccumulateGrad", "MmBackward0") in pairs
+    assert ("MmBackward0", "ReluBackward0") in pairs
+    assert ("ReluBackward0", "SumBackward0") in pairs
+
+
+def test_shapes_dtypes_and_output_counts():
+    x = torch.randn(4, 6, requires_grad=True)
+    a, b = x.split(3, dim=1)
+    y = (a.double() * 2).sum() + b.sum()
+    g = gradscope.graph_of(y)
+    by_op = {n.op: n for n in g.nodes}
+    assert by_op["SplitBackward0"].outputs == 2
+    assert by_op["SplitBackward0"].shape == (4, 3)
+    assert by_op["MulBackward0"].dtype == "float64"
+    assert by_op["MulBackward0"].device == "cpu"
+    assert by_op["AccumulateGrad"].shape == (4, 6)
+
+
+def test_saved_tensors_count_each_storage_once_and_skip_parameters():
+    lin = nn.Linear(8, 8)
+    x = torch.randn(16, 8)
+    h = torch.relu(lin(x))       # relu saves its result
+    y = (h * h).sum()            # mul saves h twice: the same storage as relu's result
+    g = gradscope.graph_of(y, params=dict(lin.named_parameters()))
+    relu = next(n for n in g.nodes if n.op == "ReluBackward0")
+    mul = next(n for n in g.nodes if n.op == "MulBackward0")
+    h_bytes = 16 * 8 * 4
+    # BFS reaches mul first: it counts h once; relu's saved result is the same storage
+    assert mul.saved_bytes == h_bytes
+    assert relu.saved_bytes == 0 and relu.saved and relu.saved[0].counted is False
+    addmm = next(n for n in g.nodes if n.op == "AddmmBackward0")
+    names = {s.name for s in addmm.saved}
+    assert "mat1" in names
+    # the weight is a parameter: saved by addmm but not activation memory
+    assert addmm.saved_bytes == 16 * 8 * 4
+    assert g.saved_bytes == 2 * h_bytes
+
+
+def test_custom_autograd_function_saved_tensors():
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad
+
+    x = torch.randn(5, requires_grad=True)
+    g = gradscope.graph_of(Square.apply(x * 1.0).sum())
+    node = next(n for n in g.nodes if n.op == "SquareBackward")
+    assert node.saved and node.saved[0].shape == (5,)
+
+
+def test_long_chain_walks_without_recursion():
+    x = torch.zeros(1, requires_grad=True)
+    y = x
+    for _ in range(20_000):  # torchviz's recursive walk dies at a few thousand
+        y = y + 1
+    g = gradscope.graph_of(y)
+    assert len(g.nodes) == 20_001
+    assert len(g.edges) == 20_000
+
+
+def test_multiple_roots_and_shared_subgraph():
+    w = nn.Parameter(torch.randn(3))
+    h = w * 2
+    a, b = h.sum(), (h ** 2).sum()
+    g = gradscope.graph_of(a, b, params={"w": w})
+    assert len(g.roots) == 2
+    assert sum(1 for n in g.nodes if n.op == "MulBackward0") == 1  # shared, walked once
+    nodes, edges = independent_walk(a, b)
+    assert len(g.nodes) == nodes and len(g.edges) == edges
+
+
+def test_graph_of_rejects_what_has_no_graph():
+    with pytest.raises(gradscope.InputError, match="no tensor given has a grad_fn"):
+        gradscope.graph_of(torch.randn(3))
+    with pytest.raises(gradscope.InputError, match="expects tensors"):
+        gradscope.graph_of([1, 2])
