@@ -9,6 +9,7 @@ Node ids are ``n0``, ``n1``, ... in walk order, so the same program gives the sa
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 # Values of Node.leaf for AccumulateGrad nodes (leaf tensors that require grad).
@@ -61,12 +62,14 @@ class Node:
         self.device = device
         self.param = param        # qualified parameter name for a parameter's AccumulateGrad
         self.leaf = leaf          # one of LEAF_* for AccumulateGrad nodes, else None
-        self.saved = saved if saved is not None else []
+        self.saved = saved if saved is not None else ()  # shared empty: no list per node
         self.outputs = outputs    # how many tensors the forward op produced
 
     @property
     def saved_bytes(self) -> int:
         """Bytes of saved activations this node holds, each storage counted once graph-wide."""
+        if not self.saved:
+            return 0
         return sum(s.bytes for s in self.saved if s.counted)
 
     @property
@@ -168,3 +171,40 @@ class Graph:
             g.add_node(n.id, **attrs)
         g.add_edges_from(self.edges)
         return g
+
+
+# -- fast JSON lines ---------------------------------------------------------------------------
+# A million-node graph must serialise in seconds: these produce exactly what
+# ``json.dumps(x.to_dict(), sort_keys=True)`` would, with the repeated strings (ops, modules,
+# dtypes, devices) and shapes encoded once.
+class _Encoded(dict):
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = json.dumps(value)
+        return text
+
+
+def _plain_id(value: str) -> str:
+    return f'"{value}"' if value.isalnum() else json.dumps(value)
+
+
+def node_json_lines(nodes: Iterable[Node]) -> Iterator[str]:
+    """One JSON object per node, keys sorted, same text as ``json.dumps(node.to_dict(), ...)``."""
+    enc = _Encoded()
+    shapes: dict = {None: "null"}
+    template = ('{"device": %s, "dtype": %s, "id": %s, "leaf": %s, "model": %s, "module": %s, '
+                '"op": %s, "outputs": %d, "param": %s, "saved": %s, "saved_bytes": %d, '
+                '"shape": %s}')
+    for n in nodes:
+        shape = shapes.get(n.shape)
+        if shape is None:
+            shape = shapes[n.shape] = json.dumps(list(n.shape))
+        saved = json.dumps([s.to_dict() for s in n.saved], sort_keys=True) if n.saved else "[]"
+        yield template % (enc[n.device], enc[n.dtype], _plain_id(n.id), enc[n.leaf],
+                          enc[n.model], enc[n.module], enc[n.op], n.outputs,
+                          enc[n.param] if n.param is None else json.dumps(n.param), saved,
+                          n.saved_bytes, shape)
+
+
+def edge_json_lines(edges: Iterable[Edge]) -> Iterator[str]:
+    for src, dst in edges:
+        yield f'{{"dst": {_plain_id(dst)}, "src": {_plain_id(src)}}}'

@@ -10,11 +10,11 @@ import io
 import json
 import os
 import tempfile
-from typing import IO, Any, Optional
+from typing import IO, Any, Iterable, Optional
 
 from ._version import __version__
 from .findings import Finding
-from .graph import Graph
+from .graph import Graph, edge_json_lines, node_json_lines
 
 SCHEMA_VERSION = 1
 
@@ -36,8 +36,8 @@ class Trace:
     torch_version: Optional[str] = None
 
     # -- JSON ----------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return {
+    def to_dict(self, with_graph: bool = True) -> dict:
+        d = {
             "gradscope": __version__,
             "schema": SCHEMA_VERSION,
             "torch": self.torch_version,
@@ -51,8 +51,10 @@ class Trace:
             "modules": list(self.modules),
             "parameters": list(self.parameters),
             "events": list(self.events),
-            "graph": self.graph.to_dict(),
         }
+        if with_graph:
+            d["graph"] = self.graph.to_dict()
+        return d
 
     def summary(self) -> dict:
         g = self.graph
@@ -80,15 +82,14 @@ class Trace:
     def write_json(self, fp: IO[str]) -> None:
         """Stream the JSON: top-level keys pretty, one graph node or edge per line (diffable,
         linear time, no giant intermediate string for a million-node graph)."""
-        d = self.to_dict()
-        graph = d.pop("graph")
+        d = self.to_dict(with_graph=False)
         fp.write("{\n")
         for key, value in d.items():
             fp.write(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)},\n")
-        fp.write(' "graph": {\n  "roots": ' + json.dumps(graph["roots"]) + ',\n  "nodes": [')
-        _write_lines(fp, graph["nodes"])
+        fp.write(' "graph": {\n  "roots": ' + json.dumps(self.graph.roots) + ',\n  "nodes": [')
+        _write_lines(fp, node_json_lines(self.graph.nodes))
         fp.write('],\n  "edges": [')
-        _write_lines(fp, graph["edges"])
+        _write_lines(fp, edge_json_lines(self.graph.edges))
         fp.write("]\n }\n}\n")
 
     def to_json(self) -> str:
@@ -109,11 +110,14 @@ class Trace:
             return cls.from_json(f.read())
 
 
-def _write_lines(fp: IO[str], items: list) -> None:
-    dumps = json.dumps
-    for i, item in enumerate(items):
-        fp.write(("\n   " if i == 0 else ",\n   ") + dumps(item, sort_keys=True))
-    if items:
+def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
+    sep = "\n   "
+    wrote = False
+    for line in lines:
+        fp.write(sep + line)
+        sep = ",\n   "
+        wrote = True
+    if wrote:
         fp.write("\n  ")
 
 

@@ -104,3 +104,22 @@ def test_same_program_same_bytes(tmp_path):
 def test_from_dict_rejects_other_json():
     with pytest.raises(ValueError, match="not a gradscope trace"):
         Trace.from_dict({"nodes": []})
+
+
+def test_fast_json_lines_equal_json_dumps():
+    from gradscope.graph import Edge, Node, SavedTensor, edge_json_lines, node_json_lines
+
+    nodes = [
+        Node("n0", "AddBackward0", 'we"ird\\mod\n<x>', "model", (2, 3), "float32", "cpu"),
+        Node("n1", "AccumulateGrad", "", "m", (3,), "bfloat16", "cuda:0", param="a.b",
+             leaf="parameter"),
+        Node("n2", None, None, None, None, None, None, leaf="unregistered",
+             saved=[SavedTensor("self", (4, 4), "float32", 64, True),
+                    SavedTensor("other", None, "float32", 64, False)]),
+        Node("weird id", "X\u00e9", "\u6a21\u5757", "m", (), "int64", "meta", outputs=3),
+    ]
+    for n, line in zip(nodes, node_json_lines(nodes)):
+        assert line == json.dumps(n.to_dict(), sort_keys=True)
+    edges = [Edge("n0", "n1"), Edge("weird id", "n2")]
+    for e, line in zip(edges, edge_json_lines(edges)):
+        assert line == json.dumps({"src": e.src, "dst": e.dst}, sort_keys=True)

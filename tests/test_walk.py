@@ -145,3 +145,14 @@ def test_graph_of_rejects_what_has_no_graph():
         gradscope.graph_of(torch.randn(3))
     with pytest.raises(gradscope.InputError, match="expects tensors"):
         gradscope.graph_of([1, 2])
+
+
+def test_structure_only_walk_matches_the_full_one():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    y = model(torch.randn(2, 3)).sum()
+    full = gradscope.graph_of(y, params=dict(model.named_parameters()))
+    bare = gradscope.graph_of(y, params=dict(model.named_parameters()), shapes=False)
+    assert [(n.id, n.op, n.param) for n in bare.nodes] == [(n.id, n.op, n.param) for n in full.nodes]
+    assert bare.edges == full.edges
+    assert all(n.saved == () for n in bare.nodes)
+    assert all(n.shape is None for n in bare.nodes if n.leaf is None)

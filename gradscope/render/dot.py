@@ -31,9 +31,18 @@ def quote(text: str) -> str:
     return '"' + text.replace("\r", "").replace("\n", "\\n") + '"'
 
 
-def _label(lines: Iterable[str]) -> str:
+class _Quoted(dict):
+    """quote() with memory: op names, shapes and module names repeat thousands of times."""
+
+    def __missing__(self, text: str) -> str:
+        q = self[text] = quote(text)[1:-1]
+        return q
+
+
+def _label(lines: Iterable[str], cache: Optional[_Quoted] = None) -> str:
     # Lines are joined with DOT's \n escape *after* quoting each, so user text never adds escapes.
-    return '"' + "\\n".join(quote(x)[1:-1] for x in lines) + '"'
+    q = cache if cache is not None else _Quoted()
+    return '"' + "\\n".join(q[x] for x in lines) + '"'
 
 
 def render_dot(trace: Trace, depth: Optional[int] = None, view: Optional[View] = None,
@@ -65,18 +74,19 @@ def view_to_dot(view: View, highlight: set, title: Optional[str] = None) -> str:
     return "\n".join(out) + "\n"
 
 
-def _node_line(node, highlight: set, indent: str) -> str:
-    attrs = [f"label={_label(node.lines)}", STYLE.get(node.kind, STYLE["op"])]
+def _node_line(node, highlight: set, indent: str, cache: _Quoted) -> str:
+    line = f"{indent}{node.id} [label={_label(node.lines, cache)} {STYLE.get(node.kind, STYLE['op'])}"
     if node.tooltip:
-        attrs.append(f"tooltip={quote(node.tooltip)}")
-    if highlight and highlight.intersection(node.members):
-        attrs.append(HIGHLIGHT)
-    return f"{indent}{node.id} [{' '.join(attrs)}]"
+        line += f" tooltip={quote(node.tooltip)}"
+    if highlight and not highlight.isdisjoint(node.members):
+        line += " " + HIGHLIGHT
+    return line + "]"
 
 
 def _emit_nodes(out: list, view: View, highlight: set) -> None:
     # Clusters in order of first appearance; sorting by the tuple of prefix indices gives a
     # depth-first order, so clusters open and close with an explicit stack (no recursion).
+    cache = _Quoted()
     order: dict = {}
     members: dict = {}
     for node in view.nodes:
@@ -84,7 +94,7 @@ def _emit_nodes(out: list, view: View, highlight: set) -> None:
             order.setdefault(node.cluster[:k], len(order))
         members.setdefault(node.cluster, []).append(node)
     for node in members.pop((), []):
-        out.append(_node_line(node, highlight, "  "))
+        out.append(_node_line(node, highlight, "  ", cache))
     paths = sorted(order, key=lambda p: tuple(order[p[:k]] for k in range(1, len(p) + 1)))
     open_stack: list = []
     for path in paths:
@@ -98,7 +108,7 @@ def _emit_nodes(out: list, view: View, highlight: set) -> None:
         out.append(f"{indent}subgraph cluster_{order[path]} {{")
         out.append(f"{indent}  label={quote(label)} fontsize=10 labeljust=l {style}")
         for node in members.get(path, []):
-            out.append(_node_line(node, highlight, indent + "  "))
+            out.append(_node_line(node, highlight, indent + "  ", cache))
         open_stack.append(path)
     while open_stack:
         open_stack.pop()

@@ -88,26 +88,34 @@ def op_view(trace: Trace) -> View:
     graph = trace.graph
     roots = set(graph.roots)
     nodes = []
+    paths: dict = {}
+    shapes: dict = {}
     for n in graph.nodes:
-        cluster = _path(n.model, n.module)
+        key = (n.model, n.module)
+        cluster = paths.get(key)
+        if cluster is None:
+            cluster = paths[key] = _path(n.model, n.module)
+        shape = shapes.get(n.shape)
+        if shape is None:
+            shape = shapes[n.shape] = shape_text(n.shape)
         if n.leaf is not None:
             kind = n.leaf
             title = n.param if n.leaf == LEAF_PARAMETER else (
                 "input" if n.leaf == LEAF_INPUT else "unregistered leaf")
-            lines = [title.rpartition(".")[2] if n.leaf == LEAF_PARAMETER else title,
-                     shape_text(n.shape)]
+            lines = [title.rpartition(".")[2] if n.leaf == LEAF_PARAMETER else title, shape]
         else:
             kind = "root" if n.id in roots else "op"
-            lines = [n.op or "?", shape_text(n.shape)]
-            if n.saved_bytes:
-                lines.append(f"saved {human_bytes(n.saved_bytes)}")
-        tip = f"{n.id} {n.op}" + (f" in {n.module_path}" if n.module_path else "")
-        if n.param:
-            tip += f" param {n.param}"
+            lines = [n.op or "?", shape]
+            if n.saved:
+                saved = n.saved_bytes
+                if saved:
+                    lines.append(f"saved {human_bytes(saved)}")
+        # The tooltip carries what the label leaves out: the full module path and parameter name.
+        tip = n.param if n.param else (".".join(cluster) if cluster else "")
         nodes.append(ViewNode(n.id, kind, [x for x in lines if x], cluster, [n.id], tip))
-    edges = [(e.src, e.dst, "") for e in graph.edges]
-    paths = {v.cluster for v in nodes if v.cluster}
-    return View(nodes, edges, None, cluster_labels=_cluster_labels(trace, paths))
+    edges = [(src, dst, "") for src, dst in graph.edges]
+    return View(nodes, edges, None,
+                cluster_labels=_cluster_labels(trace, {c for c in paths.values() if c}))
 
 
 def collapsed_view(trace: Trace, depth: int, group_outside: bool = False) -> View:

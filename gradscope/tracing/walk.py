@@ -1,7 +1,7 @@
 """Iterative walk of the autograd graph (``grad_fn`` -> ``next_functions``) into a plain Graph.
 
-No recursion: a deque drives a breadth-first walk, so a million-node chain is as fine as a
-ten-node MLP. Node ids come from a counter in walk order, never from ``id()``.
+No recursion: a breadth-first loop over the list of discovered nodes, so a million-node chain
+is as fine as a ten-node MLP. Node ids come from a counter in walk order, never from ``id()``.
 
 The walk reads private autograd attributes (``_input_metadata``, ``_sequence_nr``, ``_saved_*``);
 each read is guarded so that an older or newer torch without one of them still gives a graph,
@@ -10,7 +10,6 @@ with less detail.
 from __future__ import annotations
 
 import gc
-from collections import deque
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -18,12 +17,8 @@ import torch
 from ..graph import (LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED, Edge, Graph, Node,
                      SavedTensor)
 
-# (model label, qualified parameter name) for a parameter tensor.
-ParamName = tuple
 # seq -> (model label, module qualname) or None
 Attribution = Callable[[int], Optional[tuple]]
-
-_SEQ_NONE = 2 ** 64 - 1  # AccumulateGrad nodes report UINT64_MAX as their sequence number
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -33,10 +28,11 @@ def _dtype_name(dtype: Any) -> str:
 class _TypeInfo:
     """What the walk learned about one autograd node class, computed once per class."""
 
-    __slots__ = ("name", "saved_attrs", "python_function")
+    __slots__ = ("name", "saved_attrs", "python_function", "is_leaf", "has_saved")
 
     def __init__(self, fn: Any) -> None:
         self.name = type(fn).__name__
+        self.is_leaf = self.name == "AccumulateGrad"
         self.python_function = isinstance(fn, torch.autograd.function.BackwardCFunction)
         # Saved attributes that hold tensors; scalars and sizes are not activation memory.
         attrs = []
@@ -53,6 +49,7 @@ class _TypeInfo:
                     and all(isinstance(v, torch.Tensor) or v is None for v in value)):
                 attrs.append(attr)
         self.saved_attrs = tuple(attrs)
+        self.has_saved = bool(attrs) or self.python_function
 
 
 class AutogradWalker:
@@ -65,7 +62,7 @@ class AutogradWalker:
 
     def __init__(self, params: Optional[dict] = None, inputs: Optional[set] = None,
                  attribution: Optional[Attribution] = None, saved: bool = True,
-                 param_storage_keys: Iterable = ()) -> None:
+                 param_storage_keys: Iterable = (), shapes: bool = True) -> None:
         self.params = params or {}
         self.inputs = inputs or set()
         self.attribution = attribution
@@ -74,10 +71,10 @@ class AutogradWalker:
         self._str_cache: dict = {}
         # Parameters are not activation memory: a saved weight is never counted.
         self._storages: set = set(param_storage_keys)
-        self._has_metadata = True
-        self._has_seq = True
+        # Reading a node's output metadata is over half the cost of a walk; ``shapes=False``
+        # gives the bare structure of a giant graph (ops, edges, modules, leaves) faster.
+        self._has_metadata = shapes
 
-    # -- the walk ------------------------------------------------------------------------------
     def walk(self, roots: Iterable[Any]) -> Graph:
         """Walk from root ``grad_fn`` nodes (or tensors) and return the graph."""
         gc_was_enabled = gc.isenabled()
@@ -89,71 +86,64 @@ class AutogradWalker:
                 gc.enable()
 
     def _walk(self, roots: Iterable[Any]) -> Graph:
+        # One tight loop: at a million nodes every attribute lookup and call shows. Breadth-first
+        # order is discovery order, so the list of discovered nodes doubles as the queue.
         index: dict = {}
         fns: list = []        # keeps the Python wrappers alive so that id() stays unique
         ids: list = []
         root_ids: list = []
-        queue: deque = deque()
         for root in roots:
             fn = root.grad_fn if isinstance(root, torch.Tensor) else root
             if fn is None:
                 continue
-            k = id(fn)
-            if k not in index:
-                index[k] = len(fns)
+            if id(fn) not in index:
+                index[id(fn)] = len(fns)
                 fns.append(fn)
                 ids.append(f"n{len(ids)}")
-                queue.append(fn)
-            root_ids.append(ids[index[k]])
+            root_ids.append(ids[index[id(fn)]])
         nodes: list = []
         edges: list = []
-        append_edge = edges.append
-        while queue:
-            fn = queue.popleft()
-            i = index[id(fn)]
-            nodes.append(self._node(ids[i], fn))
+        add_node, add_edge, add_fn, add_id = nodes.append, edges.append, fns.append, ids.append
+        types, index_get, new_edge = self._types, index.get, tuple.__new__
+        attribution, want_saved, metadata = self.attribution, self.saved, self._metadata
+        i = 0
+        while i < len(fns):
+            fn = fns[i]
             dst = ids[i]
+            i += 1
+            info = types.get(type(fn))
+            if info is None:
+                info = types[type(fn)] = _TypeInfo(fn)
+            node = Node(dst, info.name)
+            metadata(node, fn)
+            if info.is_leaf:
+                self._fill_leaf(node, fn)
+            elif attribution is not None:
+                owner = attribution(fn._sequence_nr())
+                if owner is not None:
+                    node.model, node.module = owner
+            if want_saved and info.has_saved:
+                node.saved = self._saved(fn, info)
+            add_node(node)
             for nf, _slot in fn.next_functions:
                 if nf is None:
                     continue
-                k = id(nf)
-                j = index.get(k)
+                j = index_get(id(nf))
                 if j is None:
                     j = len(fns)
-                    index[k] = j
-                    fns.append(nf)
-                    ids.append(f"n{j}")
-                    queue.append(nf)
-                append_edge(Edge(ids[j], dst))
+                    index[id(nf)] = j
+                    add_fn(nf)
+                    add_id(f"n{j}")
+                add_edge(new_edge(Edge, (ids[j], dst)))
         return Graph(nodes, edges, list(dict.fromkeys(root_ids)))
 
     # -- one node ------------------------------------------------------------------------------
-    def _node(self, node_id: str, fn: Any) -> Node:
-        info = self._types.get(type(fn))
-        if info is None:
-            info = self._types[type(fn)] = _TypeInfo(fn)
-        node = Node(node_id, info.name)
-        self._fill_metadata(node, fn)
-        if info.name == "AccumulateGrad":
-            self._fill_leaf(node, fn)
-        elif self.attribution is not None and self._has_seq:
-            try:
-                owner = self.attribution(fn._sequence_nr())
-            except AttributeError:
-                self._has_seq = False
-                owner = None
-            if owner is not None:
-                node.model, node.module = owner
-        if self.saved and (info.saved_attrs or info.python_function):
-            node.saved = self._saved(fn, info)
-        return node
-
-    def _fill_metadata(self, node: Node, fn: Any) -> None:
+    def _metadata(self, node: Node, fn: Any) -> None:
         if not self._has_metadata:
             return
         try:
             meta = fn._input_metadata
-        except AttributeError:
+        except AttributeError:  # a torch without it: shapes come only from leaves
             self._has_metadata = False
             return
         except Exception:
@@ -166,8 +156,10 @@ class AutogradWalker:
             node.shape = tuple(m.shape)
         except Exception:  # nested / symbolic shapes
             node.shape = None
-        node.dtype = self._str(m.dtype, _dtype_name)
-        node.device = self._str(m.device, str)
+        cache = self._str_cache
+        dtype, device = m.dtype, m.device
+        node.dtype = cache.get(dtype) or self._str(dtype, _dtype_name)
+        node.device = cache.get(device) or self._str(device, str)
 
     def _str(self, value: Any, fmt: Callable) -> str:
         s = self._str_cache.get(value)
@@ -238,7 +230,7 @@ def storage_key(t: torch.Tensor) -> tuple:
 
 def walk_autograd_graph(roots: Iterable[Any], params: Optional[dict] = None,
                         inputs: Optional[set] = None, attribution: Optional[Attribution] = None,
-                        param_storage_keys: Iterable = ()) -> Graph:
+                        param_storage_keys: Iterable = (), shapes: bool = True) -> Graph:
     """Walk the autograd graph behind ``roots`` (tensors or grad_fn nodes) into a Graph."""
-    return AutogradWalker(params, inputs, attribution,
-                          param_storage_keys=param_storage_keys).walk(roots)
+    return AutogradWalker(params, inputs, attribution, param_storage_keys=param_storage_keys,
+                          shapes=shapes, saved=shapes).walk(roots)
