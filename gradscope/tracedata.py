@@ -121,6 +121,12 @@ def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
         fp.write("\n  ")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path: str, write: Any, mode: str = "w") -> None:
     """Write through a temporary file in the same folder, then rename: a crash or Ctrl-C never
     leaves a half-written report behind. Targets that are not regular files (``/dev/null``, a
@@ -136,6 +142,7 @@ def write_atomically(path: str, write: Any, mode: str = "w") -> None:
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             write(f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         try:

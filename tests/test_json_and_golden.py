@@ -123,3 +123,18 @@ def test_fast_json_lines_equal_json_dumps():
     edges = [Edge("n0", "n1"), Edge("weird id", "n2")]
     for e, line in zip(edges, edge_json_lines(edges)):
         assert line == json.dumps({"src": e.src, "dst": e.dst}, sort_keys=True)
+
+
+def test_saved_files_are_ordinary_files_and_replace_atomically(tmp_path):
+    model, x = _golden_model()
+    report = gradscope.trace(model, x)
+    path = tmp_path / "trace.json"
+    path.write_text("old")
+    old_umask = os.umask(0o022)
+    try:
+        report.save(str(path))
+    finally:
+        os.umask(old_umask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert json.loads(path.read_text())["gradscope"]
+    assert [p.name for p in tmp_path.iterdir()] == ["trace.json"]  # no temp file left behind

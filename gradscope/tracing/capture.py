@@ -248,7 +248,9 @@ class Capture:
                 rows.append({
                     "model": label, "name": name, "type": type(sub).__name__, "registered": True,
                     "calls": rec.calls if rec else 0, "output": rec.output if rec else None,
-                    "parameters": sum(p.numel() for p in sub.parameters(recurse=False)),
+                    # _parameters: the module's own, without a generator walk per module
+                    "parameters": sum(p.numel() for p in sub._parameters.values()
+                                      if p is not None),
                     "location": None,
                 })
         for key, rec in records.items():

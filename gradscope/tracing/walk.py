@@ -215,15 +215,20 @@ class AutogradWalker:
         key, nbytes = storage_key(t)
         counted = key not in self._storages
         self._storages.add(key)
-        shape = tuple(t.shape) if t.layout == torch.strided else None
-        out.append(SavedTensor(name, shape, self._str(t.dtype, _dtype_name), nbytes, counted))
+        try:
+            shape = tuple(t.shape)
+        except RuntimeError:  # nested tensors have no single shape
+            shape = None
+        cache = self._str_cache
+        dtype = cache.get(t.dtype) or self._str(t.dtype, _dtype_name)
+        out.append(SavedTensor(name, shape, dtype, nbytes, counted))
 
 
 def storage_key(t: torch.Tensor) -> tuple:
     """A key identifying the memory a tensor occupies, and that memory's size in bytes."""
     try:
         st = t.untyped_storage()
-        return (str(t.device), st.data_ptr()), st.nbytes()
+        return (st.device, st.data_ptr()), st.nbytes()
     except Exception:  # sparse, nested, fake or meta tensors: fall back to the tensor itself
         return ("id", id(t)), t.numel() * t.element_size()
 

@@ -1,0 +1,151 @@
+"""Capture cost, in one run: plain forward+backward vs gradscope.trace vs torchviz make_dot.
+
+    python bench/bench_capture.py [--quick] [--out bench/RESULTS-capture.md]
+
+Each configuration runs interleaved (plain, gradscope, torchviz, plain, ...) so machine noise
+hits all of them alike; the table gives medians and the ratio to plain forward+backward.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import gradscope
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from models import GPT, ResNet18, deep_mlp  # noqa: E402
+
+try:
+    from torchviz import make_dot
+except ImportError:  # bench/run.sh installs it beside the venv, not into it
+    make_dot = None
+
+
+def loss_of(out):
+    return out.float().mean()
+
+
+def plain(model, x):
+    loss_of(model(x)).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def with_gradscope(model, x):
+    gradscope.trace(model, x, loss_fn=loss_of)
+
+
+def with_torchviz(model, x):
+    out = loss_of(model(x))
+    make_dot(out, params=dict(model.named_parameters()))
+
+
+def timed(fn, *args):
+    gc.collect()
+    t0 = time.perf_counter()
+    try:
+        fn(*args)
+    except RecursionError:
+        return "RecursionError"
+    return time.perf_counter() - t0
+
+
+def bench(name, model, x, reps):
+    fns = {"plain fwd+bwd": plain, "gradscope.trace": with_gradscope}
+    if make_dot is not None:
+        fns["torchviz make_dot"] = with_torchviz
+    plain(model, x)  # warm-up
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            times[k].append(timed(fn, model, x))
+    base = statistics.median(times["plain fwd+bwd"])
+    row = {"model": name, "plain": base}
+    for k, ts in times.items():
+        if any(isinstance(t, str) for t in ts):
+            row[k] = next(t for t in ts if isinstance(t, str))
+        else:
+            row[k] = statistics.median(ts)
+    report = gradscope.trace(model, x, loss_fn=loss_of)
+    row["nodes"] = len(report.graph.nodes)
+    return row
+
+
+def chain_walk(n, reps=1):
+    x = torch.zeros(1, requires_grad=True)
+    y = x
+    for _ in range(n):
+        y = y + 1
+    out = {}
+    for shapes in (False, True):
+        ts = []
+        for _ in range(reps):
+            gc.collect()
+            t0 = time.perf_counter()
+            g = gradscope.graph_of(y, shapes=shapes)
+            ts.append(time.perf_counter() - t0)
+            assert len(g.nodes) == n + 1
+            del g
+        out[shapes] = statistics.median(ts)
+    t0 = time.perf_counter()
+    try:
+        make_dot(y) if make_dot else None
+        viz = "ok" if make_dot else "not installed"
+    except RecursionError:
+        viz = "RecursionError"
+    out["torchviz"] = (viz, time.perf_counter() - t0)
+    return out
+
+
+def fmt(v, base):
+    if isinstance(v, str):
+        return v
+    return f"{v * 1000:.1f} ms ({v / base:.2f}x)"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller inputs and fewer repetitions")
+    ap.add_argument("--out", default=None, help="also write the markdown table here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    reps = 3 if args.quick else 7
+    configs = [
+        ("deep MLP, 1000 Linear (batch 32, width 32)", deep_mlp(1000), torch.randn(32, 32)),
+        ("deep MLP, 3000 Linear (batch 32, width 32)", deep_mlp(3000), torch.randn(32, 32)),
+        ("ResNet-18-like (batch 4, 3x224x224)" if not args.quick else "ResNet-18-like (batch 2, 3x112x112)",
+         ResNet18(), torch.randn(4, 3, 224, 224) if not args.quick else torch.randn(2, 3, 112, 112)),
+        ("GPT-2-small-like, 12 layers d=768 (batch 2, seq 128)" if not args.quick else "GPT-2-small-like, 12 layers d=768 (batch 1, seq 32)",
+         GPT(), torch.randint(0, 50257, (2, 128) if not args.quick else (1, 32))),
+    ]
+    lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+             f"torch threads, torch {torch.__version__}, Python {platform.python_version()}; "
+             f"{reps} interleaved repetitions, medians.", "",
+             "| model | autograd nodes | plain fwd+bwd | gradscope.trace | torchviz make_dot |",
+             "|---|---|---|---|---|"]
+    for name, model, x in configs:
+        row = bench(name, model, x, reps)
+        viz = row.get("torchviz make_dot", "not installed")
+        lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
+                     f"{fmt(row['gradscope.trace'], row['plain'])} | {fmt(viz, row['plain'])} |")
+        print(lines[-1], flush=True)
+    n = 200_000 if args.quick else 1_000_000
+    walk = chain_walk(n)
+    lines += ["", f"Walking a {n:,}-node chain (`y = y + 1` repeated): "
+              f"structure only (`graph_of(y, shapes=False)`) {walk[False]:.2f} s, "
+              f"with shapes, dtypes and saved tensors (`graph_of(y)`) {walk[True]:.2f} s; "
+              f"torchviz make_dot: {walk['torchviz'][0]}."]
+    print(lines[-1])
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
