@@ -191,6 +191,8 @@ def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> 
                   modules=snap["modules"], parameters=snap["parameters"],
                   backward_calls=capture.backward_calls, optimizer_steps=capture.optimizer_steps,
                   events=capture.events, run=dict(run), notes=notes,
+                  attributes=snap["attributes"], constructions=snap["constructions"],
+                  leaves=capture.leaves,
                   torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location

@@ -30,6 +30,9 @@ class Trace:
     backward_calls: int = 0
     optimizer_steps: int = 0
     events: list = dataclasses.field(default_factory=list)       # [{kind, index, location, ...}]
+    attributes: list = dataclasses.field(default_factory=list)   # plain tensor/container attrs
+    constructions: list = dataclasses.field(default_factory=list)  # modules built in forward
+    leaves: list = dataclasses.field(default_factory=list)       # unregistered graph leaves
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
     notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
@@ -51,6 +54,9 @@ class Trace:
             "modules": list(self.modules),
             "parameters": list(self.parameters),
             "events": list(self.events),
+            "attributes": list(self.attributes),
+            "constructions": list(self.constructions),
+            "leaves": list(self.leaves),
         }
         if with_graph:
             d["graph"] = self.graph.to_dict()
@@ -75,6 +81,9 @@ class Trace:
             backward_calls=int(d.get("backward_calls", 0)),
             optimizer_steps=int(d.get("optimizer_steps", 0)),
             events=list(d.get("events", [])),
+            attributes=list(d.get("attributes", [])),
+            constructions=list(d.get("constructions", [])),
+            leaves=list(d.get("leaves", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

@@ -1,8 +1,10 @@
 """Clean reference: a tiny GPT-style transformer (token + position embeddings, causal
 self-attention, MLP, tied output weights) returning a Hugging Face-style dict.
 
-gradscope should report no findings. The graph shows attention's matmuls and softmax inside
-``blocks.N.attn``; the tied ``lm_head.weight`` is the same leaf as ``tok.weight``.
+gradscope should report:
+- tied-weights (info): ``tok.weight = lm_head.weight``, one leaf in the graph; nothing else.
+
+The graph shows attention's matmuls and softmax inside ``blocks.N.attn``.
 
 Run: gradscope trace samples/clean_transformer.py
      gradscope trace samples/clean_transformer.py:TinyGPT --input 2,32:long

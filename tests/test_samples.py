@@ -1,11 +1,14 @@
 """Every sample runs through the real CLI; what each one demonstrates is in its graph."""
+import ast
 import glob
 import json
 import os
+import re
 
 import pytest
 from click.testing import CliRunner
 
+from gradscope.checks import all_checks
 from gradscope_cli.main import main
 
 from conftest import REPO
@@ -68,7 +71,7 @@ def expect_softmax_cross_entropy(d):
 
 
 def expect_clean(d):
-    assert d["findings"] == []
+    assert [f for f in d["findings"] if f["severity"] != "info"] == []
     assert all(p["in_graph"] and p["in_optimizer"] for p in d["parameters"]
                if p["model"] == "model")
     assert d["optimizer_steps"] == 2
@@ -76,6 +79,7 @@ def expect_clean(d):
 
 def expect_clean_transformer(d):
     expect_clean(d)
+    assert [f["check"] for f in d["findings"]] == ["tied-weights"]
     assert "SoftmaxBackward0" in _ops(d, "blocks.0.attn")
     tied = [n for n in d["graph"]["nodes"] if n["param"] in ("tok.weight", "lm_head.weight")]
     assert len(tied) == 1
@@ -92,7 +96,43 @@ def expect_clean_lstm(d):
     assert len(lstm) == 8  # weight_ih, weight_hh, bias_ih, bias_hh for each of 2 layers
 
 
+def expect_plain_list_heads(d):
+    f = next(f for f in d["findings"] if f["check"] == "plain-container")
+    assert f["location"].endswith("plain_list_heads.py:23") and "nn.ModuleList" in f["hint"]
+    u = next(f for f in d["findings"] if f["check"] == "unregistered-parameter")
+    assert sorted(u["data"]["names"])[:2] == ["heads[0].bias", "heads[0].weight"]
+
+
+def expect_head_after_optimizer(d):
+    f = next(f for f in d["findings"] if f["check"] == "param-not-in-optimizer")
+    assert f["data"]["parameters"] == ["fc.weight", "fc.bias"]
+
+
+def expect_lazy_head_in_forward(d):
+    f = next(f for f in d["findings"] if f["check"] == "layer-in-forward")
+    assert f["data"]["assigned"] == "model.head" and f["nodes"]
+
+
+def expect_unused_branch(d):
+    f = next(f for f in d["findings"] if f["check"] == "unused-parameter")
+    assert f["data"]["parameters"] == ["aux.weight", "aux.bias"]
+    assert "find_unused_parameters" in f["message"]
+
+
+def expect_clean_registration(d):
+    assert [f["check"] for f in d["findings"]] == ["tied-weights"]
+    frozen = [p for p in d["parameters"] if not p["requires_grad"]]
+    assert {p["module"] for p in frozen} == {"frozen_norm"}
+    assert all(p["in_optimizer"] for p in d["parameters"] if p["requires_grad"])
+    assert next(p for p in d["parameters"] if p["name"] == "mix.weight")["shape"] == [32, 32]
+
+
 EXPECT = {
+    "plain_list_heads.py": expect_plain_list_heads,
+    "head_after_optimizer.py": expect_head_after_optimizer,
+    "lazy_head_in_forward.py": expect_lazy_head_in_forward,
+    "unused_branch.py": expect_unused_branch,
+    "clean_registration.py": expect_clean_registration,
     "layers_in_forward.py": expect_layers_in_forward,
     "handwritten_batchnorm.py": expect_handwritten_batchnorm,
     "forgot_zero_grad.py": expect_forgot_zero_grad,
@@ -104,11 +144,31 @@ EXPECT = {
 }
 
 
+def documented_findings(name):
+    """(check, severity) pairs the sample's docstring promises under "gradscope should report",
+    limited to checks that exist so far (later checks are promised by the docstrings already)."""
+    with open(os.path.join(REPO, "samples", name)) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    section = doc.split("gradscope should report", 1)[1] if "gradscope should report" in doc else ""
+    pairs = set(re.findall(r"^\s*-?\s*([a-z]+(?:-[a-z]+)+) \((error|warning|info)\)", section,
+                           flags=re.M))
+    known = {c.id for c in all_checks()}
+    return {p for p in pairs if p[0] in known}
+
+
 @pytest.mark.parametrize("name", SAMPLES)
 def test_sample_through_the_cli(name, tmp_path):
     d, output = trace_sample(name, tmp_path)
     EXPECT[name](d)
     assert "gradscope script trace" in output
+    found = {(f["check"], f["severity"]) for f in d["findings"]}
+    assert found == documented_findings(name), "the sample's docstring and its findings differ"
+
+
+def test_docstrings_promise_what_the_key_samples_show():
+    assert documented_findings("layers_in_forward.py") == {("layer-in-forward", "error")}
+    assert documented_findings("handwritten_batchnorm.py") == {("unregistered-tensor", "warning")}
+    assert documented_findings("clean_cnn.py") == set()
 
 
 @pytest.mark.parametrize("target,inputs", [

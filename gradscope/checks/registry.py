@@ -10,6 +10,13 @@ from ..findings import Finding, sort_findings
 
 # One module per check; each defines CHECK = Check(...).
 CHECK_MODULES = (
+    "layer_in_forward",
+    "unregistered_parameter",
+    "plain_container",
+    "unregistered_tensor",
+    "unused_parameter",
+    "param_not_in_optimizer",
+    "tied_weights",
 )
 
 

@@ -52,10 +52,12 @@ def render_dot(trace: Trace, depth: Optional[int] = None, view: Optional[View] =
         view = op_view(trace) if depth is None else collapsed_view(trace, depth)
     if highlight is None:
         highlight = {nid for f in trace.findings for nid in f.nodes}
-    return view_to_dot(view, highlight, title)
+    modules = {f.module for f in trace.findings if f.module and f.severity != "info"}
+    return view_to_dot(view, highlight, title, modules)
 
 
-def view_to_dot(view: View, highlight: set, title: Optional[str] = None) -> str:
+def view_to_dot(view: View, highlight: set, title: Optional[str] = None,
+                highlight_modules: Optional[set] = None) -> str:
     out = ["digraph gradscope {"]
     graph_attrs = ['rankdir=TB', 'fontname="Helvetica"', 'fontsize=11', 'compound=true',
                    'nodesep=0.25', 'ranksep=0.35']
@@ -66,10 +68,10 @@ def view_to_dot(view: View, highlight: set, title: Optional[str] = None) -> str:
     out.append("  graph [" + " ".join(graph_attrs) + "]")
     out.append('  node [fontname="Helvetica" fontsize=10 margin="0.08,0.04" height=0.3]')
     out.append('  edge [color="#707070" arrowsize=0.6 fontname="Helvetica" fontsize=9]')
-    _emit_nodes(out, view, highlight)
+    _emit_nodes(out, view, highlight, highlight_modules or set())
     for src, dst, label in view.edges:
         out.append(f"  {src} -> {dst}" + (f" [label={quote(label)}]" if label else ""))
-    _emit_legend(out, view, highlight)
+    _emit_legend(out, view, highlight, highlight_modules or set())
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -83,7 +85,7 @@ def _node_line(node, highlight: set, indent: str, cache: _Quoted) -> str:
     return line + "]"
 
 
-def _emit_nodes(out: list, view: View, highlight: set) -> None:
+def _emit_nodes(out: list, view: View, highlight: set, highlight_modules: set) -> None:
     # Clusters in order of first appearance; sorting by the tuple of prefix indices gives a
     # depth-first order, so clusters open and close with an explicit stack (no recursion).
     cache = _Quoted()
@@ -103,8 +105,10 @@ def _emit_nodes(out: list, view: View, highlight: set) -> None:
             out.append("  " * (len(open_stack) + 1) + "}")
         indent = "  " * (len(open_stack) + 1)
         label = view.cluster_labels.get(path, path[-1])
-        style = 'style="rounded,bold" color="#5b5b5b"' if len(path) == 1 else \
-            'style="rounded" color="#b8b8b8"'
+        style = 'style="rounded,bold" color="#5b5b5b" fontcolor=black' if len(path) == 1 else \
+            'style="rounded" color="#b8b8b8" fontcolor=black'
+        if ".".join(path) in highlight_modules:
+            style = 'style="rounded,bold" color="#d32f2f" penwidth=2 fontcolor="#d32f2f"'
         out.append(f"{indent}subgraph cluster_{order[path]} {{")
         out.append(f"{indent}  label={quote(label)} fontsize=10 labeljust=l {style}")
         for node in members.get(path, []):
@@ -115,10 +119,10 @@ def _emit_nodes(out: list, view: View, highlight: set) -> None:
         out.append("  " * (len(open_stack) + 1) + "}")
 
 
-def _emit_legend(out: list, view: View, highlight: set) -> None:
+def _emit_legend(out: list, view: View, highlight: set, highlight_modules: set) -> None:
     kinds = {n.kind.replace("module-root", "module") for n in view.nodes}
     entries = [(k, text) for k, text in LEGEND if k in kinds]
-    if highlight:
+    if highlight or highlight_modules:
         entries.append(("finding", "implicated in a finding"))
     if len(entries) < 2:
         return

@@ -87,6 +87,7 @@ def op_view(trace: Trace) -> View:
     """Every autograd node as its own box, inside nested module clusters."""
     graph = trace.graph
     roots = set(graph.roots)
+    leaf_names = {leaf["node"]: leaf.get("name") for leaf in trace.leaves}
     nodes = []
     paths: dict = {}
     shapes: dict = {}
@@ -101,7 +102,8 @@ def op_view(trace: Trace) -> View:
         if n.leaf is not None:
             kind = n.leaf
             title = n.param if n.leaf == LEAF_PARAMETER else (
-                "input" if n.leaf == LEAF_INPUT else "unregistered leaf")
+                "input" if n.leaf == LEAF_INPUT else
+                f"{leaf_names.get(n.id) or 'leaf'} (unregistered)")
             lines = [title.rpartition(".")[2] if n.leaf == LEAF_PARAMETER else title, shape]
         else:
             kind = "root" if n.id in roots else "op"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import difflib
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -35,6 +37,9 @@ class ModuleRecord:
     calls: int = 0
     output: Optional[str] = None    # shapes of the first call's outputs, e.g. "(8, 10)"
     location: Optional[str] = None  # first call site in user code (for unregistered modules)
+    has_parameters: bool = False
+    objects: int = 1                # distinct module objects seen under this name
+    last: Any = None                # weak reference to the last one
 
 
 def describe_output(out: Any, limit: int = 4) -> Optional[str]:
@@ -76,6 +81,8 @@ class ModuleTracker:
         self._stack: list = []        # [module, model, name, start_seq, unregistered_counter]
         self._ranges: list = []       # (start, end, model, name)
         self._explicit_labels: dict = {}
+        self._stale = False           # a model's module tree changed: rename before next call
+        self.on_new_model: Optional[Callable[[nn.Module], None]] = None
 
     # -- set-up --------------------------------------------------------------------------------
     def add_model(self, model: nn.Module, label: str) -> str:
@@ -96,6 +103,17 @@ class ModuleTracker:
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
 
+    def in_forward(self) -> bool:
+        return bool(self._stack)
+
+    def current(self) -> Optional[tuple]:
+        """``(model, name)`` of the innermost forward running now, or None."""
+        return (self._stack[-1][1], self._stack[-1][2]) if self._stack else None
+
+    def invalidate_names(self) -> None:
+        """A module was assigned onto a model: name its tree again before the next call."""
+        self._stale = True
+
     # -- naming --------------------------------------------------------------------------------
     def _register_root(self, module: nn.Module) -> tuple:
         known = self._names.get(id(module))
@@ -103,10 +121,22 @@ class ModuleTracker:
             return known
         label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
         self.models[label] = module
-        for name, sub in module.named_modules(remove_duplicate=True):
-            if id(sub) not in self._names:
-                self._names[id(sub)] = (sub, label, name)
+        self._name_tree(label, module)
+        if self.on_new_model is not None:
+            self.on_new_model(module)
         return self._names[id(module)]
+
+    def _name_tree(self, label: str, module: nn.Module) -> None:
+        for name, sub in module.named_modules(remove_duplicate=True):
+            known = self._names.get(id(sub))
+            if known is None or known[0] is not sub:
+                self._names[id(sub)] = (sub, label, name)
+
+    def _rename_stale(self) -> None:
+        self._stale = False
+        for label, model in self.models.items():
+            if model is not None:
+                self._name_tree(label, model)
 
     def _unique_label(self, label: str) -> str:
         if label not in self.models:
@@ -118,17 +148,26 @@ class ModuleTracker:
 
     def _name_unregistered(self, module: nn.Module, parent: list) -> tuple:
         # A module its caller does not own: built inside forward, or held in a plain list/dict.
-        parent[4] += 1
         prefix = f"{parent[2]}." if parent[2] else ""
-        name = f"{prefix}<{type(module).__name__}#{parent[4] - 1}>"
+        held = _held_in_container(parent[0], module)
+        if held is not None:  # reached through a plain list/dict attribute: use that path
+            name = prefix + held
+        else:
+            parent[4] += 1
+            name = f"{prefix}<{type(module).__name__}#{parent[4] - 1}>"
         for sub_name, sub in module.named_modules():
             if id(sub) not in self._names and id(sub) not in self._transient:
                 full = f"{name}.{sub_name}" if sub_name else name
                 self._transient[id(sub)] = (sub, parent[1], full)
                 key = (parent[1], full)
-                if key not in self.records:
-                    self.records[key] = ModuleRecord(parent[1], full, type(sub).__name__, False,
-                                                     location=user_location())
+                rec = self.records.get(key)
+                if rec is None:
+                    rec = self.records[key] = ModuleRecord(
+                        parent[1], full, type(sub).__name__, False, location=user_location(),
+                        has_parameters=bool(sub._parameters))
+                elif rec.last is not None and rec.last() is not sub:
+                    rec.objects += 1  # a new object under the same name: rebuilt every call
+                rec.last = weakref.ref(sub)
         return self._transient[id(module)]
 
     def lookup(self, module: nn.Module) -> Optional[tuple]:
@@ -149,6 +188,8 @@ class ModuleTracker:
                          else self._register_root(module))
         if not self._stack:
             self._note_inputs(args)
+            if self._stale:
+                self._rename_stale()
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         self._stack.append([module, entry[1], entry[2], start, 0])
 
@@ -239,3 +280,28 @@ def _guess_label(module: nn.Module) -> str:
                 if value is module:
                     return f"self.{attr}"
     return type(module).__name__
+
+
+def _held_in_container(owner: nn.Module, module: nn.Module) -> Optional[str]:
+    """``heads[0]`` when ``module`` sits in a plain list/tuple/dict attribute of ``owner``."""
+    for attr, value in vars(owner).items():
+        if isinstance(value, (list, tuple)):
+            for i, item in enumerate(value[:1000]):
+                if item is module:
+                    return f"{attr}[{i}]"
+        elif isinstance(value, dict):
+            for k, item in list(value.items())[:1000]:
+                if item is module:
+                    return f"{attr}[{k!r}]"
+    return None
+
+
+def init_typo(cls: type) -> Optional[str]:
+    """The misspelled ``__init__`` of a module class (seed 003's ``__int__``), if any: a class
+    that defines no ``__init__`` of its own but a method whose name is one typo away."""
+    own = vars(cls)
+    if "__init__" in own:
+        return None
+    candidates = [n for n, v in own.items() if callable(v) and n not in ("__iter__", "__index__")]
+    close = difflib.get_close_matches("__init__", candidates, n=1, cutoff=0.8)
+    return close[0] if close else None

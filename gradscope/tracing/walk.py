@@ -62,8 +62,11 @@ class AutogradWalker:
 
     def __init__(self, params: Optional[dict] = None, inputs: Optional[set] = None,
                  attribution: Optional[Attribution] = None, saved: bool = True,
-                 param_storage_keys: Iterable = (), shapes: bool = True) -> None:
+                 param_storage_keys: Iterable = (), shapes: bool = True,
+                 describe_leaf: Optional[Callable[[Any], dict]] = None) -> None:
         self.params = params or {}
+        self.describe_leaf = describe_leaf
+        self.unregistered: dict = {}  # node id -> what describe_leaf said of that leaf
         self.inputs = inputs or set()
         self.attribution = attribution
         self.saved = saved
@@ -184,6 +187,8 @@ class AutogradWalker:
             node.leaf = LEAF_INPUT
         else:
             node.leaf = LEAF_UNREGISTERED
+            if self.describe_leaf is not None:
+                self.unregistered[node.id] = self.describe_leaf(var)
 
     # -- saved tensors -------------------------------------------------------------------------
     def _saved(self, fn: Any, info: _TypeInfo) -> list:

@@ -1,0 +1,47 @@
+"""Small helpers shared by the checks: naming, grouping, graph lookups (plain data only)."""
+from __future__ import annotations
+
+from typing import Iterable, Optional
+
+
+def module_path(model: Optional[str], module: Optional[str]) -> Optional[str]:
+    """``model.encoder.0`` for display; the model itself is just ``model``."""
+    if model is None:
+        return None
+    return f"{model}.{module}" if module else model
+
+
+def numel(shape: Optional[Iterable[int]]) -> int:
+    n = 1
+    for d in shape or ():
+        n *= d
+    return n
+
+
+def shape_str(shape: Optional[Iterable[int]]) -> str:
+    return "x".join(str(d) for d in shape) if shape else "scalar"
+
+
+def names_list(names: list, limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def consumers(trace, node_ids: set) -> list:
+    """Ids of the nodes that directly use any of ``node_ids`` (edges run producer -> consumer)."""
+    return sorted({e.dst for e in trace.graph.edges if e.src in node_ids}, key=_id_order)
+
+
+def _id_order(node_id: str) -> tuple:
+    return (0, int(node_id[1:])) if node_id[1:].isdigit() else (1, node_id)
+
+
+def calls_of(trace, model: Optional[str], module: Optional[str]) -> int:
+    for m in trace.modules:
+        if m["model"] == model and m["name"] == module:
+            return m["calls"]
+    return 0
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

@@ -1,0 +1,42 @@
+"""unused-parameter: trainable parameters that never received a gradient in the whole run."""
+from __future__ import annotations
+
+from ..findings import Finding
+from ._common import module_path, names_list, numel
+from .registry import Check
+
+
+def run(trace) -> list:
+    by_model: dict = {}
+    for p in trace.parameters:
+        if p.get("grad_seen") is None or not p["requires_grad"]:
+            continue  # no backward ran, or frozen on purpose
+        by_model.setdefault(p["model"], []).append(p)
+    out = []
+    for model, params in by_model.items():
+        if not any(p["grad_seen"] for p in params):
+            continue  # nothing of this model trained in the run (a frozen teacher, say)
+        by_module: dict = {}
+        for p in params:
+            if not p["grad_seen"]:
+                by_module.setdefault(p["module"], []).append(p)
+        for module, unused in by_module.items():
+            names = [p["name"] for p in unused]
+            count = sum(numel(p["shape"]) for p in unused)
+            out.append(Finding(
+                "unused-parameter", "warning",
+                f"{names_list(names)} ({count:,} values) never received a gradient in "
+                f"{trace.backward_calls} backward call(s): the loss does not depend on "
+                f"{module_path(model, module)}, so it is not trained. Under "
+                "DistributedDataParallel this is an error unless you pass "
+                "find_unused_parameters=True (which costs an extra graph walk per step).",
+                hint="Use the module in forward(), remove it, or freeze it on purpose with "
+                     "requires_grad_(False).",
+                module=module_path(model, module), location=None,
+                data={"parameters": names, "values": count}))
+    return out
+
+
+CHECK = Check("unused-parameter", "warning",
+              "trainable parameters that never get a gradient (DDP needs find_unused_parameters)",
+              run)

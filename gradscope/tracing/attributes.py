@@ -1,0 +1,118 @@
+"""Module attributes that torch does not manage: plain tensors and plain Python containers.
+
+``Module.__setattr__`` registers Parameters, Modules and buffers; anything else is a plain Python
+attribute: a tensor there is missed by ``.to()``, ``state_dict()`` and ``.half()``; a list of
+modules hides their parameters from ``model.parameters()``. This scan reads ``vars(module)`` of
+every module once, at the end of the run, and also names tensors reachable through those
+attributes (``heads[0].weight``) so that unregistered graph leaves get a readable name.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from .locations import display_path
+
+# Attributes every nn.Module has: torch's own bookkeeping, never user state.
+_MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"_compiled_call_impl"}
+MAX_ITEMS = 1000  # elements of one container looked at
+
+
+@functools.lru_cache(maxsize=512)
+def _assignment_lines(cls: type) -> dict:
+    """``attr -> "file:line"`` of the first ``self.attr = ...`` in the class's source."""
+    found: dict = {}
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object) or klass.__module__.startswith("torch."):
+            continue
+        try:
+            lines, start = inspect.getsourcelines(klass)
+            path = display_path(inspect.getsourcefile(klass) or "?")
+        except (OSError, TypeError):
+            continue
+        for k, line in enumerate(lines):
+            for m in re.finditer(r"self\.([A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)", line):
+                found.setdefault(m.group(1), f"{path}:{start + k}")
+    return found
+
+
+def assignment_location(module: nn.Module, attr: str) -> Optional[str]:
+    return _assignment_lines(type(module)).get(attr)
+
+
+def _elements(value: Any) -> list:
+    if isinstance(value, dict):
+        return [(f"[{k!r}]", v) for k, v in list(value.items())[:MAX_ITEMS]]
+    if isinstance(value, set):
+        return [("[?]", v) for v in list(value)[:MAX_ITEMS]]
+    return [(f"[{i}]", v) for i, v in enumerate(list(value)[:MAX_ITEMS])]
+
+
+def scan_attributes(models: dict) -> tuple:
+    """Returns (records, names): plain tensor and container attributes of every model's
+    modules, and ``id(tensor) -> attribute path`` for tensors reachable through them."""
+    records: list = []
+    names: dict = {}
+    for label, model in models.items():
+        if model is None:
+            continue
+        registered_modules = {id(m) for m in model.modules()}
+        registered_params = {id(p) for p in model.parameters()}
+        for qual, mod in model.named_modules():
+            prefix = f"{qual}." if qual else ""
+            for attr, value in list(vars(mod).items()):
+                if attr in _MODULE_INTERNALS:
+                    continue
+                path = prefix + attr
+                if isinstance(value, torch.Tensor):
+                    names.setdefault(id(value), path)
+                    records.append(_tensor_record(label, qual, mod, attr, value))
+                elif isinstance(value, (list, tuple, dict, set)) and value:
+                    rec = _container_record(label, qual, mod, attr, value, path, names,
+                                            registered_modules, registered_params)
+                    if rec is not None:
+                        records.append(rec)
+    return records, names
+
+
+def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Tensor) -> dict:
+    return {"kind": "tensor", "model": label, "module": qual, "attr": attr,
+            "type": type(mod).__name__, "shape": list(t.shape),
+            "dtype": str(t.dtype).replace("torch.", ""), "device": str(t.device),
+            "requires_grad": bool(t.requires_grad), "is_leaf": bool(t.is_leaf),
+            "location": assignment_location(mod, attr)}
+
+
+def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: Any, path: str,
+                      names: dict, registered_modules: set, registered_params: set
+                      ) -> Optional[dict]:
+    modules, params, tensors = [], 0, 0
+    hidden_params = 0
+    for key, item in _elements(value):
+        if isinstance(item, nn.Module):
+            own = id(item) in registered_modules
+            modules.append({"path": f"{attr}{key}", "type": type(item).__name__,
+                            "registered": own})
+            for pname, p in item.named_parameters():
+                names.setdefault(id(p), f"{path}{key}.{pname}")
+                if id(p) not in registered_params:
+                    hidden_params += p.numel()
+        elif isinstance(item, torch.Tensor):
+            names.setdefault(id(item), f"{path}{key}")
+            if isinstance(item, nn.Parameter) or item.requires_grad:
+                params += 1
+                if id(item) not in registered_params:
+                    hidden_params += item.numel()
+            else:
+                tensors += 1
+    if not modules and not params:
+        return None
+    return {"kind": "container", "model": label, "module": qual, "attr": attr,
+            "type": type(mod).__name__, "container": type(value).__name__,
+            "modules": modules, "parameters": params, "tensors": tensors,
+            "hidden_parameters": hidden_params, "location": assignment_location(mod, attr)}
