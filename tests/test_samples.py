@@ -41,7 +41,13 @@ def expect_layers_in_forward(d):
     assert d["parameters"] == [] and d["backward_calls"] == 3
     assert any("no parameters" in n for n in d["notes"])
     loc = next(m["location"] for m in d["modules"] if m["type"] == "Conv2d")
-    assert loc.endswith("layers_in_forward.py:26")
+    assert loc.endswith("layers_in_forward.py:26")  # where it is called
+    # one finding per cause, with the count: not one per forward call
+    found = [f for f in d["findings"] if f["check"] == "layer-in-forward"]
+    assert [(f["data"]["type"], f["data"]["count"], f["location"].rsplit("/", 1)[-1])
+            for f in found] == [("Conv2d", 3, "layers_in_forward.py:24"),
+                                ("Linear", 3, "layers_in_forward.py:25")]
+    assert "__int__" in found[0]["message"]
 
 
 def expect_handwritten_batchnorm(d):

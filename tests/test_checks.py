@@ -1,0 +1,237 @@
+"""Each check as a pure function on a hand-built Trace (no torch), plus no false alarms on the
+clean models real users write."""
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import gradscope
+from gradscope.checks import all_checks, run_checks, select_checks
+from gradscope.graph import Edge, Graph, Node
+from gradscope.tracedata import Trace
+from gradscope_cli.main import main
+
+from models import zoo
+
+IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
+       "unused-parameter", "param-not-in-optimizer", "tied-weights"]
+
+
+def _check(check_id):
+    return select_checks(only=[check_id])
+
+
+def _param(name, model="m", **kw):
+    row = {"model": model, "name": name, "module": name.rpartition(".")[0], "shape": [4, 4],
+           "numel": 16, "requires_grad": True, "in_graph": True, "in_optimizer": True,
+           "grad_seen": True, "aliases": []}
+    row.update(kw)
+    return row
+
+
+def _module(name, model="m", **kw):
+    row = {"model": model, "name": name, "type": "Linear", "registered": True, "calls": 1,
+           "output": None, "parameters": 0, "location": None, "init_typo": None}
+    row.update(kw)
+    return row
+
+
+def test_registry_ids_are_the_public_ones():
+    assert [c.id for c in all_checks()] == IDS
+    for c in all_checks():
+        assert c.severity in ("error", "warning", "info") and c.summary
+
+
+def test_layer_in_forward_unit():
+    graph = Graph([Node("n0", "AddmmBackward0", "", "m"),
+                   Node("n1", "AccumulateGrad", leaf="unregistered", shape=(2, 3))],
+                  [Edge("n1", "n0")], ["n0"])
+    trace = Trace(graph=graph, modules=[_module("", type="Net", calls=4, init_typo="__int__")],
+                  constructions=[{"type": "Linear", "location": "net.py:7", "model": "m",
+                                  "module": "", "count": 8, "params": {"weight": [2, 3]},
+                                  "assigned": None}],
+                  leaves=[{"node": "n1", "origin": "built-in-forward", "construction": 0,
+                           "name": "weight"}])
+    [f] = run_checks(trace, _check("layer-in-forward"))
+    assert (f.severity, f.location, f.module) == ("error", "net.py:7", "m")
+    assert "2 times per forward" in f.message and "8 times in this run" in f.message
+    assert "Net defines __int__, not __init__" in f.message
+    assert f.nodes == ["n1", "n0"] and f.data["parameters"] == 6
+    # built once and assigned onto the model: the milder case
+    trace.constructions[0].update(count=1, assigned="m.head")
+    [f] = run_checks(trace, _check("layer-in-forward"))
+    assert f.severity == "warning" and "assigned as m.head" in f.message
+    # a parameter-free module rebuilt every call: info
+    trace.constructions = []
+    trace.modules.append(_module("<ReLU#0>", type="ReLU", registered=False, rebuilt=True,
+                                 has_parameters=False, location="net.py:9", parameters=None))
+    [f] = run_checks(trace, _check("layer-in-forward"))
+    assert f.severity == "info" and "ReLU" in f.message
+    trace.modules[-1]["rebuilt"] = False  # one shared object, called every time: fine
+    assert run_checks(trace, _check("layer-in-forward")) == []
+
+
+def test_unregistered_parameter_unit():
+    graph = Graph([Node("n0", "MulBackward0", "", "m"),
+                   Node("n1", "AccumulateGrad", leaf="unregistered", shape=(3,)),
+                   Node("n2", "AccumulateGrad", leaf="unregistered", shape=(5,)),
+                   Node("n3", "AccumulateGrad", leaf="input", shape=(5,))],
+                  [Edge("n1", "n0"), Edge("n2", "n0"), Edge("n3", "n0")], ["n0"])
+    trace = Trace(graph=graph, leaves=[
+        {"node": "n1", "origin": "attribute", "name": "scales[0]"},
+        {"node": "n2", "origin": "unknown", "name": None}],
+        attributes=[{"kind": "container", "model": "m", "module": "", "attr": "scales",
+                     "container": "list", "modules": [], "parameters": 1, "tensors": 0,
+                     "hidden_parameters": 3, "location": "net.py:4", "type": "Net"}])
+    found = run_checks(trace, _check("unregistered-parameter"))
+    assert len(found) == 2 and all(f.severity == "error" for f in found)
+    named = next(f for f in found if f.data["names"] == ["scales[0]"])
+    assert named.location == "net.py:4"
+    assert "nn.ParameterList" in named.hint
+    anonymous = next(f for f in found if f.data["names"] == [None])
+    assert "shape 5" in anonymous.message and anonymous.nodes == ["n2", "n0"]
+
+
+def test_plain_container_unit():
+    rec = {"kind": "container", "model": "m", "module": "enc", "attr": "layers", "type": "Enc",
+           "container": "list", "modules": [{"path": "layers[0]", "type": "Linear",
+                                             "registered": False}],
+           "parameters": 0, "tensors": 0, "hidden_parameters": 20, "location": "enc.py:3"}
+    trace = Trace(attributes=[rec])
+    [f] = run_checks(trace, _check("plain-container"))
+    assert (f.severity, f.module, f.location) == ("error", "m.enc", "enc.py:3")
+    assert "nn.ModuleList" in f.hint
+    rec.update(hidden_parameters=0, modules=[{"path": "acts[0]", "type": "Dropout",
+                                             "registered": False}])
+    [f] = run_checks(trace, _check("plain-container"))
+    assert f.severity == "warning" and "eval" in f.message
+    rec["modules"][0]["registered"] = True  # an alias of registered modules: silent
+    assert run_checks(trace, _check("plain-container")) == []
+
+
+def test_unregistered_tensor_unit():
+    def rec(module):
+        return {"kind": "tensor", "model": "m", "module": module, "attr": "moving_mean",
+                "type": "BN", "shape": [1, 4], "dtype": "float32", "device": "cpu",
+                "requires_grad": False, "is_leaf": True, "location": "bn.py:12"}
+    trace = Trace(attributes=[rec("bn1"), rec("bn2")])
+    [f] = run_checks(trace, _check("unregistered-tensor"))
+    assert f.data["paths"] == ["m.bn1.moving_mean", "m.bn2.moving_mean"]
+    assert "register_buffer('moving_mean'" in f.hint and f.location == "bn.py:12"
+    assert "state_dict()" in f.message and ".to(device)" in f.message
+
+
+def test_unused_parameter_unit():
+    trace = Trace(parameters=[_param("a.w"), _param("b.w", grad_seen=False),
+                              _param("c.w", grad_seen=False, requires_grad=False)],
+                  backward_calls=3)
+    [f] = run_checks(trace, _check("unused-parameter"))
+    assert f.data["parameters"] == ["b.w"] and f.module == "m.b"
+    assert "find_unused_parameters" in f.message
+    # a model none of whose parameters trained (a frozen teacher used under no_grad): silent
+    trace.parameters = [_param("t.w", model="teacher", grad_seen=False)]
+    assert run_checks(trace, _check("unused-parameter")) == []
+    trace.parameters = [_param("x.w", grad_seen=None)]  # no backward ran: nothing to say
+    assert run_checks(trace, _check("unused-parameter")) == []
+
+
+def test_param_not_in_optimizer_unit():
+    trace = Trace(parameters=[_param("body.w"), _param("head.w", in_optimizer=False)],
+                  optimizer_steps=2, events=[{"kind": "step", "index": 1, "location": "t.py:9"}])
+    [f] = run_checks(trace, _check("param-not-in-optimizer"))
+    assert f.data["parameters"] == ["head.w"] and f.location == "t.py:9"
+    assert "add_param_group" in f.hint
+    trace.optimizer_steps = 0  # no optimizer stepped: membership unknown, nothing to say
+    assert run_checks(trace, _check("param-not-in-optimizer")) == []
+
+
+def test_tied_weights_unit():
+    graph = Graph([Node("n0", "MmBackward0", "", "m"), Node("n1", "MmBackward0", "", "m"),
+                   Node("n2", "AccumulateGrad", "emb", "m", param="emb.weight",
+                        leaf="parameter")],
+                  [Edge("n2", "n0"), Edge("n2", "n1")], ["n0"])
+    trace = Trace(graph=graph, parameters=[_param("emb.weight", aliases=["head.weight"])])
+    [f] = run_checks(trace, _check("tied-weights"))
+    assert f.severity == "info" and f.nodes == ["n2"] and f.data["uses"] == 2
+    trace.parameters[0]["aliases"] = []
+    [f] = run_checks(trace, _check("tied-weights"))
+    assert "used at 2 places" in f.message
+
+
+# -- real models: no false alarms at warning or above -----------------------------------------
+class LazyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.LazyLinear(8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.out(torch.relu(self.fc(x)))
+
+
+class CachedRotary(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.register_buffer("cos_cached", torch.cos(torch.arange(16.0)), persistent=False)
+
+    def forward(self, x):
+        return self.proj(x) * self.cos_cached[: x.size(-1)]
+
+
+class HFConfig:
+    vocab_size = 20
+    hidden_size = 8
+
+
+class HFPreTrained(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.lm_head = nn.Linear(8, config.vocab_size, bias=False)
+        self.post_init()
+
+    def post_init(self):
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, input_ids, labels=None):
+        h = self.wte(input_ids)
+        for layer in self.layers:
+            h = torch.tanh(layer(h))
+        logits = self.lm_head(h)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return {"loss": loss, "logits": logits}
+
+
+@pytest.mark.parametrize("name,model,inputs", zoo() + [
+    ("lazy", LazyNet(), (torch.randn(3, 5),)),
+    ("cached", CachedRotary(), (torch.randn(2, 8),)),
+], ids=[z[0] for z in zoo()] + ["lazy", "cached"])
+def test_no_false_alarms_on_clean_models(name, model, inputs):
+    report = gradscope.trace(model, *inputs)
+    assert report.findings_at_or_above("warning") == [], [f.message for f in report.findings]
+
+
+def test_hugging_face_style_model_is_clean():
+    ids = torch.randint(0, 20, (2, 5))
+    report = gradscope.trace(HFPreTrained(HFConfig()), ids, labels=ids)
+    assert report.findings_at_or_above("warning") == []
+    assert [f.check for f in report.findings] == ["tied-weights"]
+
+
+def test_check_selection_from_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(main, ["checks"])
+    for check_id in IDS:
+        assert check_id in r.output
+    sample = str(__import__("conftest").REPO) + "/samples/layers_in_forward.py"
+    assert runner.invoke(main, ["trace", sample, "--json", "t.json", "-q"]).exit_code == 1
+    r = runner.invoke(main, ["trace", sample, "--json", "t.json", "-q",
+                             "--disable", "layer-in-forward"])
+    assert r.exit_code == 0
+    r = runner.invoke(main, ["trace", sample, "--json", "t.json", "-q",
+                             "--only", "tied-weights,unused-parameter"])
+    assert r.exit_code == 0
