@@ -25,13 +25,15 @@ def run(trace) -> list:
         trainable = any(a["requires_grad"] for a in items)
         fix = ("self.{0} = nn.Parameter(...)" if trainable else
                "self.register_buffer('{0}', tensor) (persistent=False if it should not be saved)")
+        many = len(paths) > 1
+        it = "them" if many else "it"
         out.append(Finding(
             "unregistered-tensor", "warning",
-            f"{names_list(paths)} {'is' if len(paths) == 1 else 'are'} a plain tensor attribute of "
-            f"{cls} (shape {shapes}, on {first['device']}), neither a Parameter "
-            f"nor a buffer: state_dict() does not save it, model.to(device) does not move it and "
-            f".half() does not cast it, so a reloaded or moved model silently uses stale or "
-            f"wrong-device values.",
+            f"{names_list(paths)} {'are plain tensor attributes' if many else 'is a plain tensor attribute'} "
+            f"of {cls} (shape {shapes}, on {first['device']}), neither a Parameter nor a buffer: "
+            f"state_dict() does not save {it}, model.to(device) does not move {it} and .half() "
+            f"does not cast {it}, so a reloaded or moved model silently uses stale or "
+            "wrong-device values.",
             hint="Register it: " + fix.format(attr) + ", and assign to it with "
                  f"self.{attr}.copy_(...) or by re-assigning the registered name.",
             module=paths[0].rsplit(".", 1)[0], location=first["location"],

@@ -61,9 +61,11 @@ def scan_attributes(models: dict) -> tuple:
     for label, model in models.items():
         if model is None:
             continue
-        registered_modules = {id(m) for m in model.modules()}
-        registered_params = {id(p) for p in model.parameters()}
-        for qual, mod in model.named_modules():
+        tree = list(model.named_modules())  # one traversal serves all three uses
+        registered_modules = {id(m) for _, m in tree}
+        registered_params = {id(p) for _, m in tree for p in m._parameters.values()
+                             if p is not None}
+        for qual, mod in tree:
             prefix = f"{qual}." if qual else ""
             for attr, value in list(vars(mod).items()):
                 if attr in _MODULE_INTERNALS:

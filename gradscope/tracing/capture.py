@@ -34,7 +34,8 @@ def _tensors_in(value: Any) -> list:
 
 
 def _uninitialized(p: torch.Tensor) -> bool:
-    return isinstance(p, torch.nn.parameter.UninitializedParameter)
+    # The mixin, not UninitializedParameter: Parameter's metaclass makes that isinstance slow.
+    return isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
 
 
 def _has_model(graph: Graph) -> bool:
