@@ -88,14 +88,22 @@ def op_view(trace: Trace) -> View:
     graph = trace.graph
     roots = set(graph.roots)
     leaf_names = {leaf["node"]: leaf.get("name") for leaf in trace.leaves}
+    # A leaf no model owns is drawn beside the op that uses it (inside that op's module).
+    orphans = {n.id for n in graph.nodes if n.leaf is not None and n.model is None}
+    user_of: dict = {}
+    if orphans:
+        for src, dst in graph.edges:
+            if src in orphans and src not in user_of:
+                user_of[src] = dst
     nodes = []
     paths: dict = {}
     shapes: dict = {}
+    owner_of = {n.id: (n.model, n.module) for n in graph.nodes if n.id in user_of.values()}
     for n in graph.nodes:
-        key = (n.model, n.module)
+        key = owner_of.get(user_of[n.id]) if n.id in user_of else (n.model, n.module)
         cluster = paths.get(key)
         if cluster is None:
-            cluster = paths[key] = _path(n.model, n.module)
+            cluster = paths[key] = _path(*key)
         shape = shapes.get(n.shape)
         if shape is None:
             shape = shapes[n.shape] = shape_text(n.shape)
