@@ -9,3 +9,4 @@ if [ ! -d bench/.deps/torchviz ]; then
 fi
 export PYTHONPATH="$PWD/bench/.deps${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/bench_capture.py --out bench/RESULTS-capture.md "$@"
+"$PY" bench/bench_watch.py --out bench/RESULTS-watch.md

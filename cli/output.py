@@ -26,7 +26,7 @@ def resolve_paths(out: Optional[str], json_path: Optional[str], dot_path: Option
 
 def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[str],
                   svg_path: Optional[str], svg_required: bool, depth: Optional[int],
-                  max_nodes: int) -> Optional[str]:
+                  max_nodes: int, gradflow_path: Optional[str] = None) -> Optional[str]:
     """Write JSON, DOT and SVG (in that order, so the cheap complete formats land first).
 
     Returns an error message when a *required* SVG could not be drawn, else None; an SVG that
@@ -40,6 +40,10 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
         text = report.to_dot(depth=depth)
         write_atomically(dot_path, lambda f: f.write(text))
         written.append(dot_path)
+    chart = report.to_gradflow_svg() if gradflow_path else None
+    if chart is not None:
+        write_atomically(gradflow_path, lambda f: f.write(chart))
+        written.append(gradflow_path)
     problem = None
     if svg_path:
         try:

@@ -74,6 +74,9 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
             parse_input_spec(spec)
         except InputError as e:
             raise click.BadParameter(str(e), param_hint="--input") from None
+    out_dir = out if out is not None else (
+        None if (json_path or dot_path or svg_path) else DEFAULT_OUT)
+    gradflow = os.path.join(out_dir, "gradflow.svg") if out_dir else None
     json_path, dot_path, svg_path, svg_required = resolve_paths(out, json_path, dot_path,
                                                                 svg_path, DEFAULT_OUT)
     try:
@@ -87,7 +90,7 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
         click.echo(report.to_text(), nl=False)
     try:
         problem = write_outputs(report, json_path, dot_path, svg_path, svg_required, depth,
-                                max_nodes)
+                                max_nodes, gradflow)
     except OSError as e:
         click.echo(f"gradscope: error: cannot write the report: {e}", err=True)
         ctx.exit(EXIT_USAGE)

@@ -4,6 +4,9 @@
 >>> report = gradscope.trace(model, x)        # forward, loss, backward; hooks removed after
 >>> report.findings, report.graph
 >>> report.save("graph.svg")
+>>> with gradscope.watch(model, optimizer) as scope:   # around a training loop
+...     train()
+>>> scope.report().save("trace.json")
 """
 from typing import Any
 
@@ -16,7 +19,7 @@ from .report import Report
 from .tracedata import Trace
 
 __all__ = [
-    "__version__", "trace", "graph_of", "Report", "Trace", "Finding", "Graph", "Node", "Edge",
+    "__version__", "trace", "graph_of", "watch", "Report", "Trace", "Finding", "Graph", "Node", "Edge",
     "GradscopeError", "GradscopeWarning", "GraphvizNotFound", "InputError", "LoadError",
     "SessionClosedError", "TracedProgramError",
 ]
@@ -29,4 +32,8 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "watch":
+        from .session import watch
+
+        return watch
     raise AttributeError(f"module 'gradscope' has no attribute {name!r}")

@@ -192,7 +192,8 @@ def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> 
                   backward_calls=capture.backward_calls, optimizer_steps=capture.optimizer_steps,
                   events=capture.events, run=dict(run), notes=notes,
                   attributes=snap["attributes"], constructions=snap["constructions"],
-                  leaves=capture.leaves,
+                  leaves=capture.leaves, accumulation=snap["gradients"].pop("accumulation"),
+                  gradients=snap["gradients"],
                   torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location

@@ -47,6 +47,12 @@ class Report:
 
         return render_svg(self.trace, **options)
 
+    def to_gradflow_svg(self) -> Optional[str]:
+        """The gradient-flow chart (None when no optimizer step was recorded)."""
+        from .render.gradflow import render_gradflow_svg
+
+        return render_gradflow_svg(self.trace)
+
     def to_text(self, **options) -> str:
         from .render.text import render_text
 

@@ -33,6 +33,8 @@ class Trace:
     attributes: list = dataclasses.field(default_factory=list)   # plain tensor/container attrs
     constructions: list = dataclasses.field(default_factory=list)  # modules built in forward
     leaves: list = dataclasses.field(default_factory=list)       # unregistered graph leaves
+    accumulation: list = dataclasses.field(default_factory=list)  # per optimizer step
+    gradients: dict = dataclasses.field(default_factory=dict)    # norms per step, non-finite
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
     notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
@@ -57,6 +59,8 @@ class Trace:
             "attributes": list(self.attributes),
             "constructions": list(self.constructions),
             "leaves": list(self.leaves),
+            "accumulation": list(self.accumulation),
+            "gradients": dict(self.gradients),
         }
         if with_graph:
             d["graph"] = self.graph.to_dict()
@@ -84,6 +88,8 @@ class Trace:
             attributes=list(d.get("attributes", [])),
             constructions=list(d.get("constructions", [])),
             leaves=list(d.get("leaves", [])),
+            accumulation=list(d.get("accumulation", [])),
+            gradients=dict(d.get("gradients", {})),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

@@ -14,7 +14,9 @@ from gradscope_cli.main import main
 from models import zoo
 
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
-       "unused-parameter", "param-not-in-optimizer", "tied-weights"]
+       "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
+       "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
+       "nonfinite-loss", "vanishing-grad", "exploding-grad"]
 
 
 def _check(check_id):

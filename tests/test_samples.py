@@ -59,6 +59,8 @@ def expect_handwritten_batchnorm(d):
 
 def expect_forgot_zero_grad(d):
     assert d["backward_calls"] == 6 and d["optimizer_steps"] == 4
+    # the gradient at step k holds k backward calls: 1, 2, 3, 4
+    assert [list(s["summed"]) for s in d["accumulation"]] == [["1"], ["2"], ["3"], ["4"]]
     assert d["run"]["graph_from"].endswith("forgot_zero_grad.py:48")  # the model's backward
     assert sum(op == "NativeBatchNormBackward0" for op in _ops(d)) == 4
 
@@ -133,7 +135,53 @@ def expect_clean_registration(d):
     assert next(p for p in d["parameters"] if p["name"] == "mix.weight")["shape"] == [32, 32]
 
 
+def _accumulation(d):
+    return [(s["step"], s["backward_calls"], bool(s["carried"])) for s in d["accumulation"]]
+
+
+def expect_grad_data_zero(d):
+    assert _accumulation(d) == [(1, 1, False), (2, 1, False), (3, 1, False), (4, 1, False)]
+
+
+def expect_zero_grad_per_epoch(d):
+    carried = [c for _, _, c in _accumulation(d)]
+    assert carried == [False, True, True, True, False, True, True, True]
+    f = next(f for f in d["findings"] if f["check"] == "missing-zero-grad")
+    assert f["data"]["max_summed"] == 4
+
+
+def expect_grad_accumulation(d):
+    assert _accumulation(d) == [(1, 4, False), (2, 4, False), (3, 4, False)]
+
+
+def expect_validate_without_eval(d):
+    f = next(f for f in d["findings"] if f["check"] == "train-mode-eval")
+    assert f["data"]["modules"] == ["bn", "drop"] and f["data"]["bn_updated"] is True
+
+
+def expect_train_in_eval_mode(d):
+    f = next(f for f in d["findings"] if f["check"] == "eval-mode-train")
+    assert f["data"]["steps"] == 3 and f["data"]["modules"] == ["1", "3"]
+
+
+def expect_nan_sqrt(d):
+    f = next(f for f in d["findings"] if f["check"] == "nonfinite-grad")
+    assert f["data"]["parameters"] == ["model.proj.bias", "model.proj.weight"]
+
+
+def expect_vanishing_sigmoid(d):
+    f = next(f for f in d["findings"] if f["check"] == "vanishing-grad")
+    assert f["data"]["first_norm"] < 1e-5 < f["data"]["last_norm"]
+
+
 EXPECT = {
+    "grad_data_zero.py": expect_grad_data_zero,
+    "zero_grad_per_epoch.py": expect_zero_grad_per_epoch,
+    "grad_accumulation.py": expect_grad_accumulation,
+    "validate_without_eval.py": expect_validate_without_eval,
+    "train_in_eval_mode.py": expect_train_in_eval_mode,
+    "nan_sqrt.py": expect_nan_sqrt,
+    "vanishing_sigmoid.py": expect_vanishing_sigmoid,
     "plain_list_heads.py": expect_plain_list_heads,
     "head_after_optimizer.py": expect_head_after_optimizer,
     "lazy_head_in_forward.py": expect_lazy_head_in_forward,

@@ -17,6 +17,14 @@ CHECK_MODULES = (
     "unused_parameter",
     "param_not_in_optimizer",
     "tied_weights",
+    "missing_zero_grad",
+    "grad_accumulation",
+    "train_mode_eval",
+    "eval_mode_train",
+    "nonfinite_grad",
+    "nonfinite_loss",
+    "vanishing_grad",
+    "exploding_grad",
 )
 
 

@@ -40,6 +40,27 @@ def _module_rows(trace: Trace) -> list:
     return rows
 
 
+MAX_STEP_ROWS = 8
+
+
+def _accumulation_table(trace: Trace) -> list:
+    """Per optimizer step: backward calls since the last step, calls summed into .grad."""
+    steps = trace.accumulation
+    if not steps:
+        return []
+    rows = []
+    for s in steps[:MAX_STEP_ROWS]:
+        summed = "/".join(s["summed"])
+        carried = f"{len(s['carried'])} params kept old gradients" if s["carried"] else "reset"
+        rows.append([s["step"], s["backward_calls"], summed, carried, s["location"] or ""])
+    lines = ["", "gradient accumulation per optimizer step"]
+    lines += _table(rows, ["step", "backward calls", "summed in .grad", "since last step",
+                           "at"])
+    if len(steps) > MAX_STEP_ROWS:
+        lines.append(f"  ... {len(steps) - MAX_STEP_ROWS} more steps in the JSON report")
+    return lines
+
+
 def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     run = trace.run
     s = trace.summary()
@@ -62,6 +83,7 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
         lines += _table(shown, ["module", "type", "calls", "output", "params", "ops", "saved"])
         if len(rows) > len(shown):
             lines.append(f"  ... {len(rows) - len(shown)} more modules in the JSON report")
+    lines += _accumulation_table(trace)
     lines.append("")
     if trace.findings:
         counts = {}

@@ -18,6 +18,7 @@ from ..graph import Graph
 from .handles import HandleGroup
 from .locations import user_location
 from .attributes import scan_attributes
+from .gradients import GradientRecorder
 from .modules import ModuleTracker, init_typo
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
@@ -31,6 +32,14 @@ def _tensors_in(value: Any) -> list:
     if isinstance(value, (list, tuple)):
         return [v for v in value if isinstance(v, torch.Tensor)]
     return []
+
+
+def _obeys_training(m: torch.nn.Module) -> bool:
+    """Modules whose forward depends on .training (dropout, batch norm, tracked instance norm)."""
+    nn = torch.nn.modules
+    if isinstance(m, (nn.dropout._DropoutNd, nn.batchnorm._BatchNorm)):
+        return True
+    return isinstance(m, nn.instancenorm._InstanceNorm) and m.track_running_stats
 
 
 def _uninitialized(p: torch.Tensor) -> bool:
@@ -53,9 +62,8 @@ class Capture:
         self.registrations = RegistrationRecorder(self.tracker)
         self.handles = HandleGroup()
         self.leaves: list = []               # unregistered leaves of the drawn graph, described
-        self._grad_seen: set = set()         # ids of parameters that received a gradient
-        self._param_refs: list = []          # keeps those ids unique while open
-        self._watched: set = set()
+        self.gradients = GradientRecorder()  # accumulation, norms, non-finite values
+        self._mode_modules: dict = {}        # id(model) -> [(name, module)] that obey .training
         self.graph: Optional[Graph] = None
         self.graph_location: Optional[str] = None
         self._graph_has_model = False
@@ -77,6 +85,7 @@ class Capture:
                 "Create a new one for the next run.")
         self.state = "open"
         try:
+            self.tracker.on_root_call = self._on_root_call
             self.tracker.install(self.handles)
             self.registrations.install(self.handles)
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
@@ -104,9 +113,9 @@ class Capture:
             finally:
                 self.tracker.clear_references()
                 self._optimizers.clear()
-                self._param_refs.clear()
+                self._mode_modules.clear()
 
-    def add_model(self, model: torch.nn.Module, label: str) -> str:
+    def add_model(self, model: torch.nn.Module, label: Optional[str] = None) -> str:
         return self.tracker.add_model(model, label)
 
     # -- graph ---------------------------------------------------------------------------------
@@ -147,23 +156,42 @@ class Capture:
         return {"origin": "unknown", "name": None}
 
     def _watch_gradients(self) -> None:
-        # Which parameters ever receive a gradient, over every backward call of the run: a hook
-        # after accumulation costs a few microseconds per parameter and step, and syncs nothing.
-        # Checked before each backward, so heads added late and lazy parameters (materialised
-        # in the first forward) are watched too.
-        hook = self._grad_seen_hook
-        for model in self.tracker.models.values():
+        # Checked before each backward, so heads added late and lazy parameters (materialised in
+        # the first forward) are watched too; the recorder ignores parameters it already has.
+        for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            for p in model.parameters():
-                if id(p) in self._watched or not p.requires_grad or _uninitialized(p):
-                    continue
-                self._watched.add(id(p))
-                self._param_refs.append(p)
-                self.handles.add(p.register_post_accumulate_grad_hook(hook))
+            for name, p in model.named_parameters():
+                if p.requires_grad and not _uninitialized(p):
+                    self.gradients.watch(p, (label, name), self.handles)
 
-    def _grad_seen_hook(self, param: torch.Tensor) -> None:
-        self._grad_seen.add(id(param))
+    def add_optimizer(self, optimizer: Any) -> None:
+        """An optimizer the user handed us: its parameters count as optimized before it steps."""
+        self._optimizers[id(optimizer)] = optimizer
+
+    def _on_root_call(self, model: torch.nn.Module, label: str) -> None:
+        """A forward of a whole model starts: note its mode and whether grad is enabled."""
+        def record() -> None:
+            deps = self._mode_modules.get(id(model))
+            if deps is None:
+                deps = self._mode_modules[id(model)] = [
+                    (name, m) for name, m in model.named_modules() if _obeys_training(m)]
+            grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            event = {"model": label, "training": model.training, "grad": grad,
+                     "location": user_location()}
+            if not grad:
+                train_mode = [name for name, m in deps if m.training]
+                if train_mode:
+                    event["train_mode"] = train_mode[:20]
+                    event["bn_updated"] = any(
+                        isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                        and m.training and m.track_running_stats for _, m in deps)
+            else:
+                eval_mode = [name for name, m in deps if not m.training]
+                if eval_mode:
+                    event["eval_mode"] = eval_mode[:20]
+            self._event("forward", **event)
+        self._guard("a forward call", record)
 
     def _wants_graph(self) -> bool:
         # Look for a model graph during the first few backward calls only: a script that never
@@ -213,6 +241,8 @@ class Capture:
                 self.grad_calls += 1
                 index = self.grad_calls
             self._event(kind, index=index, location=location)
+            if kind == "backward":
+                self.gradients.note_loss(roots, index)
             if self._wants_graph():
                 tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
                 if tensors:
@@ -225,6 +255,7 @@ class Capture:
             self._optimizers[id(optimizer)] = optimizer
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
                         location=user_location())
+            self.gradients.on_step(optimizer, self.optimizer_steps)
         self._guard("an optimizer step", record)
 
     def _patch_backward(self) -> None:
@@ -285,14 +316,16 @@ class Capture:
                     "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
                     "in_optimizer": (id(p) in optimized) if self._optimizers else None,
                     "has_grad": p.grad is not None,
-                    "grad_seen": (id(p) in self._grad_seen) if backward_ran else None,
+                    "grad_seen": (id(p) in self.gradients.seen) if backward_ran else None,
                     "aliases": aliases[id(p)][1:],
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models)[0]
+        self.gradients.finish()
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
-                "attributes": attributes, "constructions": self.registrations.records()}
+                "attributes": attributes, "constructions": self.registrations.records(),
+                "gradients": self.gradients.snapshot()}
 
     def _module_table(self) -> list:
         rows = []

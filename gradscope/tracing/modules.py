@@ -82,12 +82,14 @@ class ModuleTracker:
         self._ranges: list = []       # (start, end, model, name)
         self._explicit_labels: dict = {}
         self._stale = False           # a model's module tree changed: rename before next call
-        self.on_new_model: Optional[Callable[[nn.Module], None]] = None
+        self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
 
     # -- set-up --------------------------------------------------------------------------------
-    def add_model(self, model: nn.Module, label: str) -> str:
-        """Name ``model`` and its submodules before any forward runs (API use)."""
-        self._explicit_labels[id(model)] = label
+    def add_model(self, model: nn.Module, label: Optional[str] = None) -> str:
+        """Name ``model`` and its submodules before any forward runs (API use); without a
+        label, the caller's variable name for it (``model``, ``net``) or its class name."""
+        if label is not None:
+            self._explicit_labels[id(model)] = label
         return self._register_root(model)[1]
 
     def install(self, handles: HandleGroup) -> None:
@@ -122,8 +124,6 @@ class ModuleTracker:
         label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
         self.models[label] = module
         self._name_tree(label, module)
-        if self.on_new_model is not None:
-            self.on_new_model(module)
         return self._names[id(module)]
 
     def _name_tree(self, label: str, module: nn.Module) -> None:
@@ -190,6 +190,8 @@ class ModuleTracker:
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
+            if self.on_root_call is not None and entry[2] == "":
+                self.on_root_call(module, entry[1])
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         self._stack.append([module, entry[1], entry[2], start, 0])
 

@@ -1,0 +1,47 @@
+"""missing-zero-grad: gradients carried across optimizer steps (seed 001)."""
+from __future__ import annotations
+
+from ..findings import Finding
+from ._common import names_list
+from .registry import Check
+
+
+def _backward_after(trace, step_index: int):
+    seen_step = False
+    for e in trace.events:
+        if e.get("kind") == "step" and e.get("index") == step_index:
+            seen_step = True
+        elif seen_step and e.get("kind") == "backward":
+            return e.get("location")
+    return None
+
+
+def run(trace) -> list:
+    bad = [s for s in trace.accumulation if s.get("carried")]
+    if not bad:
+        return []
+    first = bad[0]
+    prev = next((s for s in trace.accumulation if s["step"] == first["step"] - 1), None)
+    most = max(int(n) for s in bad for n in s["summed"])
+    params = sorted({p for s in bad for p in s["carried"]})
+    between = (f"between step {prev['step']} ({prev['location']}) and the next backward "
+               f"({_backward_after(trace, prev['step'])})") if prev else "before this step"
+    module = params[0].rsplit(".", 1)[0] if params else None
+    return [Finding(
+        "missing-zero-grad", "error",
+        f"At optimizer step {first['step']} ({first['location']}) the gradients of "
+        f"{len(params)} parameter(s) ({names_list(params, 4)}) still held the backward calls "
+        f"from before the previous step: no zero_grad() and no .grad reset happened {between}. "
+        f"PyTorch adds every backward() into .grad, so {len(bad)} of "
+        f"{len(trace.accumulation)} steps used stale gradients, up to {most} backward calls "
+        "summed into one update: the effective learning rate keeps growing and training "
+        "diverges or stalls.",
+        hint="Call optimizer.zero_grad() once per step (before loss.backward() or right after "
+             "optimizer.step()). To accumulate over N batches on purpose, zero after every "
+             "N-th step instead.",
+        module=module, location=first["location"],
+        data={"steps": [s["step"] for s in bad], "parameters": params, "max_summed": most})]
+
+
+CHECK = Check("missing-zero-grad", "error",
+              "gradients carried over from before the previous optimizer step (no zero_grad)", run)

@@ -1,0 +1,219 @@
+"""gradscope.watch: the session API, accumulation records, silence on clean loops, numerics,
+memory and synchronisation budgets."""
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+
+from conftest import global_hook_counts
+from models import CNN, LSTMModel, TransformerBlock
+
+
+def _loop(model, opt, steps=3, zero=True, set_to_none=True, clip=False, sched=None, x=None,
+          y=None):
+    x = torch.randn(8, 6) if x is None else x
+    y = torch.randint(0, 2, (8,)) if y is None else y
+    for _ in range(steps):
+        if zero:
+            opt.zero_grad(set_to_none=set_to_none)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.1), nn.ReLU(), nn.Linear(16, 2))
+
+
+def test_watch_records_the_whole_run_and_removes_everything(no_leaks):
+    model = _mlp()
+    with gradscope.watch(model) as scope:
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)  # created inside: found by step hooks
+        _loop(model, opt)
+    report = scope.report()
+    t = report.trace
+    assert t.run["mode"] == "watch" and t.backward_calls == 3 and t.optimizer_steps == 3
+    assert [s["backward_calls"] for s in t.accumulation] == [1, 1, 1]
+    assert all(p["in_optimizer"] for p in t.parameters)
+    assert len(report.graph.nodes) > 0 and report.findings_at_or_above("warning") == []
+    assert len(t.gradients["norm_steps"]) == 3
+    assert set(t.gradients["grad_norms"]) == {"model.0.weight", "model.0.bias", "model.3.weight",
+                                              "model.3.bias"}
+
+
+def test_forgotten_zero_grad_is_an_error_with_counts():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gradscope.watch(model, opt) as scope:
+        _loop(model, opt, steps=4, zero=False)
+    [f] = scope.report().findings_at_or_above("error")
+    assert f.check == "missing-zero-grad" and f.data["steps"] == [2, 3, 4]
+    assert f.data["max_summed"] == 4
+    assert "test_watch.py" in f.location
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"set_to_none": True}, {"set_to_none": False}, {"clip": True}, {"sched": "step"},
+])
+def test_clean_loops_are_silent(kwargs):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if kwargs.get("sched"):
+        kwargs["sched"] = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    with gradscope.watch(model, opt) as scope:
+        _loop(model, opt, steps=6, **kwargs)
+    assert scope.report().findings_at_or_above("warning") == []
+    assert not any(s["carried"] for s in scope.report().trace.accumulation)
+
+
+@pytest.mark.parametrize("make", [CNN, TransformerBlock, LSTMModel])
+def test_clean_real_models_are_silent(make):
+    torch.manual_seed(0)
+    model = make()
+    x = {CNN: torch.randn(4, 3, 16, 16), TransformerBlock: torch.randn(2, 5, 16),
+         LSTMModel: torch.randint(0, 20, (3, 5))}[make]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(6):
+            opt.zero_grad()
+            model(x).float().pow(2).mean().backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    assert scope.report().findings_at_or_above("warning") == []
+
+
+def test_grad_scaler_skipped_inf_steps_are_not_nonfinite_grads():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for step in range(4):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = nn.functional.cross_entropy(model(x), y)
+            if step == 1:
+                loss = loss * float("inf")  # the scaler must see an inf and skip this step
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    found = {f.check for f in scope.report().findings}
+    assert "nonfinite-grad" not in found
+    assert scope.report().trace.optimizer_steps == 3  # the inf step was skipped
+
+
+def test_real_nan_gradient_and_nan_loss_are_errors():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 6)), torch.randint(0, 2, (8,)))
+        (loss * float("nan")).backward()
+        opt.step()
+    found = {f.check: f for f in scope.report().findings}
+    assert found["nonfinite-grad"].severity == "error"
+    assert found["nonfinite-loss"].location.startswith("tests/test_watch.py:")
+
+
+def test_session_states(no_leaks):
+    model = _mlp()
+    scope = gradscope.watch(model)
+    with pytest.raises(gradscope.SessionClosedError, match="after the block"):
+        scope.report()
+    with scope:
+        pass
+    with pytest.raises(gradscope.SessionClosedError, match="records one run"):
+        with scope:
+            pass
+    with pytest.raises(gradscope.InputError, match="takes models"):
+        gradscope.watch("model")
+
+
+def test_exceptions_and_ctrl_c_propagate_and_leave_nothing(no_leaks):
+    model = _mlp()
+    model.eval()
+    with pytest.raises(ValueError, match="user error"):
+        with gradscope.watch(model) as scope:
+            model(torch.randn(2, 6))
+            raise ValueError("user error")
+    assert scope.report().trace.run["status"] == "error" and model.training is False
+    with pytest.raises(KeyboardInterrupt):
+        with gradscope.watch(model) as scope:
+            raise KeyboardInterrupt
+    assert scope.report().trace.run["status"] == "interrupted"
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) and not p._backward_hooks
+               for p in model.parameters())
+
+
+def _train(make, steps, watched):
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = {CNN: torch.randn(4, 3, 16, 16), TransformerBlock: torch.randn(2, 5, 16),
+         LSTMModel: torch.randint(0, 20, (3, 5))}[make]
+
+    def loop():
+        for _ in range(steps):
+            opt.zero_grad()
+            model(x).float().pow(2).mean().backward()
+            opt.step()
+
+    if watched:
+        with gradscope.watch(model, opt):
+            loop()
+    else:
+        loop()
+    return [p.detach().clone() for p in model.parameters()], torch.rand(3)
+
+
+@pytest.mark.parametrize("make", [CNN, TransformerBlock, LSTMModel])
+def test_twenty_watched_steps_are_bit_identical(make):
+    (plain, rng_plain), (watched, rng_watched) = _train(make, 20, False), _train(make, 20, True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    assert torch.equal(rng_plain, rng_watched)  # no random numbers drawn by gradscope
+
+
+def test_one_host_read_per_optimizer_step_at_most():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        _loop(model, opt, steps=10)
+        recorder = scope._capture.gradients
+    assert recorder.syncs <= 10 + 1
+
+
+def test_a_thousand_steps_keep_memory_flat():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 4), torch.randn(4, 1)
+
+    def step():
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.Tensor in type(o).__mro__)
+
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(100):
+            step()
+        before = live_tensors()
+        for _ in range(900):
+            step()
+        after = live_tensors()
+        capture = scope._capture
+        assert len(capture.events) <= 10_001
+        assert len(capture.gradients.norm_steps) < 1000
+    assert after - before <= 2, (before, after)
+    assert global_hook_counts() == {k: 0 for k in global_hook_counts()}
