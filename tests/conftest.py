@@ -53,10 +53,13 @@ def no_leaks():
     """Asserts that the test leaves no global hook and no patched autograd function behind."""
     before = global_hook_counts()
     backward, grad = torch.autograd.backward, torch.autograd.grad
+    zero = (torch.optim.Optimizer.__dict__["zero_grad"], torch.nn.Module.__dict__["zero_grad"])
     yield
     assert global_hook_counts() == before
     assert torch.autograd.backward is backward
     assert torch.autograd.grad is grad
+    assert (torch.optim.Optimizer.__dict__["zero_grad"],
+            torch.nn.Module.__dict__["zero_grad"]) == zero
 
 
 @pytest.fixture(autouse=True)

@@ -217,3 +217,21 @@ def test_a_thousand_steps_keep_memory_flat():
         assert len(capture.gradients.norm_steps) < 1000
     assert after - before <= 2, (before, after)
     assert global_hook_counts() == {k: 0 for k in global_hook_counts()}
+
+
+def test_zero_grad_call_sites_are_in_the_timeline(no_leaks):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for epoch in range(2):
+            opt.zero_grad()  # once per epoch: the bug
+            for _ in range(3):
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        model.zero_grad()
+    t = scope.report().trace
+    sites = [e for e in t.events if e["kind"] == "zero_grad"]
+    assert [e["owner"] for e in sites] == ["SGD", "SGD", "Sequential"]
+    f = next(f for f in scope.report().findings if f.check == "missing-zero-grad")
+    assert "zero_grad() was called only at tests/test_watch.py:" in f.message

@@ -27,6 +27,10 @@ def run(trace) -> list:
     between = (f"between step {prev['step']} ({prev['location']}) and the next backward "
                f"({_backward_after(trace, prev['step'])})") if prev else "before this step"
     module = params[0].rsplit(".", 1)[0] if params else None
+    sites = sorted({e["location"] for e in trace.events
+                    if e.get("kind") == "zero_grad" and e.get("location")})
+    where = (f" zero_grad() was called only at {', '.join(sites[:3])}." if sites else
+             " zero_grad() was never called.")
     return [Finding(
         "missing-zero-grad", "error",
         f"At optimizer step {first['step']} ({first['location']}) the gradients of "
@@ -35,12 +39,13 @@ def run(trace) -> list:
         f"PyTorch adds every backward() into .grad, so {len(bad)} of "
         f"{len(trace.accumulation)} steps used stale gradients, up to {most} backward calls "
         "summed into one update: the effective learning rate keeps growing and training "
-        "diverges or stalls.",
+        "diverges or stalls." + where,
         hint="Call optimizer.zero_grad() once per step (before loss.backward() or right after "
              "optimizer.step()). To accumulate over N batches on purpose, zero after every "
              "N-th step instead.",
         module=module, location=first["location"],
-        data={"steps": [s["step"] for s in bad], "parameters": params, "max_summed": most})]
+        data={"steps": [s["step"] for s in bad], "parameters": params, "max_summed": most,
+              "zero_grad_calls": sites})]
 
 
 CHECK = Check("missing-zero-grad", "error",

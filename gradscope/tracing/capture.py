@@ -92,6 +92,7 @@ class Capture:
                 self._on_optimizer_step))
             if self.intercept_backward:
                 self._patch_backward()
+                self._patch_zero_grad()
         except BaseException:
             self.close()
             raise
@@ -285,6 +286,33 @@ class Capture:
 
         autograd.backward, autograd.grad = backward, grad
         self.handles.on_remove(restore)
+
+    def _patch_zero_grad(self) -> None:
+        # torch has no zero_grad hook. Wrapping the two base-class methods gives the call sites;
+        # resets done by hand (p.grad = None, .grad.zero_()) are still seen by the gradient
+        # recorder, only without a location.
+        capture = self
+        for cls in (torch.optim.Optimizer, torch.nn.Module):
+            original = cls.__dict__["zero_grad"]
+
+            def make(original: Any, owner: str) -> Any:
+                @functools.wraps(original)
+                def zero_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
+                    if capture.state == "open":
+                        capture._guard("a zero_grad call", lambda: capture._event(
+                            "zero_grad", owner=type(self).__name__,
+                            location=user_location()))
+                    return original(self, *args, **kwargs)
+                return zero_grad
+
+            wrapper = make(original, cls.__name__)
+            cls.zero_grad = wrapper
+
+            def restore(cls: Any = cls, original: Any = original, wrapper: Any = wrapper) -> None:
+                if cls.__dict__.get("zero_grad") is wrapper:
+                    cls.zero_grad = original
+
+            self.handles.on_remove(restore)
 
     # -- snapshot ------------------------------------------------------------------------------
     def _take_snapshot(self) -> dict:
