@@ -264,17 +264,24 @@ class Capture:
         original_backward, original_grad = autograd.backward, autograd.grad
         capture = self
 
+        depth = [0]  # backward calls made by torch inside a backward (reentrant checkpoint)
+
+        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
+            if capture.state == "open" and depth[0] == 0:
+                capture.on_backward(roots, kind)
+            depth[0] += 1
+            try:
+                return original(roots, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+
         @functools.wraps(original_backward)
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            if capture.state == "open":
-                capture.on_backward(tensors, "backward")
-            return original_backward(tensors, *args, **kwargs)
+            return call(original_backward, tensors, "backward", args, kwargs)
 
         @functools.wraps(original_grad)
         def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            if capture.state == "open":
-                capture.on_backward(outputs, "grad")
-            return original_grad(outputs, *args, **kwargs)
+            return call(original_grad, outputs, "grad", args, kwargs)
 
         def restore() -> None:
             # Only undo our own patch: if someone patched on top of us, leave theirs in place

@@ -1,6 +1,7 @@
 """Find the user's own ``file:line`` on the stack, skipping frames inside torch and gradscope."""
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from types import FrameType
@@ -43,3 +44,20 @@ def display_path(path: str) -> str:
     except ValueError:
         return path
     return path if rel.startswith("..") else rel
+
+
+def frame_locals(frame: FrameType) -> dict:
+    """A copy of a frame's local variables that leaves no reference behind.
+
+    Before Python 3.13, reading ``frame.f_locals`` of a function frame fills a dict cached on
+    the frame, which keeps every local alive until the frame ends, even after the user's own
+    ``del``: a leak we would cause. So the cache is emptied again after the copy (the next
+    reader, a debugger say, refills it from the real locals first). Module frames share their
+    dict with the globals and are never touched; from 3.13 on ``f_locals`` is a live view.
+    """
+    live = frame.f_locals
+    copy = dict(live)
+    if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED \
+            and isinstance(live, dict) and live is not frame.f_globals:
+        live.clear()
+    return copy

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .handles import HandleGroup
-from .locations import user_frame, user_location
+from .locations import frame_locals, user_frame, user_location
 
 _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
     getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
@@ -272,11 +272,12 @@ def _guess_label(module: nn.Module) -> str:
     """The user's variable name for a model (``model``, ``net``, ``self.encoder``), else its class."""
     frame = user_frame()
     if frame is not None:
-        for scope in (frame.f_locals, frame.f_globals):
+        local_vars = frame_locals(frame)
+        for scope in (local_vars, frame.f_globals):
             for var, value in list(scope.items()):
                 if value is module and not var.startswith("_"):
                     return var
-        owner = frame.f_locals.get("self")
+        owner = local_vars.get("self")
         if owner is not None and not isinstance(owner, nn.Module):
             for attr, value in list(getattr(owner, "__dict__", {}).items()):
                 if value is module:

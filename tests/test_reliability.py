@@ -1,0 +1,250 @@
+"""Issue 9: gradscope never changes, breaks or leaks into the user's program."""
+import gc
+import json
+import random
+import weakref
+
+import pytest
+import torch
+import torch.utils.checkpoint as ckpt
+from torch import nn
+
+import gradscope
+from gradscope import Report
+
+from conftest import independent_walk
+
+
+# -- coexistence -------------------------------------------------------------------------------
+class Checkpointed(nn.Module):
+    def __init__(self, reentrant):
+        super().__init__()
+        self.reentrant = reentrant
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = ckpt.checkpoint(lambda t: torch.relu(self.a(t)), x, use_reentrant=self.reentrant)
+        return self.b(h)
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_activation_checkpointing(reentrant, no_leaks):
+    torch.manual_seed(0)
+    model = Checkpointed(reentrant)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 8, requires_grad=reentrant)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+    t = scope.report().trace
+    assert t.backward_calls == 2 and all(p["grad_seen"] for p in t.parameters)
+    assert scope.report().findings_at_or_above("warning") == []
+
+
+def test_users_saved_tensors_hooks_still_run(no_leaks):
+    packed = []
+
+    def pack(t):
+        packed.append(t.shape)
+        return t
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        report = gradscope.trace(model, torch.randn(2, 4))
+    assert packed and report.graph.nodes
+
+
+def test_functional_call_and_custom_function(no_leaks):
+    class Double(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * 2
+
+    model = nn.Linear(3, 3)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    with gradscope.watch(model) as scope:
+        out = torch.func.functional_call(model, params, (torch.randn(2, 3),))
+        Double.apply(out).sum().backward()
+    t = scope.report().trace
+    assert t.backward_calls == 1
+    assert any(n.op == "DoubleBackward" for n in scope.report().graph.nodes)
+    # the parameters functional_call used are not the module's: gradscope says so
+    assert {leaf["origin"] for leaf in t.leaves} == {"unknown"}
+
+
+def test_inference_mode_forward(no_leaks):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5))
+    model.eval()
+    with gradscope.watch(model) as scope:
+        with torch.inference_mode():
+            model(torch.randn(2, 3))
+    forwards = [e for e in scope.report().trace.events if e["kind"] == "forward"]
+    assert forwards and forwards[0]["grad"] is False
+    assert scope.report().findings == []
+
+
+def test_data_parallel_wrapper(no_leaks):
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    model = nn.DataParallel(inner)  # on CPU it runs the module directly
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        opt.zero_grad()
+        model(torch.randn(4, 4)).sum().backward()
+        opt.step()
+    t = scope.report().trace
+    assert {p["name"] for p in t.parameters} == {"module.0.weight", "module.0.bias",
+                                                 "module.2.weight", "module.2.bias"}
+    assert scope.report().findings_at_or_above("warning") == []
+
+
+def test_nested_watch_blocks(no_leaks):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as outer:
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+        with gradscope.watch(model, opt) as inner:
+            opt.zero_grad()
+            model(torch.randn(2, 3)).sum().backward()
+            opt.step()
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    assert outer.report().trace.backward_calls == 3 and outer.report().trace.optimizer_steps == 3
+    assert inner.report().trace.backward_calls == 1 and inner.report().trace.optimizer_steps == 1
+    assert outer.report().findings_at_or_above("warning") == []
+
+
+def test_an_internal_error_is_reported_not_raised(monkeypatch, no_leaks):
+    from gradscope.tracing.gradients import GradientRecorder
+
+    def broken(self, optimizer, step):
+        raise RuntimeError("bug in gradscope")
+
+    monkeypatch.setattr(GradientRecorder, "on_step", broken)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(gradscope.GradscopeWarning, match="could not record an optimizer step"):
+        with gradscope.watch(model, opt) as scope:
+            for _ in range(2):
+                opt.zero_grad()
+                model(torch.randn(2, 2)).sum().backward()
+                opt.step()  # the user's training goes on
+    assert any("bug in gradscope" in n for n in scope.report().trace.notes)
+
+
+def test_exception_inside_a_users_backward(no_leaks):
+    class Fails(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise ValueError("backward failed")
+
+    model = nn.Linear(2, 2)
+    model.train()
+    with pytest.raises(ValueError, match="backward failed"):
+        with gradscope.watch(model) as scope:
+            Fails.apply(model(torch.randn(1, 2))).sum().backward()
+    assert scope.report().trace.run["status"] == "error" and model.training
+
+
+# -- no retention ------------------------------------------------------------------------------
+def test_model_optimizer_inputs_and_graph_are_collectable_after_a_session():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    opt = torch.optim.Adam(model.parameters())
+    x = torch.randn(8, 4, requires_grad=True)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(3):
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            opt.step()
+    refs = [weakref.ref(o) for o in (model, opt, x, loss)]
+    report = scope.report()
+    del model, opt, x, loss
+    gc.collect()
+    assert [r() is None for r in refs] == [True] * len(refs)
+    assert report.trace.optimizer_steps == 3  # the report itself is plain data
+
+
+def test_trace_keeps_no_reference_to_the_model():
+    model = nn.Linear(3, 3)
+    x = torch.randn(2, 3)
+    report = gradscope.trace(model, x)
+    refs = [weakref.ref(model), weakref.ref(x)]
+    del model, x
+    gc.collect()
+    assert all(r() is None for r in refs) and report.graph.nodes
+
+
+# -- robustness fuzz ---------------------------------------------------------------------------
+class RandomDAG(nn.Module):
+    """A random DAG of common layers: branches, residual adds, a shared module, tuple/dict out."""
+
+    def __init__(self, rng, width=8):
+        super().__init__()
+        kinds = [lambda: nn.Linear(width, width), lambda: nn.Sequential(
+            nn.Linear(width, width), nn.GELU()), lambda: nn.LayerNorm(width),
+            lambda: nn.Dropout(0.1), lambda: nn.Tanh()]
+        self.n = rng.randint(3, 9)
+        self.blocks = nn.ModuleList(rng.choice(kinds)() for _ in range(self.n))
+        self.inputs = [rng.sample(range(i + 1), k=min(i + 1, rng.randint(1, 2)))
+                       for i in range(self.n)]
+        self.shared = nn.Linear(width, width)
+        self.use_shared = [rng.random() < 0.3 for _ in range(self.n)]
+        self.out_kind = rng.choice(["tensor", "tuple", "dict"])
+
+    def forward(self, x):
+        values = [x]
+        for i, block in enumerate(self.blocks):
+            h = sum(values[j] for j in self.inputs[i])  # residual/branch merge
+            h = block(h)
+            if self.use_shared[i]:
+                h = self.shared(h)
+            values.append(h)
+        if self.out_kind == "tuple":
+            return values[-1], values[len(values) // 2]
+        if self.out_kind == "dict":
+            return {"out": values[-1], "mid": values[1]}
+        return values[-1]
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_random_models(seed, tmp_path, no_leaks):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    model = RandomDAG(rng)
+    x = torch.randn(4, 8)
+    report = gradscope.trace(model, x)
+    # the same graph, walked independently (gradscope restores RNG, so dropout repeats)
+    torch.manual_seed(seed)
+    model2 = model
+    out = model2(x)
+    parts = out if isinstance(out, tuple) else (out.values() if isinstance(out, dict) else [out])
+    total = None
+    for t in parts:
+        if t.requires_grad:  # gradscope's default loss sums the outputs that require grad
+            total = t.sum() if total is None else total + t.sum()
+    nodes, edges = independent_walk(total)
+    assert len(report.graph.nodes) == nodes and len(report.graph.edges) == edges
+    used = {p["name"] for p in report.trace.parameters if p["in_graph"]}
+    leaves = {n.param for n in report.graph.nodes if n.param}
+    assert used == leaves
+    assert all(n.leaf == "parameter" for n in report.graph.nodes if n.op == "AccumulateGrad")
+    path = str(tmp_path / "t.json")
+    report.save(path)
+    assert Report.load(path).trace.to_dict() == report.trace.to_dict()
+    assert json.loads(open(path).read())["summary"]["nodes"] == nodes
