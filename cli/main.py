@@ -1,8 +1,9 @@
 """``gradscope`` — the click front end. Thin: parse options, call the library, choose the exit code.
 
 Exit codes: 0 no findings at or above --fail-on; 1 findings at or above it; 2 usage or loading
-error; 3 the traced program raised (the report is still written); 130 interrupted (Ctrl-C); a
-script's own ``sys.exit(N)`` keeps its N.
+error; 3 the traced program raised (the report is still written); 4 gradscope itself failed while
+writing the report (files written before are complete); 130 interrupted (Ctrl-C); a script's own
+``sys.exit(N)`` keeps its N.
 """
 from __future__ import annotations
 

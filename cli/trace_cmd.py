@@ -11,7 +11,7 @@ import click
 from .output import resolve_paths, write_outputs
 
 DEFAULT_OUT = "gradscope-report"
-EXIT_FINDINGS, EXIT_USAGE, EXIT_PROGRAM, EXIT_INTERRUPT = 1, 2, 3, 130
+EXIT_FINDINGS, EXIT_USAGE, EXIT_PROGRAM, EXIT_INTERNAL, EXIT_INTERRUPT = 1, 2, 3, 4, 130
 
 
 def _split_ids(value: Optional[str]) -> list:
@@ -86,14 +86,24 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
         click.echo(f"gradscope: error: {e}", err=True)
         ctx.exit(EXIT_USAGE)
     report = outcome.report
-    if not quiet:
-        click.echo(report.to_text(), nl=False)
+    # Files first (JSON before the rest), then the summary: whatever breaks or is interrupted
+    # later, what was captured is already on disk, and each file is whole or absent.
     try:
         problem = write_outputs(report, json_path, dot_path, svg_path, svg_required, depth,
                                 max_nodes, gradflow)
+        if not quiet:
+            click.echo(report.to_text(), nl=False)
+    except KeyboardInterrupt:
+        click.echo("gradscope: interrupted while writing the report; the files listed above "
+                   "are complete.", err=True)
+        ctx.exit(EXIT_INTERRUPT)
     except OSError as e:
         click.echo(f"gradscope: error: cannot write the report: {e}", err=True)
         ctx.exit(EXIT_USAGE)
+    except Exception as e:  # noqa: BLE001 - a bug of ours: say so, keep what was written
+        click.echo(f"gradscope: internal error while writing the report: {e!r}. The files "
+                   "listed above are complete; please report this with trace.json.", err=True)
+        ctx.exit(EXIT_INTERNAL)
     if outcome.error is not None:
         ctx.exit(_report_failure(outcome.error))
     if problem:
