@@ -248,3 +248,21 @@ def test_random_models(seed, tmp_path, no_leaks):
     report.save(path)
     assert Report.load(path).trace.to_dict() == report.trace.to_dict()
     assert json.loads(open(path).read())["summary"]["nodes"] == nodes
+
+
+def test_ctrl_c_inside_a_hook_of_ours(monkeypatch, no_leaks):
+    from gradscope.tracing.gradients import GradientRecorder
+
+    def interrupted(self, optimizer, step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GradientRecorder, "on_step", interrupted)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        with gradscope.watch(model, opt) as scope:
+            model(torch.randn(1, 2)).sum().backward()
+            opt.step()
+    assert scope.report().trace.run["status"] == "interrupted"
+    assert model.training is False
