@@ -32,8 +32,9 @@ def test_script_that_spawns_threads(cwd):
         from torch import nn
         model = nn.Linear(4, 2)
         def work():
-            model(torch.randn(3, 4)).sum().backward()
-        threads = [threading.Thread(target=work) for _ in range(3)]
+            for _ in range(25):
+                model(torch.randn(3, 4)).sum().backward()
+        threads = [threading.Thread(target=work) for _ in range(4)]
         for t in threads: t.start()
         for t in threads: t.join()
         print("done")
@@ -41,7 +42,8 @@ def test_script_that_spawns_threads(cwd):
     r = run("trace", "threads.py", "--json", "t.json")
     assert r.exit_code == 0, r.output
     assert "done" in r.output
-    assert json.load(open("t.json"))["backward_calls"] == 3
+    d = json.load(open("t.json"))
+    assert d["backward_calls"] == 100  # every thread's calls, none lost to a race
 
 
 def test_script_whose_loss_is_not_a_scalar(cwd):

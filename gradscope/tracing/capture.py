@@ -7,6 +7,7 @@ needs into plain data and drops every reference to user objects.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from typing import Any, Callable, Iterable, Optional
 
@@ -76,6 +77,7 @@ class Capture:
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self._optimizers: dict = {}          # id -> optimizer, while open
         self._snapshot: Optional[dict] = None
+        self._lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -235,12 +237,13 @@ class Capture:
         def record() -> None:
             self._watch_gradients()
             location = user_location()
-            if kind == "backward":
-                self.backward_calls += 1
-                index = self.backward_calls
-            else:
-                self.grad_calls += 1
-                index = self.grad_calls
+            with self._lock:  # threads of the user's script may call backward at once
+                if kind == "backward":
+                    self.backward_calls += 1
+                    index = self.backward_calls
+                else:
+                    self.grad_calls += 1
+                    index = self.grad_calls
             self._event(kind, index=index, location=location)
             if kind == "backward":
                 self.gradients.note_loss(roots, index)
@@ -264,16 +267,19 @@ class Capture:
         original_backward, original_grad = autograd.backward, autograd.grad
         capture = self
 
-        depth = [0]  # backward calls made by torch inside a backward (reentrant checkpoint)
+        # Backward calls made by torch inside a backward (reentrant checkpointing) are not the
+        # user's: count only the outermost call of each thread.
+        local = threading.local()
 
         def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
-            if capture.state == "open" and depth[0] == 0:
+            depth = getattr(local, "depth", 0)
+            if capture.state == "open" and depth == 0:
                 capture.on_backward(roots, kind)
-            depth[0] += 1
+            local.depth = depth + 1
             try:
                 return original(roots, *args, **kwargs)
             finally:
-                depth[0] -= 1
+                local.depth = depth
 
         @functools.wraps(original_backward)
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import difflib
+import threading
 import weakref
 from typing import Any, Callable, Optional
 
@@ -78,7 +79,11 @@ class ModuleTracker:
         self.record_ranges = True
         self._names: dict = {}        # id(module) -> (module, model, name), strong refs
         self._transient: dict = {}    # same, for modules not registered anywhere (this root call)
-        self._stack: list = []        # [module, model, name, start_seq, unregistered_counter]
+        # Per thread: [module, model, name, start_seq, unregistered_counter] of running forwards.
+        self._stacks: dict = {}
+        # Sequence numbers are per thread: ranges are only recorded in the thread that owns the
+        # capture (the one running the script or the watch block).
+        self._owner = threading.get_ident()
         self._ranges: list = []       # (start, end, model, name)
         self._explicit_labels: dict = {}
         self._stale = False           # a model's module tree changed: rename before next call
@@ -101,9 +106,16 @@ class ModuleTracker:
         """Drop every strong reference to user objects (called when the session ends)."""
         self._names.clear()
         self._transient.clear()
-        self._stack.clear()
+        self._stacks.clear()
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
+
+    @property
+    def _stack(self) -> list:
+        stack = self._stacks.get(threading.get_ident())
+        if stack is None:
+            stack = self._stacks[threading.get_ident()] = []
+        return stack
 
     def in_forward(self) -> bool:
         return bool(self._stack)
@@ -180,32 +192,35 @@ class ModuleTracker:
 
     # -- hooks ---------------------------------------------------------------------------------
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        stack = self._stack
         entry = self._names.get(id(module))
         if entry is None or entry[0] is not module:
             entry = self._transient.get(id(module))
             if entry is None or entry[0] is not module:
-                entry = (self._name_unregistered(module, self._stack[-1]) if self._stack
+                entry = (self._name_unregistered(module, stack[-1]) if stack
                          else self._register_root(module))
-        if not self._stack:
+        if not stack:
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
             if self.on_root_call is not None and entry[2] == "":
                 self.on_root_call(module, entry[1])
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
-        self._stack.append([module, entry[1], entry[2], start, 0])
+        stack.append([module, entry[1], entry[2], start, 0])
 
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._stack:
+        stack = self._stack
+        if not stack:
             return
         # Normally the top; after a forward raised inside a nested call, unwind to this module.
-        k = len(self._stack) - 1
-        while k > 0 and self._stack[k][0] is not module:
+        k = len(stack) - 1
+        while k > 0 and stack[k][0] is not module:
             k -= 1
-        frame = self._stack[k]
-        del self._stack[k:]
+        frame = stack[k]
+        del stack[k:]
         _, model, name, start, _ = frame
-        if self.record_ranges and _peek_sequence_nr is not None:
+        if self.record_ranges and _peek_sequence_nr is not None \
+                and threading.get_ident() == self._owner:
             end = _peek_sequence_nr()
             if end > start:
                 self._ranges.append((start, end, model, name))
@@ -216,7 +231,7 @@ class ModuleTracker:
         rec.calls += 1
         if rec.output is None:
             rec.output = describe_output(output)
-        if not self._stack:
+        if not stack:
             self._transient.clear()
 
     def _note_inputs(self, args: Any) -> None:
