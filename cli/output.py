@@ -12,21 +12,24 @@ from gradscope.tracedata import write_atomically
 
 
 def resolve_paths(out: Optional[str], json_path: Optional[str], dot_path: Optional[str],
-                  svg_path: Optional[str], default_out: Optional[str]) -> tuple:
-    """(json, dot, svg, svg_required): --out DIR fills in whatever was not given explicitly."""
+                  svg_path: Optional[str], default_out: Optional[str],
+                  html_path: Optional[str] = None) -> tuple:
+    """(json, dot, svg, html, svg_required): --out DIR fills in what was not given explicitly."""
     svg_required = svg_path is not None
-    if out is None and not (json_path or dot_path or svg_path):
+    if out is None and not (json_path or dot_path or svg_path or html_path):
         out = default_out
     if out is not None:
         json_path = json_path or os.path.join(out, "trace.json")
         dot_path = dot_path or os.path.join(out, "graph.dot")
         svg_path = svg_path or os.path.join(out, "graph.svg")
-    return json_path, dot_path, svg_path, svg_required
+        html_path = html_path or os.path.join(out, "report.html")
+    return json_path, dot_path, svg_path, html_path, svg_required
 
 
 def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[str],
                   svg_path: Optional[str], svg_required: bool, depth: Optional[int],
-                  max_nodes: int, gradflow_path: Optional[str] = None) -> Optional[str]:
+                  max_nodes: int, gradflow_path: Optional[str] = None,
+                  html_path: Optional[str] = None) -> Optional[str]:
     """Write JSON, DOT and SVG (in that order, so the cheap complete formats land first).
 
     Returns an error message when a *required* SVG could not be drawn, else None; an SVG that
@@ -55,6 +58,12 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
                 problem = str(e)
             else:
                 click.echo(f"gradscope: SVG skipped: {e}", err=True)
+    if html_path:
+        # Without Graphviz the page still has findings and tables, and says why the graph is
+        # missing.
+        text = report.to_html(depth=depth, max_nodes=max_nodes)
+        write_atomically(html_path, lambda f: f.write(text))
+        written.append(html_path)
     for path in written:
         click.echo(f"wrote {path}", err=True)
     return problem

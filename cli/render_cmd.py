@@ -13,11 +13,13 @@ from .output import resolve_paths, write_outputs
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for graph.svg and graph.dot.")
 @click.option("--dot", "dot_path", type=click.Path(dir_okay=False), help="Write DOT here.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Write SVG here.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write HTML here.")
 @click.option("--depth", type=click.IntRange(min=0), help="Collapse modules below this depth.")
 @click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
               help="Drawing budget: bigger graphs are collapsed to modules.")
 def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
-                   svg_path: Optional[str], depth: Optional[int], max_nodes: int) -> None:
+                   svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
+                   max_nodes: int) -> None:
     """Print the summary of a saved trace.json and draw it again (SVG/DOT)."""
     from gradscope.report import Report
 
@@ -28,7 +30,9 @@ def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
                                  "a trace.json written by 'gradscope trace'.",
                                  param_hint="TRACE_JSON") from None
     click.echo(report.to_text(), nl=False)
-    _, dot_path, svg_path, required = resolve_paths(out, None, dot_path, svg_path, None)
-    problem = write_outputs(report, None, dot_path, svg_path, required, depth, max_nodes)
+    _, dot_path, svg_path, html_path, required = resolve_paths(out, None, dot_path, svg_path,
+                                                               None, html_path)
+    problem = write_outputs(report, None, dot_path, svg_path, required, depth, max_nodes,
+                            html_path=html_path)
     if problem:
         raise click.ClickException(problem)

@@ -25,12 +25,14 @@ def _split_ids(value: Optional[str]) -> list:
               help="FILE.py:NAME only: one per forward() argument, e.g. 8,3,32,32 or "
                    "4,128:long (token ids, kept below the model's smallest Embedding size).")
 @click.option("--out", type=click.Path(file_okay=False),
-              help=f"Folder for trace.json, graph.dot and graph.svg [default: {DEFAULT_OUT}/ "
-                   "when no --json/--dot/--svg is given].")
+              help=f"Folder for trace.json, graph.dot, graph.svg, report.html (and gradflow.svg) "
+                   f"[default: {DEFAULT_OUT}/ when no --json/--dot/--svg/--html is given].")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write JSON here.")
 @click.option("--dot", "dot_path", type=click.Path(dir_okay=False), help="Write DOT here.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False),
               help="Write SVG here (needs Graphviz's dot).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Write the self-contained HTML report here.")
 @click.option("--depth", type=click.IntRange(min=0),
               help="Draw modules below this depth as single boxes (0: one box per model).")
 @click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
@@ -46,7 +48,8 @@ def _split_ids(value: Optional[str]) -> list:
 @click.pass_context
 def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: tuple,
                   out: Optional[str], json_path: Optional[str], dot_path: Optional[str],
-                  svg_path: Optional[str], depth: Optional[int], max_nodes: int, fail_on: str,
+                  svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
+                  max_nodes: int, fail_on: str,
                   only: Optional[str], disable: Optional[str], device: Optional[str],
                   quiet: bool) -> None:
     """Trace TARGET: a script (run as __main__ with SCRIPT_ARGS, after --) or FILE.py:NAME
@@ -75,10 +78,10 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
         except InputError as e:
             raise click.BadParameter(str(e), param_hint="--input") from None
     out_dir = out if out is not None else (
-        None if (json_path or dot_path or svg_path) else DEFAULT_OUT)
+        None if (json_path or dot_path or svg_path or html_path) else DEFAULT_OUT)
     gradflow = os.path.join(out_dir, "gradflow.svg") if out_dir else None
-    json_path, dot_path, svg_path, svg_required = resolve_paths(out, json_path, dot_path,
-                                                                svg_path, DEFAULT_OUT)
+    json_path, dot_path, svg_path, html_path, svg_required = resolve_paths(
+        out, json_path, dot_path, svg_path, DEFAULT_OUT, html_path)
     try:
         outcome = _run(path, name, target, script_args, inputs, device,
                        _split_ids(only), _split_ids(disable))
@@ -90,7 +93,7 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
     # later, what was captured is already on disk, and each file is whole or absent.
     try:
         problem = write_outputs(report, json_path, dot_path, svg_path, svg_required, depth,
-                                max_nodes, gradflow)
+                                max_nodes, gradflow, html_path)
         if not quiet:
             click.echo(report.to_text(), nl=False)
     except KeyboardInterrupt:

@@ -8,7 +8,8 @@ from .findings import Finding, at_or_above
 from .graph import Graph
 from .tracedata import Trace, write_atomically
 
-FORMATS = {".json": "json", ".dot": "dot", ".gv": "dot", ".svg": "svg", ".txt": "text"}
+FORMATS = {".json": "json", ".dot": "dot", ".gv": "dot", ".svg": "svg", ".txt": "text",
+           ".html": "html", ".htm": "html"}
 
 
 class Report:
@@ -47,6 +48,12 @@ class Report:
 
         return render_svg(self.trace, **options)
 
+    def to_html(self, **options) -> str:
+        """One self-contained HTML page: findings, the graph with pan/zoom, tables, charts."""
+        from .render.html import render_html
+
+        return render_html(self.trace, **options)
+
     def to_gradflow_svg(self) -> Optional[str]:
         """The gradient-flow chart (None when no optimizer step was recorded)."""
         from .render.gradflow import render_gradflow_svg
@@ -59,19 +66,20 @@ class Report:
         return render_text(self.trace, **options)
 
     def save(self, path: str, format: Optional[str] = None) -> str:
-        """Write the report; the format comes from the extension (.json .dot .svg .txt) unless
+        """Write the report; the format comes from the extension (.json .dot .svg .html .txt) unless
         given. Returns the path. The file appears whole or not at all."""
         fmt = format or FORMATS.get(os.path.splitext(path)[1].lower())
         if fmt is None:
             raise ValueError(
                 f"cannot tell the report format of {path!r} from its extension; use one of "
-                f"{', '.join(sorted(FORMATS))} or pass format='json'|'dot'|'svg'|'text'")
+                f"{', '.join(sorted(FORMATS))} or pass format='json'|'dot'|'svg'|'html'|'text'")
         if fmt == "json":
             self.trace.save_json(path)
             return path
-        render = {"dot": self.to_dot, "svg": self.to_svg, "text": self.to_text}.get(fmt)
+        render = {"dot": self.to_dot, "svg": self.to_svg, "text": self.to_text,
+                  "html": self.to_html}.get(fmt)
         if render is None:
-            raise ValueError(f"unknown report format {fmt!r}; use json, dot, svg or text")
+            raise ValueError(f"unknown report format {fmt!r}; use json, dot, svg, html or text")
         text = render()  # render first: a failed render leaves no empty file behind
         write_atomically(path, lambda f: f.write(text))
         return path

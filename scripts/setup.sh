@@ -13,7 +13,8 @@ say() { printf '[gradscope setup] %s\n' "$*"; }
 STAMP=$VENV/.gradscope-setup
 # Fast path: everything was set up after the last change to the package metadata.
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt scripts/setup.sh ] \
-        && command -v dot >/dev/null 2>&1 && [ -x "$VENV/bin/gradscope" ]; then
+        && command -v dot >/dev/null 2>&1 && [ -x "$VENV/bin/gradscope" ] \
+        && { [ -n "${GRADSCOPE_NO_BROWSER:-}" ] || command -v chromium >/dev/null 2>&1; }; then
     exit 0
 fi
 
@@ -61,6 +62,10 @@ say "installing gradscope (editable) and its dependencies"
 
 if ! command -v dot >/dev/null 2>&1; then
     apt_install graphviz
+fi
+# Headless Chromium for the HTML report's browser test (skip with GRADSCOPE_NO_BROWSER=1).
+if [ -z "${GRADSCOPE_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+    apt_install chromium
 fi
 touch "$STAMP"
 say "ready: $("$VPY" -c 'import torch, gradscope; print("torch", torch.__version__, "/ gradscope", gradscope.__version__)'), $(dot -V 2>&1)"

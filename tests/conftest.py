@@ -71,6 +71,14 @@ def _require_dot(request):
 
 
 @pytest.fixture(autouse=True)
+def _require_browser(request):
+    if request.node.get_closest_marker("browser") and shutil.which("chromium") is None:
+        if os.environ.get("CI") and not os.environ.get("GRADSCOPE_NO_BROWSER"):
+            pytest.fail("chromium is missing in CI: 'make test' should have installed it")
+        pytest.skip("chromium not installed (make test installs it)")
+
+
+@pytest.fixture(autouse=True)
 def _require_cuda(request):
     if request.node.get_closest_marker("cuda") and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
