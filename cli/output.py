@@ -29,7 +29,8 @@ def resolve_paths(out: Optional[str], json_path: Optional[str], dot_path: Option
 def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[str],
                   svg_path: Optional[str], svg_required: bool, depth: Optional[int],
                   max_nodes: int, gradflow_path: Optional[str] = None,
-                  html_path: Optional[str] = None) -> Optional[str]:
+                  html_path: Optional[str] = None, focus: Optional[str] = None,
+                  fold: bool = False) -> Optional[str]:
     """Write JSON, DOT and SVG (in that order, so the cheap complete formats land first).
 
     Returns an error message when a *required* SVG could not be drawn, else None; an SVG that
@@ -50,7 +51,7 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
     problem = None
     if svg_path:
         try:
-            text = report.to_svg(depth=depth, max_nodes=max_nodes)
+            text = report.to_svg(depth=depth, max_nodes=max_nodes, focus=focus, fold=fold)
             write_atomically(svg_path, lambda f: f.write(text))
             written.append(svg_path)
         except GradscopeError as e:
@@ -61,7 +62,7 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
     if html_path:
         # Without Graphviz the page still has findings and tables, and says why the graph is
         # missing.
-        text = report.to_html(depth=depth, max_nodes=max_nodes)
+        text = report.to_html(depth=depth, max_nodes=max_nodes, focus=focus, fold=fold)
         write_atomically(html_path, lambda f: f.write(text))
         written.append(html_path)
     for path in written:

@@ -15,11 +15,17 @@ from .output import resolve_paths, write_outputs
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Write SVG here.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write HTML here.")
 @click.option("--depth", type=click.IntRange(min=0), help="Collapse modules below this depth.")
+@click.option("--focus", metavar="MODULE",
+              help="Draw only this module's nodes (e.g. layer1 or model.layer1) and their "
+                   "neighbours.")
+@click.option("--fold", is_flag=True,
+              help="Draw repeated identical blocks (blocks.0 ... blocks.11) once, the rest as "
+                   "one box marked xN.")
 @click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
               help="Drawing budget: bigger graphs are collapsed to modules.")
 def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
                    svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
-                   max_nodes: int) -> None:
+                   focus: Optional[str], fold: bool, max_nodes: int) -> None:
     """Print the summary of a saved trace.json and draw it again (SVG/DOT)."""
     from gradscope.report import Report
 
@@ -33,6 +39,6 @@ def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
     _, dot_path, svg_path, html_path, required = resolve_paths(out, None, dot_path, svg_path,
                                                                None, html_path)
     problem = write_outputs(report, None, dot_path, svg_path, required, depth, max_nodes,
-                            html_path=html_path)
+                            html_path=html_path, focus=focus, fold=fold)
     if problem:
         raise click.ClickException(problem)

@@ -35,6 +35,12 @@ def _split_ids(value: Optional[str]) -> list:
               help="Write the self-contained HTML report here.")
 @click.option("--depth", type=click.IntRange(min=0),
               help="Draw modules below this depth as single boxes (0: one box per model).")
+@click.option("--focus", metavar="MODULE",
+              help="Draw only this module's nodes (e.g. layer1 or model.layer1) and their "
+                   "neighbours.")
+@click.option("--fold", is_flag=True,
+              help="Draw repeated identical blocks (blocks.0 ... blocks.11) once, the rest as "
+                   "one box marked xN.")
 @click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
               help="Drawing budget: a bigger graph is drawn collapsed to modules.")
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]),
@@ -49,7 +55,7 @@ def _split_ids(value: Optional[str]) -> list:
 def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: tuple,
                   out: Optional[str], json_path: Optional[str], dot_path: Optional[str],
                   svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
-                  max_nodes: int, fail_on: str,
+                  focus: Optional[str], fold: bool, max_nodes: int, fail_on: str,
                   only: Optional[str], disable: Optional[str], device: Optional[str],
                   quiet: bool) -> None:
     """Trace TARGET: a script (run as __main__ with SCRIPT_ARGS, after --) or FILE.py:NAME
@@ -93,7 +99,7 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
     # later, what was captured is already on disk, and each file is whole or absent.
     try:
         problem = write_outputs(report, json_path, dot_path, svg_path, svg_required, depth,
-                                max_nodes, gradflow, html_path)
+                                max_nodes, gradflow, html_path, focus, fold)
         if not quiet:
             click.echo(report.to_text(), nl=False)
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
 """Renderers: DOT structure, escaping of user-controlled strings, collapsing, the size guard."""
+import os
 import re
 import xml.dom.minidom
 
@@ -108,3 +109,59 @@ def test_text_summary_lists_modules_and_findings_section():
     assert "CNN.features.0" in text and "Conv2d" in text
     assert re.search(r"graph.*nodes.*edges.*saved activations", text)
     assert "findings: none" in text
+
+
+def _gpt(layers=6):
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, REPO + "/samples")
+    from clean_transformer import TinyGPT
+
+    torch.manual_seed(0)
+    return gradscope.trace(TinyGPT(layers=layers), torch.randint(0, 100, (2, 16)))
+
+
+def test_fold_draws_repeated_blocks_once():
+    from gradscope.render.dot import drawing_view
+
+    report = _gpt(6)
+    full, folded = drawing_view(report.trace), drawing_view(report.trace, fold=True)
+    boxes = [v for v in folded.nodes if v.id.startswith("fold")]
+    assert [b.lines for b in boxes] == [["blocks.1–5  x5", "same as blocks.0"]]
+    assert len(folded.nodes) < len(full.nodes) / 3
+    # every node is drawn once: in full, or inside the fold box
+    drawn = {m for v in folded.nodes for m in v.members}
+    assert drawn == {n.id for n in report.graph.nodes}
+    assert any(v.cluster[:3] == ("TinyGPT", "blocks", "0") for v in folded.nodes)
+    assert not any(v.cluster[:3] == ("TinyGPT", "blocks", "3") for v in folded.nodes)
+
+
+def test_focus_draws_one_module_and_its_neighbours():
+    from gradscope.render.dot import drawing_view
+
+    report = _gpt(2)
+    view = drawing_view(report.trace, focus="blocks.1.attn")
+    inside = [v for v in view.nodes if v.kind != "context"]
+    assert inside and all(v.cluster[:4] == ("TinyGPT", "blocks", "1", "attn") for v in inside)
+    assert 1 <= sum(v.kind == "context" for v in view.nodes) <= 4
+    assert drawing_view(report.trace, focus="TinyGPT.blocks.1.attn").nodes == view.nodes
+    with pytest.raises(gradscope.InputError, match="blocks.1"):
+        drawing_view(report.trace, focus="blocks.9")
+
+
+@pytest.mark.dot
+def test_cli_focus_and_fold(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from conftest import REPO
+    from gradscope_cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    target = REPO + "/samples/clean_transformer.py:TinyGPT"
+    r = CliRunner().invoke(main, ["trace", target, "--input", "2,8:long", "--fold", "--svg",
+                                  "f.svg", "-q"])
+    assert r.exit_code == 0 and "x1" in open("f.svg").read()
+    r = CliRunner().invoke(main, ["trace", target, "--input", "2,8:long", "--focus", "nope",
+                                  "--svg", "g.svg", "--json", "t.json", "-q"])
+    assert r.exit_code == 2 and "--focus 'nope'" in r.output and os.path.exists("t.json")

@@ -18,6 +18,7 @@ STYLE = {
     "unregistered": 'shape=box style="filled,bold" fillcolor="#ffe2bf" color="#e06c00"',
     "module": 'shape=box3d style="filled" fillcolor="#ece6f7" color="#6f52b5"',
     "module-root": 'shape=box3d style="filled" fillcolor="#fff3c4" color="#b08800" peripheries=2',
+    "context": 'shape=box style="rounded,dashed" color="#bdbdbd" fontcolor="#9e9e9e"',
 }
 HIGHLIGHT = 'color="#d32f2f" penwidth=2.5'
 LEGEND = (("parameter", "parameter (name, shape)"), ("op", "autograd op (output shape)"),
@@ -50,8 +51,8 @@ def render_dot(trace: Trace, depth: Optional[int] = None, view: Optional[View] =
     """DOT text: op level by default (complete at any size), or collapsed at ``depth``."""
     if view is None:
         view = op_view(trace) if depth is None else collapsed_view(trace, depth)
-    if highlight is None:
-        highlight = {nid for f in trace.findings for nid in f.nodes}
+    if highlight is None:  # info findings (tied weights, ...) are not problems: no red
+        highlight = {nid for f in trace.findings if f.severity != "info" for nid in f.nodes}
     modules = {f.module for f in trace.findings if f.module and f.severity != "info"}
     return view_to_dot(view, highlight, title, modules)
 
@@ -137,11 +138,29 @@ def _emit_legend(out: list, view: View, highlight: set, highlight_modules: set) 
 
 
 def render_dot_for_svg(trace: Trace, depth: Optional[int] = None,
-                       max_nodes: Optional[int] = None) -> str:
-    """DOT for drawing: the size guard may collapse a huge graph (see ``choose_view``)."""
-    kwargs = {} if max_nodes is None else {"max_nodes": max_nodes}
-    return render_dot(trace, view=choose_view(trace, depth, **kwargs),
+                       max_nodes: Optional[int] = None, focus: Optional[str] = None,
+                       fold: bool = False) -> str:
+    """DOT for drawing: focus and fold first, then the size guard may collapse what is left
+    (see ``choose_view``)."""
+    return render_dot(trace, view=drawing_view(trace, depth, max_nodes, focus, fold),
                       title=drawing_title(trace))
+
+
+def drawing_view(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None,
+                 focus: Optional[str] = None, fold: bool = False) -> View:
+    from .view import DEFAULT_MAX_NODES, focus_view, fold_view
+
+    budget = max_nodes or DEFAULT_MAX_NODES
+    if not focus and not fold:
+        return choose_view(trace, depth, budget)
+    view = op_view(trace) if depth is None else collapsed_view(trace, depth)
+    if focus:
+        view = focus_view(view, focus)
+    if fold:
+        view = fold_view(view)
+    if len(view.nodes) > budget and depth is None:
+        return choose_view(trace, None, budget)  # still too big: the size guard decides
+    return view
 
 
 def drawing_title(trace: Trace) -> str:

@@ -262,13 +262,14 @@ def _accumulation_html(trace: Trace) -> str:
             '<th>since last step</th><th>at</th></tr>' + "".join(rows) + "</table>" + more)
 
 
-def render_html(trace: Trace, depth: Optional[int] = None,
-                max_nodes: Optional[int] = None) -> str:
+def render_html(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None,
+                focus: Optional[str] = None, fold: bool = False) -> str:
     """The whole report as one HTML page."""
     from .svg import render_svg
 
     try:
-        graph = _strip_prolog(render_svg(trace, depth, max_nodes)) if trace.graph.nodes else \
+        graph = _strip_prolog(render_svg(trace, depth, max_nodes, focus, fold)) \
+            if trace.graph.nodes else \
             '<p class="note">No backward call was seen: there is no graph to draw.</p>'
     except GradscopeError as e:
         graph = f'<p class="note">{escape(str(e))}</p>'

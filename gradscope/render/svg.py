@@ -8,9 +8,10 @@ from ..tracedata import Trace
 from .dot import render_dot_for_svg
 
 
-def render_svg(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None) -> str:
+def render_svg(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None,
+               focus: Optional[str] = None, fold: bool = False) -> str:
     """The drawing as SVG text; a graph over the node budget is collapsed to modules first."""
-    return dot_to_svg(render_dot_for_svg(trace, depth, max_nodes))
+    return dot_to_svg(render_dot_for_svg(trace, depth, max_nodes, focus, fold))
 
 
 def dot_to_svg(dot_text: str) -> str:

@@ -224,3 +224,95 @@ def choose_view(trace: Trace, depth: Optional[int] = None,
                  "drawn as one box per model plus one for those ops. The JSON and DOT files keep "
                  "every node.")
     return view
+
+
+# -- focus and fold ------------------------------------------------------------------------------
+def focus_view(view: View, module: str) -> View:
+    """Only the nodes inside ``module`` (``model.layer1`` or ``layer1``) and, dimmed, the nodes
+    that feed them or use their outputs."""
+    wanted = tuple(module.split("."))
+
+    def inside(cluster: tuple) -> bool:
+        return cluster[: len(wanted)] == wanted or cluster[1: len(wanted) + 1] == wanted
+
+    keep = {v.id for v in view.nodes if v.cluster and inside(v.cluster)}
+    if not keep:
+        known = sorted({".".join(v.cluster) for v in view.nodes if v.cluster})
+        import difflib
+
+        close = difflib.get_close_matches(module, known, n=5, cutoff=0.4) or known[:5]
+        from ..errors import InputError
+
+        raise InputError(f"--focus {module!r}: no node of the graph belongs to that module. "
+                         f"Modules with nodes include: {', '.join(close)}.")
+    context = {a for a, b, _ in view.edges if b in keep} | {b for a, b, _ in view.edges
+                                                            if a in keep}
+    nodes = []
+    for v in view.nodes:
+        if v.id in keep:
+            nodes.append(v)
+        elif v.id in context:
+            nodes.append(dataclasses.replace(v, kind="context", cluster=()))
+    ids = {v.id for v in nodes}
+    edges = [e for e in view.edges if e[0] in ids and e[1] in ids]
+    return View(nodes, edges, view.depth, note=f"Focus on {module}: {len(keep)} nodes, and the "
+                f"{len(nodes) - len(keep)} nodes around it (dimmed).",
+                cluster_labels=view.cluster_labels)
+
+
+def _runs(indices: list, signature: dict) -> list:
+    """Maximal runs of consecutive indices with one signature, longest first."""
+    runs, start = [], 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1 or \
+                signature[indices[k]] != signature[indices[start]]:
+            if k - start >= 2:
+                runs.append(indices[start:k])
+            start = k
+    return runs
+
+
+def fold_view(view: View) -> View:
+    """Repeated identical blocks (``blocks.0`` ... ``blocks.11``) drawn once in full; the others
+    of the run become one box marked ``x11``."""
+    members: dict = {}  # (prefix, index) -> [ViewNode]
+    for v in view.nodes:
+        c = v.cluster
+        for k in range(1, len(c)):
+            if c[k].isdigit():
+                members.setdefault((c[:k], int(c[k])), []).append(v)
+    signature = {key: tuple(sorted((n.kind, tuple(n.lines)) for n in vs))
+                 for key, vs in members.items()}
+    by_prefix: dict = {}
+    for prefix, index in members:
+        by_prefix.setdefault(prefix, []).append(index)
+    replace: dict = {}  # node id -> fold box id
+    boxes = []
+    for prefix, indices in sorted(by_prefix.items(), key=lambda kv: len(kv[0])):
+        indices.sort()
+        sig = {i: signature[(prefix, i)] for i in indices}
+        for run in _runs(indices, sig):
+            rest = run[1:]
+            ids = [n.id for i in rest for n in members[(prefix, i)] if n.id not in replace]
+            if not ids:
+                continue
+            box_id = f"fold{len(boxes)}"
+            name = ".".join(prefix[1:])
+            label = f"{name}.{rest[0]}–{rest[-1]}" if len(rest) > 1 else f"{name}.{rest[0]}"
+            boxes.append(ViewNode(box_id, "module", [f"{label}  x{len(rest)}",
+                                                     f"same as {name}.{run[0]}"],
+                                  prefix, ids, ".".join(prefix)))
+            for i in ids:
+                replace[i] = box_id
+    if not boxes:
+        return view
+    nodes = [v for v in view.nodes if v.id not in replace] + boxes
+    edges, seen = [], set()
+    for a, b, label in view.edges:
+        a, b = replace.get(a, a), replace.get(b, b)
+        if a != b and (a, b) not in seen:
+            seen.add((a, b))
+            edges.append((a, b, label))
+    note = (view.note + " " if view.note else "") + (
+        f"Folded {len(replace)} nodes of repeated blocks into {len(boxes)} box(es).")
+    return View(nodes, edges, view.depth, note=note, cluster_labels=view.cluster_labels)
