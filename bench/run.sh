@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Runs the benchmarks in one go. torchviz goes into bench/.deps (not into .venv): it is a peer
-# we measure against, not a dependency of gradscope.
+# Runs the benchmarks in one go. torchviz and torchview go into bench/.deps (not into .venv): peers
+# we measure against, not dependencies of gradscope.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-if [ ! -d bench/.deps/torchviz ]; then
-    "$PY" -m pip install -q --no-deps --target bench/.deps torchviz
+if [ ! -d bench/.deps/torchviz ] || [ ! -d bench/.deps/torchview ]; then
+    "$PY" -m pip install -q --no-deps --target bench/.deps torchviz torchview
 fi
 export PYTHONPATH="$PWD/bench/.deps${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/bench_capture.py --out bench/RESULTS-capture.md "$@"
 "$PY" bench/bench_watch.py --out bench/RESULTS-watch.md
+"$PY" bench/bench_render.py --out bench/RESULTS-render.md

@@ -33,7 +33,7 @@ def test_quote_neutralises_dot_escapes():
 def test_user_strings_are_escaped_in_dot():
     report = gradscope.trace(_evil_model(), torch.randn(4, 3))
     dot = report.to_dot()
-    assert 'label="<script>alert(\\"x\\")</script>\\\\N\\nline2: Linear"' in dot
+    assert 'label="<script>alert(\\"x\\")</script>\\\\N\\nline2: Linear  ·  saved' in dot
     # no unescaped quote from a user string can end a DOT string early
     for line in dot.splitlines():
         body = line.replace('\\\\', '').replace('\\"', '')
@@ -59,8 +59,8 @@ def test_op_view_clusters_follow_modules():
     assert ("CNN", "features", "0") in clusters and ("CNN", "head") in clusters
     dot = report.to_dot()
     assert dot.count("subgraph cluster_") >= 9
-    assert 'label="features: Sequential"' in dot
-    assert 'label="weight\\n(8, 3, 3, 3)"' in dot   # parameter leaf: name and shape
+    assert 'label="features: Sequential  ·  saved ' in dot  # module total of saved bytes
+    assert 'label="weight\\n(8, 3, 3, 3)\\n216 params"' in dot  # parameter: name, shape, count
     assert 'label="ConvolutionBackward0\\n(2, 8, 16, 16)' in dot  # op and output shape
 
 

@@ -20,8 +20,16 @@ STYLE = {
     "module-root": 'shape=box3d style="filled" fillcolor="#fff3c4" color="#b08800" peripheries=2',
     "context": 'shape=box style="rounded,dashed" color="#bdbdbd" fontcolor="#9e9e9e"',
 }
+for _category, _fill in (("compute", "#dce8fb"), ("norm", "#ece2f7"), ("activation", "#e0f2e3"),
+                         ("loss", "#fde2dd"), ("other", "#f4f4f4")):
+    STYLE[f"op-{_category}"] = f'shape=box style="rounded,filled" fillcolor="{_fill}" color="#a0a0a0"'
+STYLE["op-shape"] = ('shape=box style="rounded,filled" fillcolor="#fafafa" color="#c8c8c8" '
+                     'fontcolor="#606060" fontsize=9')
 HIGHLIGHT = 'color="#d32f2f" penwidth=2.5'
-LEGEND = (("parameter", "parameter (name, shape)"), ("op", "autograd op (output shape)"),
+LEGEND = (("parameter", "parameter (name, shape, count)"),
+          ("op-compute", "matmul / conv / embedding"), ("op-norm", "normalisation"),
+          ("op-activation", "activation / softmax"), ("op-loss", "loss"),
+          ("op-shape", "view / reshape / copy"), ("op-other", "other op (output shape)"),
           ("root", "root: backward starts here"), ("unregistered", "leaf that is no parameter"),
           ("input", "input that requires grad"), ("module", "collapsed module"))
 

@@ -64,12 +64,50 @@ def _path(model: Optional[str], module: Optional[str]) -> tuple:
     return (model,) + (tuple(module.split(".")) if module else ())
 
 
+_CATEGORIES = (
+    ("compute", ("Addmm", "Mm", "Bmm", "Convolution", "Linear", "Matmul", "Baddbmm",
+                 "ScaledDotProduct", "Embedding", "Cudnn", "Mkldnn", "Lstm", "Gru", "Rnn")),
+    ("norm", ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RmsNorm")),
+    ("activation", ("Relu", "Gelu", "Sigmoid", "Tanh", "Softmax", "Silu", "Elu", "Hardtanh",
+                    "LeakyRelu", "Softplus", "Mish", "Glu")),
+    ("loss", ("NllLoss", "MseLoss", "BinaryCrossEntropy", "SmoothL1", "L1Loss", "KlDiv",
+              "HuberLoss", "CrossEntropy")),
+    ("shape", ("View", "Reshape", "Transpose", "TBackward", "Permute", "Expand", "Unsqueeze",
+               "Squeeze", "Split", "Unbind", "Select", "Slice", "Clone", "UnsafeView",
+               "AsStrided", "Stack", "Cat", "Index", "Flatten", "Contiguous", "Alias")),
+)
+
+
+def op_category(op: Optional[str]) -> str:
+    """compute | norm | activation | loss | shape | other: what the drawing colours by."""
+    if not op:
+        return "other"
+    for category, stems in _CATEGORIES:
+        if op.startswith(stems):
+            return category
+    return "other"
+
+
 def module_types(trace: Trace) -> dict:
     return {(m["model"], m["name"]): m["type"] for m in trace.modules}
 
 
+def _saved_per_cluster(trace: Trace) -> dict:
+    """Saved-activation bytes of every module subtree, keyed by cluster path."""
+    totals: dict = {}
+    for n in trace.graph.nodes:
+        if n.saved and n.model is not None:
+            b = n.saved_bytes
+            if b:
+                path = _path(n.model, n.module)
+                for k in range(1, len(path) + 1):
+                    totals[path[:k]] = totals.get(path[:k], 0) + b
+    return totals
+
+
 def _cluster_labels(trace: Trace, paths: set) -> dict:
     types = module_types(trace)
+    saved = _saved_per_cluster(trace)
     labels = {}
     for path in paths:
         for k in range(1, len(path) + 1):
@@ -79,7 +117,10 @@ def _cluster_labels(trace: Trace, paths: set) -> dict:
             name = ".".join(sub[1:])
             typ = types.get((sub[0], name))
             last = sub[-1] if k > 1 else sub[0]
-            labels[sub] = f"{last}: {typ}" if typ and typ != last else last
+            label = f"{last}: {typ}" if typ and typ != last else last
+            if saved.get(sub):
+                label += f"  ·  saved {human_bytes(saved[sub])}"
+            labels[sub] = label
     return labels
 
 
@@ -113,8 +154,13 @@ def op_view(trace: Trace) -> View:
                 "input" if n.leaf == LEAF_INPUT else
                 f"{leaf_names.get(n.id) or 'leaf'} (unregistered)")
             lines = [title.rpartition(".")[2] if n.leaf == LEAF_PARAMETER else title, shape]
+            if n.leaf == LEAF_PARAMETER and n.shape is not None:
+                count = 1
+                for d in n.shape:
+                    count *= d
+                lines.append(f"{human_count(count)} params")
         else:
-            kind = "root" if n.id in roots else "op"
+            kind = "root" if n.id in roots else f"op-{op_category(n.op)}"
             lines = [n.op or "?", shape]
             if n.saved:
                 saved = n.saved_bytes
