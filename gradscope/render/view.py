@@ -67,7 +67,8 @@ def _path(model: Optional[str], module: Optional[str]) -> tuple:
 _CATEGORIES = (
     ("compute", ("Addmm", "Mm", "Bmm", "Convolution", "Linear", "Matmul", "Baddbmm",
                  "ScaledDotProduct", "Embedding", "Cudnn", "Mkldnn", "Lstm", "Gru", "Rnn")),
-    ("norm", ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RmsNorm")),
+    ("norm", ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "RmsNorm", "NativeBatchNorm",
+              "NativeLayerNorm", "NativeGroupNorm", "CudnnBatchNorm", "MiopenBatchNorm")),
     ("activation", ("Relu", "Gelu", "Sigmoid", "Tanh", "Softmax", "Silu", "Elu", "Hardtanh",
                     "LeakyRelu", "Softplus", "Mish", "Glu")),
     ("loss", ("NllLoss", "MseLoss", "BinaryCrossEntropy", "SmoothL1", "L1Loss", "KlDiv",
