@@ -54,7 +54,8 @@ _SCRIPT = r"""
     if (!n) { text(box, "This box groups several nodes; use the JSON for each one."); return; }
     var rows = [["node", n.id], ["op", n.op], ["model", n.model], ["module", n.module],
                 ["parameter", n.param], ["leaf", n.leaf], ["shape", n.shape ? "(" + n.shape.join(", ") + ")" : ""],
-                ["dtype", n.dtype], ["device", n.device], ["saved for backward", n.saved_text],
+                ["dtype", n.dtype], ["device", n.device], ["saved tensors", n.saved_text],
+                ["saved bytes (counted once)", n.saved_bytes || ""],
                 ["gradient norm", n.grad_norm]];
     var table = document.createElement("table");
     rows.forEach(function (r) {
@@ -193,7 +194,10 @@ def _node_data(trace: Trace) -> list:
     for n in trace.graph.nodes:
         d = n.to_dict()
         d.pop("saved")
-        d["saved_text"] = human_bytes(n.saved_bytes) if n.saved_bytes else None
+        d["saved_text"] = "; ".join(
+            f"{t.name} {tuple(t.shape) if t.shape is not None else ''} {t.dtype} "
+            f"{human_bytes(t.bytes)}{'' if t.counted else ' (counted elsewhere)'}"
+            for t in n.saved) or None
         if n.param is not None:
             d["grad_norm"] = norms.get((n.model, n.param))
         out.append(d)
