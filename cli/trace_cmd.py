@@ -50,6 +50,9 @@ def _split_ids(value: Optional[str]) -> list:
 @click.option("--disable", metavar="CHECK[,CHECK]", help="Skip these checks.")
 @click.option("--device", metavar="DEVICE",
               help="FILE.py:NAME only: move the model and inputs there (cpu, cuda, cuda:1).")
+@click.option("--find-nonfinite", is_flag=True,
+              help="Scripts: hook every autograd node to name the op that first produces a "
+                   "NaN/Inf gradient (a slower, diagnostic run).")
 @click.option("-q", "--quiet", is_flag=True, help="Print no summary, only errors.")
 @click.pass_context
 def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: tuple,
@@ -57,7 +60,7 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
                   svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
                   focus: Optional[str], fold: bool, max_nodes: int, fail_on: str,
                   only: Optional[str], disable: Optional[str], device: Optional[str],
-                  quiet: bool) -> None:
+                  find_nonfinite: bool, quiet: bool) -> None:
     """Trace TARGET: a script (run as __main__ with SCRIPT_ARGS, after --) or FILE.py:NAME
     (a model class, instance or zero-argument factory; give --input shapes).
 
@@ -90,7 +93,7 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
         out, json_path, dot_path, svg_path, DEFAULT_OUT, html_path)
     try:
         outcome = _run(path, name, target, script_args, inputs, device,
-                       _split_ids(only), _split_ids(disable))
+                       _split_ids(only), _split_ids(disable), find_nonfinite)
     except (LoadError, InputError) as e:
         click.echo(f"gradscope: error: {e}", err=True)
         ctx.exit(EXIT_USAGE)
@@ -122,11 +125,12 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
 
 
 def _run(path: str, name: Optional[str], target: str, script_args: tuple, inputs: tuple,
-         device: Optional[str], only: list, disable: list):
+         device: Optional[str], only: list, disable: list, find_nonfinite: bool = False):
     from gradscope.runner import trace_script, trace_target
 
     if name is None:
-        return trace_script(path, script_args, only=only or None, disable=disable or None)
+        return trace_script(path, script_args, only=only or None, disable=disable or None,
+                            find_nonfinite=find_nonfinite)
     return trace_target(target, inputs, device, only=only or None, disable=disable or None)
 
 

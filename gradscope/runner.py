@@ -40,12 +40,12 @@ def _finish(capture: Capture, run: dict, checks: list, error: Optional[BaseExcep
 
 
 def trace_script(path: str, args: tuple = (), only: Optional[list] = None,
-                 disable: Optional[list] = None) -> RunOutcome:
+                 disable: Optional[list] = None, find_nonfinite: bool = False) -> RunOutcome:
     """Run a training script unchanged, watching every module, backward call and optimizer."""
     checks = select_checks(only, disable)
     run = {"mode": "script", "target": path, "args": list(args)}
     _, code = read_source(path)  # a missing file or syntax error is a LoadError, before running
-    capture = Capture(mode="script", intercept_backward=True)
+    capture = Capture(mode="script", intercept_backward=True, find_nonfinite=find_nonfinite)
     error: Optional[BaseException] = None
     with capture:
         try:

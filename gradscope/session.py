@@ -29,7 +29,7 @@ class WatchSession:
     """Records every forward, backward and optimizer step while open."""
 
     def __init__(self, *objects: Any, only: Optional[list] = None,
-                 disable: Optional[list] = None) -> None:
+                 disable: Optional[list] = None, find_nonfinite: bool = False) -> None:
         self._models: list = []
         self._optimizers: list = []
         for obj in objects:
@@ -43,7 +43,8 @@ class WatchSession:
                     f"(torch.optim.Optimizer), got {type(obj).__name__}. Optimizers created "
                     "inside the block are found on their own.")
         self._checks = select_checks(only, disable)
-        self._capture = Capture(mode="watch", intercept_backward=True)
+        self._capture = Capture(mode="watch", intercept_backward=True,
+                                find_nonfinite=find_nonfinite)
         self._report: Optional[Report] = None
         self.state = "new"
 
@@ -82,7 +83,11 @@ class WatchSession:
         return self._report
 
 
-def watch(*objects: Any, only: Optional[list] = None,
-          disable: Optional[list] = None) -> WatchSession:
-    """Watch models (and optionally optimizers) for the length of a ``with`` block."""
-    return WatchSession(*objects, only=only, disable=disable)
+def watch(*objects: Any, only: Optional[list] = None, disable: Optional[list] = None,
+          find_nonfinite: bool = False) -> WatchSession:
+    """Watch models (and optionally optimizers) for the length of a ``with`` block.
+
+    ``find_nonfinite=True`` hooks every autograd node of each backward (until the first hit) to
+    name the op that first produced a NaN/Inf gradient: a diagnostic, slower run.
+    """
+    return WatchSession(*objects, only=only, disable=disable, find_nonfinite=find_nonfinite)

@@ -8,6 +8,7 @@ gradscope should report:
 - tied-weights (info): ``proj`` is applied twice, so its gradients from both uses add up.
 
 Run: gradscope trace samples/nan_sqrt.py
+     gradscope trace samples/nan_sqrt.py --find-nonfinite   # also names SqrtBackward0 as the origin
 """
 import torch
 from torch import nn

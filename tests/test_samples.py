@@ -167,6 +167,13 @@ def expect_train_in_eval_mode(d):
 def expect_nan_sqrt(d):
     f = next(f for f in d["findings"] if f["check"] == "nonfinite-grad")
     assert f["data"]["parameters"] == ["model.proj.bias", "model.proj.weight"]
+    assert "--find-nonfinite" in f["hint"]
+
+
+def test_find_nonfinite_on_the_sample(tmp_path):
+    d, _ = trace_sample("nan_sqrt.py", tmp_path, "--find-nonfinite")
+    f = next(f for f in d["findings"] if f["check"] == "nonfinite-grad")
+    assert f["data"]["origin"]["op"] == "SqrtBackward0" and f["nodes"] == [f["data"]["origin"]["node"]]
 
 
 def expect_vanishing_sigmoid(d):

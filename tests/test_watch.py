@@ -235,3 +235,44 @@ def test_zero_grad_call_sites_are_in_the_timeline(no_leaks):
     assert [e["owner"] for e in sites] == ["SGD", "SGD", "Sequential"]
     f = next(f for f in scope.report().findings if f.check == "missing-zero-grad")
     assert "zero_grad() was called only at tests/test_watch.py:" in f.message
+
+
+def test_find_nonfinite_names_the_op_that_made_the_nan(no_leaks):
+    class Dist(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Linear(4, 8)
+            self.head = nn.Linear(1, 1)
+
+        def forward(self, a, b):
+            d = torch.sqrt(((self.enc(a) - self.enc(b)) ** 2).sum(1, keepdim=True))
+            return self.head(d)
+
+    torch.manual_seed(0)
+    model = Dist()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    a = torch.randn(4, 4)
+    with gradscope.watch(model, opt, find_nonfinite=True) as scope:
+        for step in range(2):
+            opt.zero_grad()
+            b = a.clone() if step == 1 else torch.randn(4, 4)  # the NaN appears at step 2
+            model(a, b).mean().backward()
+            opt.step()
+    t = scope.report().trace
+    origin = t.gradients["nonfinite_origin"]
+    assert origin["op"] == "SqrtBackward0" and origin["model"] == "model"
+    assert origin["backward"] == 2 and origin["module"] == ""
+    f = next(f for f in scope.report().findings if f.check == "nonfinite-grad")
+    assert "produced by SqrtBackward0" in f.message and "--find-nonfinite" not in f.hint
+
+
+def test_find_nonfinite_changes_no_number():
+    def run(find):
+        torch.manual_seed(0)
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt, find_nonfinite=find):
+            _loop(model, opt, steps=3)
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))

@@ -21,6 +21,7 @@ from .locations import user_location
 from .attributes import scan_attributes
 from .gradients import GradientRecorder
 from .modules import ModuleTracker, init_typo
+from .nonfinite import NonfiniteFinder
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
 
@@ -55,8 +56,10 @@ def _has_model(graph: Graph) -> bool:
 class Capture:
     """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
 
-    def __init__(self, mode: str = "api", intercept_backward: bool = False) -> None:
+    def __init__(self, mode: str = "api", intercept_backward: bool = False,
+                 find_nonfinite: bool = False) -> None:
         self.mode = mode
+        self.nonfinite = NonfiniteFinder() if find_nonfinite else None
         self.intercept_backward = intercept_backward
         self.state = "new"
         self.tracker = ModuleTracker()
@@ -145,7 +148,7 @@ class Capture:
             self.graph_location = location
             self.leaves = [{"node": nid, **info} for nid, info in walker.unregistered.items()]
             self._graph_has_model = _has_model(graph)
-            if self._graph_has_model:
+            if self._graph_has_model and self.nonfinite is None:
                 self.tracker.record_ranges = False  # later graphs are not drawn: stop recording
         return graph
 
@@ -167,6 +170,27 @@ class Capture:
             for name, p in model.named_parameters():
                 if p.requires_grad and not _uninitialized(p):
                     self.gradients.watch(p, (label, name), self.handles)
+
+    def _arm_nonfinite(self, roots: Any) -> bool:
+        """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""
+        if self.nonfinite is None or not self.nonfinite.active:
+            return False
+        tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+        if not tensors:
+            return False
+        armed = [False]
+
+        def arm() -> None:
+            params, storages = self._parameter_tables()
+            walker = AutogradWalker(params, self.tracker.input_ids, self.tracker.attribution(),
+                                    param_storage_keys=storages, saved=False)
+            graph = walker.walk(tensors)
+            self.nonfinite.arm(graph, walker.fns, self.backward_calls, user_location())
+            walker.fns = []
+            self.tracker.clear_ranges()  # this step's forwards are attributed: keep memory flat
+            armed[0] = True
+        self._guard("the non-finite search", arm)
+        return armed[0]
 
     def add_optimizer(self, optimizer: Any) -> None:
         """An optimizer the user handed us: its parameters count as optimized before it steps."""
@@ -273,13 +297,18 @@ class Capture:
 
         def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
             depth = getattr(local, "depth", 0)
+            diagnose = False
             if capture.state == "open" and depth == 0:
                 capture.on_backward(roots, kind)
+                diagnose = kind == "backward" and capture._arm_nonfinite(roots)
             local.depth = depth + 1
             try:
-                return original(roots, *args, **kwargs)
+                result = original(roots, *args, **kwargs)
             finally:
                 local.depth = depth
+            if diagnose:
+                capture._guard("the non-finite search", capture.nonfinite.collect)
+            return result
 
         @functools.wraps(original_backward)
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
@@ -366,7 +395,9 @@ class Capture:
         self.gradients.finish()
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
                 "attributes": attributes, "constructions": self.registrations.records(),
-                "gradients": self.gradients.snapshot()}
+                "gradients": {**self.gradients.snapshot(),
+                              "nonfinite_origin": self.nonfinite.found if self.nonfinite else None,
+                              "nonfinite_search": self.nonfinite is not None}}
 
     def _module_table(self) -> list:
         rows = []

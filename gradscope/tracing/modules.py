@@ -117,6 +117,9 @@ class ModuleTracker:
             stack = self._stacks[threading.get_ident()] = []
         return stack
 
+    def clear_ranges(self) -> None:
+        self._ranges.clear()
+
     def in_forward(self) -> bool:
         return bool(self._stack)
 

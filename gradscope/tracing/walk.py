@@ -138,6 +138,7 @@ class AutogradWalker:
                     add_fn(nf)
                     add_id(f"n{j}")
                 add_edge(new_edge(Edge, (ids[j], dst)))
+        self.fns = fns  # autograd nodes in graph order, for callers that hook them (then drop)
         return Graph(nodes, edges, list(dict.fromkeys(root_ids)))
 
     # -- one node ------------------------------------------------------------------------------
