@@ -237,3 +237,80 @@ def test_check_selection_from_the_cli(tmp_path, monkeypatch):
     r = runner.invoke(main, ["trace", sample, "--json", "t.json", "-q",
                              "--only", "tied-weights,unused-parameter"])
     assert r.exit_code == 0
+
+
+# -- issue 4 checks on hand-built traces -------------------------------------------------------
+def _step(k, summed, carried=(), calls=1):
+    return {"step": k, "optimizer": "SGD", "location": f"t.py:{10 + k}", "parameters": 2,
+            "backward_calls": calls, "summed": {str(summed): 2}, "carried": list(carried)}
+
+
+def test_missing_zero_grad_and_grad_accumulation_units():
+    trace = Trace(accumulation=[_step(1, 1), _step(2, 2, ["m.w", "m.b"]), _step(3, 3, ["m.w"])],
+                  events=[{"kind": "step", "index": 1, "location": "t.py:11"},
+                          {"kind": "backward", "index": 2, "location": "t.py:9"},
+                          {"kind": "zero_grad", "owner": "SGD", "location": "t.py:5"}])
+    [f] = run_checks(trace, _check("missing-zero-grad"))
+    assert f.data["steps"] == [2, 3] and f.data["max_summed"] == 3
+    assert "between step 1 (t.py:11) and the next backward (t.py:9)" in f.message
+    assert "zero_grad() was called only at t.py:5" in f.message
+    assert run_checks(trace, _check("grad-accumulation")) == []
+    # deliberate accumulation: 4 backward calls per step, reset each time
+    trace = Trace(accumulation=[_step(k, 4, calls=4) for k in (1, 2, 3)])
+    assert run_checks(trace, _check("missing-zero-grad")) == []
+    [f] = run_checks(trace, _check("grad-accumulation"))
+    assert f.severity == "info" and f.data["factor"] == 4
+
+
+def test_mode_checks_units():
+    fwd = {"kind": "forward", "model": "m", "training": True, "location": "t.py:3"}
+    trace = Trace(events=[dict(fwd, grad=False, train_mode=["drop", "bn"], bn_updated=True)])
+    [f] = run_checks(trace, _check("train-mode-eval"))
+    assert f.data["bn_updated"] and "BatchNorm running statistics were updated" in f.message
+    trace.events[0]["train_mode"] = []  # eval() was called: nothing in training mode
+    assert run_checks(trace, _check("train-mode-eval")) == []
+    trace = Trace(events=[dict(fwd, grad=True, eval_mode=["drop"]),
+                          {"kind": "step", "index": 1, "location": "t.py:4"}])
+    [f] = run_checks(trace, _check("eval-mode-train"))
+    assert f.data["steps"] == 1 and "m.train()" in f.hint
+    # an eval-mode forward that no step follows (evaluation with grad, say) is not training
+    trace.events = trace.events[:1]
+    assert run_checks(trace, _check("eval-mode-train")) == []
+
+
+def test_nonfinite_units():
+    trace = Trace(accumulation=[_step(1, 1)],
+                  gradients={"nonfinite_grads": [{"step": 1, "params": ["m.fc.weight"]}],
+                             "nonfinite_losses": [{"backward": 1, "location": "t.py:7"}],
+                             "nonfinite_origin": {"node": "n3", "op": "LogBackward0",
+                                                  "model": "m", "module": "fc",
+                                                  "backward": 1, "location": "t.py:7",
+                                                  "arrived_nonfinite": False}})
+    [g] = run_checks(trace, _check("nonfinite-grad"))
+    assert "produced by LogBackward0" in g.message and g.module == "m.fc" and g.nodes == ["n3"]
+    [l] = run_checks(trace, _check("nonfinite-loss"))
+    assert l.location == "t.py:7"
+    assert run_checks(Trace(), _check("nonfinite-grad")) == []
+
+
+def _norm_trace(series: dict, steps: int) -> Trace:
+    params = [{"model": "m", "name": name, "module": name.rsplit(".", 1)[0], "shape": [4, 4],
+               "numel": 16, "requires_grad": True} for name in series]
+    return Trace(parameters=params, gradients={
+        "norm_steps": list(range(1, steps + 1)),
+        "grad_norms": {f"m.{k}": v for k, v in series.items()}})
+
+
+def test_vanishing_and_exploding_units():
+    tiny = {"l0.weight": [1e-9] * 6, "l1.weight": [1e-4] * 6, "l2.weight": [0.5] * 6}
+    [f] = run_checks(_norm_trace(tiny, 6), _check("vanishing-grad"))
+    assert f.data["first"] == "m.l0.weight"
+    assert run_checks(_norm_trace(tiny, 6), _check("exploding-grad")) == []
+    assert run_checks(_norm_trace({k: v[:3] for k, v in tiny.items()}, 3),
+                      _check("vanishing-grad")) == []  # too short a run to call it
+    healthy = {"l0.weight": [0.2] * 6, "l1.weight": [0.3] * 6, "l2.weight": [0.5] * 6}
+    assert run_checks(_norm_trace(healthy, 6), _check("vanishing-grad")) == []
+    assert run_checks(_norm_trace(healthy, 6), _check("exploding-grad")) == []
+    growing = {"l0.weight": [1, 10, 1e2, 1e3, 1e4, 1e5], "l1.weight": [1, 2, 4, 8, 16, 32]}
+    [f] = run_checks(_norm_trace(growing, 6), _check("exploding-grad"))
+    assert f.data["last_total"] > 1e3 and "grew" in f.message

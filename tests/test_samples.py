@@ -181,7 +181,18 @@ def expect_vanishing_sigmoid(d):
     assert f["data"]["first_norm"] < 1e-5 < f["data"]["last_norm"]
 
 
+def expect_exploding_lr(d):
+    f = next(f for f in d["findings"] if f["check"] == "exploding-grad")
+    assert f["data"]["last_total"] > 100 * f["data"]["first_total"]
+
+
+def expect_log_of_relu(d):
+    assert d["gradients"]["nonfinite_losses"][0]["location"].endswith("log_of_relu.py:23")
+
+
 EXPECT = {
+    "exploding_lr.py": expect_exploding_lr,
+    "log_of_relu.py": expect_log_of_relu,
     "grad_data_zero.py": expect_grad_data_zero,
     "zero_grad_per_epoch.py": expect_zero_grad_per_epoch,
     "grad_accumulation.py": expect_grad_accumulation,

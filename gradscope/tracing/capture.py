@@ -268,7 +268,9 @@ class Capture:
                 else:
                     self.grad_calls += 1
                     index = self.grad_calls
-            self._event(kind, index=index, location=location)
+            roots_ = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            self._event(kind, index=index, location=location,
+                        root=type(roots_[0].grad_fn).__name__ if roots_ else None)
             if kind == "backward":
                 self.gradients.note_loss(roots, index)
             if self._wants_graph():
