@@ -53,6 +53,10 @@ def _split_ids(value: Optional[str]) -> list:
 @click.option("--find-nonfinite", is_flag=True,
               help="Scripts: hook every autograd node to name the op that first produces a "
                    "NaN/Inf gradient (a slower, diagnostic run).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), metavar="N",
+              help="Scripts: launch N ranks with torchrun (torch.distributed), trace each, and "
+                   "merge their reports (OUT/rank-*/ hold the per-rank ones).")
+@click.option("--rank-dir", is_flag=True, hidden=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print no summary, only errors.")
 @click.pass_context
 def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: tuple,
@@ -60,7 +64,8 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
                   svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
                   focus: Optional[str], fold: bool, max_nodes: int, fail_on: str,
                   only: Optional[str], disable: Optional[str], device: Optional[str],
-                  find_nonfinite: bool, quiet: bool) -> None:
+                  find_nonfinite: bool, nproc_per_node: Optional[int], rank_dir: bool,
+                  quiet: bool) -> None:
     """Trace TARGET: a script (run as __main__ with SCRIPT_ARGS, after --) or FILE.py:NAME
     (a model class, instance or zero-argument factory; give --input shapes).
 
@@ -81,6 +86,16 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
     if name is not None and script_args:
         raise click.UsageError(f"arguments after the target ({' '.join(script_args)}) are passed "
                                "to scripts; FILE.py:NAME takes --input instead.")
+    if nproc_per_node:
+        if name is not None:
+            raise click.UsageError("--nproc-per-node launches a training script; FILE.py:NAME "
+                                   "runs one forward/backward in one process.")
+        ctx.exit(_launch(ctx, path, script_args, nproc_per_node, out or DEFAULT_OUT, fail_on,
+                         only, disable, find_nonfinite))
+    if rank_dir:  # one rank of a --nproc-per-node launch: its own folder, flushed as it goes
+        out = os.path.join(out or DEFAULT_OUT, f"rank-{os.environ.get('RANK', '0')}")
+        json_path = dot_path = svg_path = html_path = None
+        _terminate_gracefully()
     for spec in inputs:
         try:
             parse_input_spec(spec)
@@ -93,7 +108,8 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
         out, json_path, dot_path, svg_path, DEFAULT_OUT, html_path)
     try:
         outcome = _run(path, name, target, script_args, inputs, device,
-                       _split_ids(only), _split_ids(disable), find_nonfinite)
+                       _split_ids(only), _split_ids(disable), find_nonfinite,
+                       json_path if rank_dir else None)
     except (LoadError, InputError) as e:
         click.echo(f"gradscope: error: {e}", err=True)
         ctx.exit(EXIT_USAGE)
@@ -125,13 +141,70 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
 
 
 def _run(path: str, name: Optional[str], target: str, script_args: tuple, inputs: tuple,
-         device: Optional[str], only: list, disable: list, find_nonfinite: bool = False):
+         device: Optional[str], only: list, disable: list, find_nonfinite: bool = False,
+         flush_to: Optional[str] = None):
     from gradscope.runner import trace_script, trace_target
 
     if name is None:
         return trace_script(path, script_args, only=only or None, disable=disable or None,
-                            find_nonfinite=find_nonfinite)
+                            find_nonfinite=find_nonfinite, flush_to=flush_to)
     return trace_target(target, inputs, device, only=only or None, disable=disable or None)
+
+
+def _terminate_gracefully() -> None:
+    """torchrun stops the other ranks with SIGTERM when one fails: turn it into the same path
+    as Ctrl-C, so the rank's report is written on the way out."""
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: str,
+            fail_on: str, only: Optional[str], disable: Optional[str],
+            find_nonfinite: bool) -> int:
+    """Run the script on N ranks with torchrun, each traced; then merge their reports."""
+    import glob
+    import shutil
+    import subprocess
+
+    from gradscope.report import Report
+
+    from .merge_cmd import merge_and_write
+
+    for old in glob.glob(os.path.join(out, "rank-*")):
+        shutil.rmtree(old, ignore_errors=True)  # reports of an earlier launch must not mix in
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--master-port={_free_port()}", "-m", "gradscope", "trace", path, "--out", out,
+           "--rank-dir", "-q", "--fail-on", "never"]
+    cmd += [x for flag, v in (("--only", only), ("--disable", disable)) if v for x in (flag, v)]
+    cmd += ["--find-nonfinite"] if find_nonfinite else []
+    cmd += ["--", *script_args]
+    try:
+        launched = subprocess.run(cmd)
+    except KeyboardInterrupt:
+        launched = None
+    reports = []
+    for file in sorted(glob.glob(os.path.join(out, "rank-*", "trace.json"))):
+        try:
+            reports.append(Report.load(file))
+        except (OSError, ValueError):
+            continue  # a rank killed while writing: its temporary file never became trace.json
+    if not reports:
+        click.echo(f"gradscope: no rank wrote a report (torchrun exit code "
+                   f"{getattr(launched, 'returncode', 'interrupted')}).", err=True)
+        return EXIT_PROGRAM
+    return merge_and_write(reports, out, fail_on)
 
 
 def _report_failure(error: BaseException) -> int:

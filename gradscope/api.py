@@ -173,7 +173,14 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
 def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> Report:
     """Close ``capture`` (if still open) and turn what it recorded into a checked Report."""
     capture.close()
-    snap = capture.snapshot
+    return report_from(capture, capture.snapshot, run, checks)
+
+
+def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] = None) -> Report:
+    """A checked Report from a capture's snapshot (final, or taken mid-run for a rank's flush)."""
+    snap = dict(snap)
+    snap["parameters"] = [dict(p) for p in snap["parameters"]]
+    gradients = dict(snap["gradients"])
     for p in snap["parameters"]:
         p["grad_norm"] = capture.grad_norms.get((p["model"], p["name"]))
     notes = list(capture.notes)
@@ -190,15 +197,30 @@ def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> 
     trace = Trace(graph=capture.graph or Graph(), models=snap["models"],
                   modules=snap["modules"], parameters=snap["parameters"],
                   backward_calls=capture.backward_calls, optimizer_steps=capture.optimizer_steps,
-                  events=capture.events, run=dict(run), notes=notes,
+                  events=list(capture.events), run={**run, **rank_info()}, notes=notes,
                   attributes=snap["attributes"], constructions=snap["constructions"],
-                  leaves=capture.leaves, accumulation=snap["gradients"].pop("accumulation"),
-                  gradients=snap["gradients"],
-                  torch_version=torch.__version__)
+                  leaves=capture.leaves, accumulation=gradients.pop("accumulation"),
+                  gradients=gradients, torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location
     trace.findings = run_checks(trace, checks)
     return Report(trace)
+
+
+def rank_info() -> dict:
+    """``{"rank", "world_size"}`` under torch.distributed (or torchrun's variables), else {}."""
+    import os
+
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return {"rank": dist.get_rank(), "world_size": dist.get_world_size()}
+    except Exception:  # noqa: BLE001 - a broken process group still has the env variables
+        pass
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and os.environ.get("RANK"):
+        return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"])}
+    return {}
 
 
 def describe_exception(e: BaseException) -> str:

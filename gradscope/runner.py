@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from .api import build_report, describe_exception, run_model
+from .api import build_report, describe_exception, report_from, run_model
 from .checks import select_checks
 from .errors import InputError
 from .report import Report
@@ -40,12 +40,20 @@ def _finish(capture: Capture, run: dict, checks: list, error: Optional[BaseExcep
 
 
 def trace_script(path: str, args: tuple = (), only: Optional[list] = None,
-                 disable: Optional[list] = None, find_nonfinite: bool = False) -> RunOutcome:
+                 disable: Optional[list] = None, find_nonfinite: bool = False,
+                 flush_to: Optional[str] = None) -> RunOutcome:
     """Run a training script unchanged, watching every module, backward call and optimizer."""
     checks = select_checks(only, disable)
     run = {"mode": "script", "target": path, "args": list(args)}
     _, code = read_source(path)  # a missing file or syntax error is a LoadError, before running
     capture = Capture(mode="script", intercept_backward=True, find_nonfinite=find_nonfinite)
+    if flush_to is not None:
+        # A distributed rank: write what we have every few seconds, so that a rank killed
+        # because another one crashed still leaves its record.
+        def flush(cap: Capture) -> None:
+            report_from(cap, cap.interim_snapshot(), {**run, "status": "running"}, checks)\
+                .save(flush_to, format="json")
+        capture.flush = flush
     error: Optional[BaseException] = None
     with capture:
         try:

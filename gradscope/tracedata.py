@@ -35,6 +35,7 @@ class Trace:
     leaves: list = dataclasses.field(default_factory=list)       # unregistered graph leaves
     accumulation: list = dataclasses.field(default_factory=list)  # per optimizer step
     gradients: dict = dataclasses.field(default_factory=dict)    # norms per step, non-finite
+    ranks: list = dataclasses.field(default_factory=list)        # merged distributed runs
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
     notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
@@ -61,6 +62,7 @@ class Trace:
             "leaves": list(self.leaves),
             "accumulation": list(self.accumulation),
             "gradients": dict(self.gradients),
+            "ranks": list(self.ranks),
         }
         if with_graph:
             d["graph"] = self.graph.to_dict()
@@ -90,6 +92,7 @@ class Trace:
             leaves=list(d.get("leaves", [])),
             accumulation=list(d.get("accumulation", [])),
             gradients=dict(d.get("gradients", {})),
+            ranks=list(d.get("ranks", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

@@ -16,7 +16,7 @@ from models import zoo
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
-       "nonfinite-loss", "vanishing-grad", "exploding-grad"]
+       "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence"]
 
 
 def _check(check_id):

@@ -100,8 +100,7 @@ def test_data_parallel_wrapper(no_leaks):
         model(torch.randn(4, 4)).sum().backward()
         opt.step()
     t = scope.report().trace
-    assert {p["name"] for p in t.parameters} == {"module.0.weight", "module.0.bias",
-                                                 "module.2.weight", "module.2.bias"}
+    assert {p["name"] for p in t.parameters} == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert scope.report().findings_at_or_above("warning") == []
 
 

@@ -25,6 +25,7 @@ CHECK_MODULES = (
     "nonfinite_loss",
     "vanishing_grad",
     "exploding_grad",
+    "rank_divergence",
 )
 
 

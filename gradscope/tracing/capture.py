@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import warnings
 from typing import Any, Callable, Iterable, Optional
 
@@ -26,6 +27,7 @@ from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
 
 MAX_EVENTS = 10_000
+FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
 
 
 def _tensors_in(value: Any) -> list:
@@ -60,6 +62,8 @@ class Capture:
                  find_nonfinite: bool = False) -> None:
         self.mode = mode
         self.nonfinite = NonfiniteFinder() if find_nonfinite else None
+        self.flush: Optional[Callable[["Capture"], None]] = None  # called at most every 5 s
+        self._last_flush = 0.0
         self.intercept_backward = intercept_backward
         self.state = "new"
         self.tracker = ModuleTracker()
@@ -115,6 +119,7 @@ class Capture:
             self.handles.remove()
         finally:
             try:
+                self.gradients.finish()
                 self._snapshot = self._take_snapshot()
             finally:
                 self.tracker.clear_references()
@@ -286,6 +291,9 @@ class Capture:
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
                         location=user_location())
             self.gradients.on_step(optimizer, self.optimizer_steps)
+            if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
+                self._last_flush = time.monotonic()
+                self.flush(self)
         self._guard("an optimizer step", record)
 
     def _patch_backward(self) -> None:
@@ -394,7 +402,6 @@ class Capture:
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models)[0]
-        self.gradients.finish()
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
                 "attributes": attributes, "constructions": self.registrations.records(),
                 "gradients": {**self.gradients.snapshot(),
@@ -427,6 +434,10 @@ class Capture:
                              "location": rec.location, "has_parameters": rec.has_parameters,
                              "rebuilt": rec.objects > 1})
         return rows
+
+    def interim_snapshot(self) -> dict:
+        """What the report would hold now, without closing (for periodic flushes)."""
+        return self._take_snapshot()
 
     @property
     def snapshot(self) -> dict:

@@ -95,6 +95,7 @@ class ModuleTracker:
         label, the caller's variable name for it (``model``, ``net``) or its class name."""
         if label is not None:
             self._explicit_labels[id(model)] = label
+            self._explicit_labels[id(unwrap(model))] = label
         return self._register_root(model)[1]
 
     def install(self, handles: HandleGroup) -> None:
@@ -137,6 +138,18 @@ class ModuleTracker:
         if known is not None and known[0] is module:
             return known
         label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
+        inner = unwrap(module)
+        if inner is not module:
+            # DistributedDataParallel / DataParallel: the user's model is .module. Name that
+            # one as the model (no "module." prefixes); the wrapper is a box around it.
+            known = self._names.get(id(inner))
+            if known is not None and known[0] is inner:
+                label = known[1]
+            else:
+                self.models[label] = inner
+                self._name_tree(label, inner)
+            self._names[id(module)] = (module, label, f"<{type(module).__name__}>")
+            return self._names[id(module)]
         self.models[label] = module
         self._name_tree(label, module)
         return self._names[id(module)]
@@ -301,6 +314,17 @@ def _guess_label(module: nn.Module) -> str:
                 if value is module:
                     return f"self.{attr}"
     return type(module).__name__
+
+
+_WRAPPERS = ("DistributedDataParallel", "DataParallel")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The user's model inside a DistributedDataParallel/DataParallel wrapper, else itself."""
+    while type(module).__name__ in _WRAPPERS and isinstance(getattr(module, "module", None),
+                                                             nn.Module):
+        module = module.module
+    return module
 
 
 def _held_in_container(owner: nn.Module, module: nn.Module) -> Optional[str]:
