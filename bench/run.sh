@@ -11,3 +11,4 @@ export PYTHONPATH="$PWD/bench/.deps${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/bench_capture.py --out bench/RESULTS-capture.md "$@"
 "$PY" bench/bench_watch.py --out bench/RESULTS-watch.md
 "$PY" bench/bench_render.py --out bench/RESULTS-render.md
+"$PY" -m torch.distributed.run --nproc-per-node 2 bench/bench_ddp.py --out bench/RESULTS-ddp.md
