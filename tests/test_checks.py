@@ -16,7 +16,8 @@ from models import zoo
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
-       "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence"]
+       "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
+       "double-softmax", "builtin-sum"]
 
 
 def _check(check_id):
@@ -314,3 +315,80 @@ def test_vanishing_and_exploding_units():
     growing = {"l0.weight": [1, 10, 1e2, 1e3, 1e4, 1e5], "l1.weight": [1, 2, 4, 8, 16, 32]}
     [f] = run_checks(_norm_trace(growing, 6), _check("exploding-grad"))
     assert f.data["last_total"] > 1e3 and "grew" in f.message
+
+
+# -- issue 5 graph-pattern checks ----------------------------------------------------------------
+def _chain(*ops, model="m", module="head"):
+    nodes = [Node(f"n{i}", op, module, model) for i, op in enumerate(ops)]
+    edges = [Edge(f"n{i + 1}", f"n{i}") for i in range(len(ops) - 1)]  # n{i+1} feeds n{i}
+    return Trace(graph=Graph(nodes, edges, ["n0"]))
+
+
+def test_double_softmax_unit():
+    only = _check("double-softmax")
+    [f] = run_checks(_chain("NllLossBackward0", "LogSoftmaxBackward0", "ViewBackward0",
+                            "SoftmaxBackward0", "AddmmBackward0"), only)
+    assert f.nodes == ["n3", "n1"] and f.module == "m.head"
+    [f] = run_checks(_chain("BinaryCrossEntropyWithLogitsBackward0", "SigmoidBackward0"), only)
+    assert "sigmoid" in f.message
+    # log_softmax then nll_loss, or log_softmax fed to cross_entropy: fine
+    assert run_checks(_chain("NllLossBackward0", "LogSoftmaxBackward0", "AddmmBackward0"),
+                      only) == []
+    assert run_checks(_chain("NllLossBackward0", "LogSoftmaxBackward0", "LogSoftmaxBackward0"),
+                      only) == []
+
+
+def test_double_softmax_on_real_losses():
+    x, y = torch.randn(4, 5), torch.randint(0, 5, (4,))
+
+    def losses(model, fn):
+        return gradscope.trace(model, x, loss_fn=lambda out: fn(out, y)).findings
+
+    lin = nn.Linear(5, 5)
+    ce = nn.functional.cross_entropy
+    assert [f.check for f in losses(nn.Sequential(lin, nn.Softmax(1)), ce)] == ["double-softmax"]
+    assert losses(nn.Sequential(lin, nn.LogSoftmax(1)), nn.functional.nll_loss) == []
+    assert losses(nn.Sequential(lin, nn.LogSoftmax(1)), ce) == []
+    assert losses(lin, ce) == []
+    bce = nn.functional.binary_cross_entropy_with_logits
+    yb = torch.rand(4, 5)
+    found = gradscope.trace(nn.Sequential(lin, nn.Sigmoid()), x,
+                            loss_fn=lambda out: bce(out, yb)).findings
+    assert [f.check for f in found] == ["double-softmax"]
+    plain_bce = nn.functional.binary_cross_entropy
+    assert gradscope.trace(nn.Sequential(lin, nn.Sigmoid()), x,
+                           loss_fn=lambda out: plain_bce(out, yb)).findings == []
+
+
+def test_builtin_sum_unit_and_near_misses():
+    only = _check("builtin-sum")
+
+    class Summer(nn.Module):
+        def __init__(self, n, builtin):
+            super().__init__()
+            self.fc = nn.Linear(4, n)
+            self.builtin = builtin
+
+        def forward(self, x):
+            t = self.fc(x).mean(0)
+            return sum(t) if self.builtin else t.sum()
+
+    x = torch.randn(3, 4)
+    [f] = run_checks(gradscope.trace(Summer(32, True), x).trace, only)
+    assert f.data["adds"] == 32 and f.module == "Summer"
+    assert run_checks(gradscope.trace(Summer(32, False), x).trace, only) == []
+    assert run_checks(gradscope.trace(Summer(8, True), x).trace, only) == []  # below threshold
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(20))
+
+        def forward(self, x):
+            total = 0
+            for i in range(20):
+                total = total + self.w[i] * x
+            return total.sum()
+
+    [f] = run_checks(gradscope.trace(Loop(), torch.randn(2)).trace, only)
+    assert f.data["source"] != "UnbindBackward0" and f.data["adds"] >= 16

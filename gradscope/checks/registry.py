@@ -26,6 +26,8 @@ CHECK_MODULES = (
     "vanishing_grad",
     "exploding_grad",
     "rank_divergence",
+    "double_softmax",
+    "builtin_sum",
 )
 
 

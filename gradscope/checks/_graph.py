@@ -1,0 +1,32 @@
+"""Graph helpers for pattern checks: producers and consumers by node id (edges run producer ->
+consumer), and walking back through ops that only reshape or copy."""
+from __future__ import annotations
+
+from ..render.view import op_category
+
+
+class Adjacency:
+    def __init__(self, graph) -> None:
+        self.graph = graph
+        self.producers: dict = {}
+        self.consumers: dict = {}
+        for src, dst in graph.edges:
+            self.producers.setdefault(dst, []).append(src)
+            self.consumers.setdefault(src, []).append(dst)
+        self.op = {n.id: n.op for n in graph.nodes}
+
+    def source_through_views(self, node_id: str, limit: int = 8) -> list:
+        """The non-view producers of ``node_id``'s inputs, looking through up to ``limit``
+        reshape/copy ops (views, transposes, clones, ...)."""
+        out, frontier = [], list(self.producers.get(node_id, []))
+        for _ in range(limit):
+            nxt = []
+            for pid in frontier:
+                if op_category(self.op.get(pid)) == "shape":
+                    nxt.extend(self.producers.get(pid, []))
+                else:
+                    out.append(pid)
+            if not nxt:
+                break
+            frontier = nxt
+        return out

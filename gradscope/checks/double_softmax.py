@@ -1,0 +1,46 @@
+"""double-softmax: softmax (or sigmoid) output fed to a loss that applies it again (seeds 000/001)."""
+from __future__ import annotations
+
+from ..findings import Finding
+from ._graph import Adjacency
+from .registry import Check
+
+# loss-side node -> the activation that must not feed it, and what to say
+PAIRS = {
+    "LogSoftmaxBackward0": ("SoftmaxBackward0", "softmax", "CrossEntropyLoss / F.cross_entropy "
+                            "(which applies log_softmax to raw logits)"),
+    "BinaryCrossEntropyWithLogitsBackward0": ("SigmoidBackward0", "sigmoid",
+                                              "BCEWithLogitsLoss (which applies sigmoid itself)"),
+}
+
+
+def run(trace) -> list:
+    adj = Adjacency(trace.graph)
+    found: dict = {}
+    for n in trace.graph.nodes:
+        pair = PAIRS.get(n.op or "")
+        if pair is None:
+            continue
+        bad_op, name, loss = pair
+        for src in adj.source_through_views(n.id):
+            if adj.op.get(src) == bad_op:
+                act = trace.graph.node(src)
+                key = (act.module_path, n.module_path)
+                found.setdefault(key, (act, n, name, loss))
+    out = []
+    for (act_path, loss_path), (act, loss_node, name, loss) in found.items():
+        where = act_path or "code outside the model"
+        out.append(Finding(
+            "double-softmax", "warning",
+            f"The {name} output of {where} is fed to {loss} in {loss_path or 'the loss'}: the "
+            f"{name} is applied twice. The loss then sees squashed probabilities instead of "
+            "logits, so gradients shrink and training stalls or converges to a worse model.",
+            hint=f"Remove the {name} from the model's forward and feed raw logits to the loss; "
+                 f"apply {name} only when you need probabilities (inference, metrics).",
+            module=act_path, nodes=[act.id, loss_node.id],
+            data={"activation": act.op, "loss_node": loss_node.op, "loss_module": loss_path}))
+    return out
+
+
+CHECK = Check("double-softmax", "warning",
+              "softmax/sigmoid output fed to a loss that applies it itself", run)
