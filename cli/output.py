@@ -2,13 +2,34 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 
 from gradscope.errors import GradscopeError, GraphvizNotFound
 from gradscope.report import Report
 from gradscope.tracedata import write_atomically
+
+
+def drawing_options(command: Callable) -> Callable:
+    """The options that shape a drawing, shared by `trace` and `render`."""
+    options = [
+        click.option("--depth", type=click.IntRange(min=0),
+                     help="Draw modules below this depth as single boxes (0: one box per "
+                          "model)."),
+        click.option("--focus", metavar="MODULE",
+                     help="Draw only this module's nodes (e.g. layer1 or model.layer1) and "
+                          "their neighbours."),
+        click.option("--fold", is_flag=True,
+                     help="Draw repeated identical blocks (blocks.0 ... blocks.11) once, the "
+                          "rest as one box marked xN."),
+        click.option("--max-nodes", type=click.IntRange(min=10), default=3000,
+                     show_default=True,
+                     help="Drawing budget: a bigger graph is drawn collapsed to modules."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def resolve_paths(out: Optional[str], json_path: Optional[str], dot_path: Optional[str],

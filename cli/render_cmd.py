@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from .output import resolve_paths, write_outputs
+from .output import drawing_options, resolve_paths, write_outputs
 
 
 @click.command("render")
@@ -14,15 +14,7 @@ from .output import resolve_paths, write_outputs
 @click.option("--dot", "dot_path", type=click.Path(dir_okay=False), help="Write DOT here.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Write SVG here.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write HTML here.")
-@click.option("--depth", type=click.IntRange(min=0), help="Collapse modules below this depth.")
-@click.option("--focus", metavar="MODULE",
-              help="Draw only this module's nodes (e.g. layer1 or model.layer1) and their "
-                   "neighbours.")
-@click.option("--fold", is_flag=True,
-              help="Draw repeated identical blocks (blocks.0 ... blocks.11) once, the rest as "
-                   "one box marked xN.")
-@click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
-              help="Drawing budget: bigger graphs are collapsed to modules.")
+@drawing_options
 def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
                    svg_path: Optional[str], html_path: Optional[str], depth: Optional[int],
                    focus: Optional[str], fold: bool, max_nodes: int) -> None:

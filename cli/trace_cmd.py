@@ -8,7 +8,7 @@ from typing import Optional
 
 import click
 
-from .output import resolve_paths, write_outputs
+from .output import drawing_options, resolve_paths, write_outputs
 
 DEFAULT_OUT = "gradscope-report"
 EXIT_FINDINGS, EXIT_USAGE, EXIT_PROGRAM, EXIT_INTERNAL, EXIT_INTERRUPT = 1, 2, 3, 4, 130
@@ -33,16 +33,7 @@ def _split_ids(value: Optional[str]) -> list:
               help="Write SVG here (needs Graphviz's dot).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
               help="Write the self-contained HTML report here.")
-@click.option("--depth", type=click.IntRange(min=0),
-              help="Draw modules below this depth as single boxes (0: one box per model).")
-@click.option("--focus", metavar="MODULE",
-              help="Draw only this module's nodes (e.g. layer1 or model.layer1) and their "
-                   "neighbours.")
-@click.option("--fold", is_flag=True,
-              help="Draw repeated identical blocks (blocks.0 ... blocks.11) once, the rest as "
-                   "one box marked xN.")
-@click.option("--max-nodes", type=click.IntRange(min=10), default=3000, show_default=True,
-              help="Drawing budget: a bigger graph is drawn collapsed to modules.")
+@drawing_options
 @click.option("--fail-on", type=click.Choice(["error", "warning", "info", "never"]),
               default="error", show_default=True,
               help="Exit 1 when a finding of this severity or worse is found.")
