@@ -276,3 +276,88 @@ def test_find_nonfinite_changes_no_number():
         return [p.detach().clone() for p in model.parameters()]
 
     assert all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+
+
+# -- loops the first version misread (found by review) ------------------------------------------
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_gan_loop_is_not_a_missing_zero_grad(set_to_none):
+    torch.manual_seed(0)
+    G, D = nn.Linear(4, 6), nn.Sequential(nn.Linear(6, 1))
+    opt_g = torch.optim.SGD(G.parameters(), lr=0.01)
+    opt_d = torch.optim.SGD(D.parameters(), lr=0.01)
+    with gradscope.watch(G, D, opt_g, opt_d) as scope:
+        for _ in range(4):
+            fake = G(torch.randn(8, 4))
+            opt_g.zero_grad(set_to_none=set_to_none)
+            D(fake).mean().backward()        # flows into D's gradients too
+            opt_g.step()
+            D.zero_grad(set_to_none=set_to_none)  # ...which are reset before D's own update
+            (D(torch.randn(8, 6)).mean() - D(fake.detach()).mean()).backward()
+            opt_d.step()
+    found = {f.check for f in scope.report().findings}
+    assert "missing-zero-grad" not in found and "grad-accumulation" not in found
+
+
+def test_gradient_penalty_before_zero_grad_and_lbfgs_closures():
+    torch.manual_seed(0)
+    model = nn.Linear(5, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    lbfgs_model = nn.Linear(5, 1)
+    lbfgs = torch.optim.LBFGS(lbfgs_model.parameters(), max_iter=5)
+    x, y = torch.randn(16, 5), torch.randn(16, 1)
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = nn.functional.mse_loss(lbfgs_model(x), y)
+        loss.backward()
+        return loss
+
+    with gradscope.watch(model, lbfgs_model, opt, lbfgs) as scope:
+        for _ in range(3):
+            out = model(x)
+            torch.autograd.grad(out.sum(), list(model.parameters()), create_graph=False)
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            lbfgs.step(closure)
+    found = {f.check for f in scope.report().findings}
+    assert "missing-zero-grad" not in found and "grad-accumulation" not in found
+
+
+def test_scaler_skipped_step_then_zero_grad_is_not_accumulation():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for step in range(4):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) * (float("inf") if step == 1 else 1)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    t = scope.report().trace
+    assert [s["backward_calls"] for s in t.accumulation] == [1, 1, 1]
+    assert {f.check for f in scope.report().findings} <= {"nonfinite-loss"}
+
+
+def test_zero_element_parameter_and_in_place_zeroing():
+    class WithEmpty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.empty = nn.Parameter(torch.zeros(0))
+
+        def forward(self, x):
+            return self.fc(x) + self.empty.sum()
+
+    model = WithEmpty()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(10):
+            opt.zero_grad(set_to_none=False)
+            model(torch.randn(2, 3)).sum().backward()
+            opt.step()
+    t = scope.report().trace
+    assert t.optimizer_steps == 10 and not any(s["carried"] for s in t.accumulation)
+    assert not any("hook" in n for n in t.notes)

@@ -60,8 +60,12 @@ def _finding(trace, key, leaves: list) -> Finding:
                 "the optimizer explicitly; if it is an input, it need not require grad.")
     owner = f" of {model}" if model else " of any traced model"
     many = len(leaves) > 1
+    # A tensor reached through a module attribute is a parameter the user meant to train; one of
+    # unknown origin may be deliberate (x.requires_grad_() inside forward, input embeddings made
+    # to require grad for adapters, a tensor given to the optimizer by hand): say it, mildly.
+    severity = "error" if key[0] == "attr" else "info"
     return Finding(
-        "unregistered-parameter", "error",
+        "unregistered-parameter", severity,
         f"{what} {'require' if many else 'requires'} grad and {'feed' if many else 'feeds'} the "
         f"loss{' through ' + used_in if used_in else ''}, but {'are not parameters' if many else 'is not a parameter'}"
         f"{owner}: model.parameters() does not include {'them' if many else 'it'}, so an "

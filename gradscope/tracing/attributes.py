@@ -71,6 +71,8 @@ def scan_attributes(models: dict) -> tuple:
                 if attr in _MODULE_INTERNALS:
                     continue
                 path = prefix + attr
+                if isinstance(value, torch.Tensor) and _derived_by_torch(mod, attr):
+                    continue
                 if isinstance(value, torch.Tensor):
                     names.setdefault(id(value), path)
                     records.append(_tensor_record(label, qual, mod, attr, value))
@@ -80,6 +82,13 @@ def scan_attributes(models: dict) -> tuple:
                     if rec is not None:
                         records.append(rec)
     return records, names
+
+
+def _derived_by_torch(mod: nn.Module, attr: str) -> bool:
+    """weight_norm, spectral_norm and prune recompute ``module.weight`` as a plain tensor from
+    registered ``weight_g``/``weight_v`` or ``weight_orig``: by design, not a bug."""
+    own = mod._parameters
+    return f"{attr}_orig" in own or (f"{attr}_g" in own and f"{attr}_v" in own)
 
 
 def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Tensor) -> dict:

@@ -72,6 +72,7 @@ class Capture:
         self.leaves: list = []               # unregistered leaves of the drawn graph, described
         self.gradients = GradientRecorder()  # accumulation, norms, non-finite values
         self._mode_modules: dict = {}        # id(model) -> [(name, module)] that obey .training
+        self._trainable: dict = {}           # id(model) -> has parameters that require grad
         self.graph: Optional[Graph] = None
         self.graph_location: Optional[str] = None
         self._graph_has_model = False
@@ -125,6 +126,7 @@ class Capture:
                 self.tracker.clear_references()
                 self._optimizers.clear()
                 self._mode_modules.clear()
+                self._trainable.clear()
 
     def add_model(self, model: torch.nn.Module, label: Optional[str] = None) -> str:
         return self.tracker.add_model(model, label)
@@ -208,6 +210,7 @@ class Capture:
             if deps is None:
                 deps = self._mode_modules[id(model)] = [
                     (name, m) for name, m in model.named_modules() if _obeys_training(m)]
+                self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
             grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
             event = {"model": label, "training": model.training, "grad": grad,
                      "location": user_location()}
@@ -218,7 +221,7 @@ class Capture:
                     event["bn_updated"] = any(
                         isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                         and m.training and m.track_running_stats for _, m in deps)
-            else:
+            elif self._trainable.get(id(model)):  # a frozen loss network may run in eval mode
                 eval_mode = [name for name, m in deps if not m.training]
                 if eval_mode:
                     event["eval_mode"] = eval_mode[:20]

@@ -1,13 +1,13 @@
 """Gradient accumulation and gradient health, recorded without a host sync inside any hook.
 
 Per parameter, two tensor hooks:
-- before accumulation (``Tensor.register_hook`` on the leaf): the first backward after an
-  optimizer step looks at ``.grad`` as the user left it. ``None`` or a new tensor object means it
-  was reset (``zero_grad(set_to_none=True)``, ``p.grad = None``). The same object is fingerprinted:
-  a few fixed elements are copied on the device, to be compared with the copy taken at the step.
-  Unchanged values mean the old gradient was carried into the next step (a forgotten
-  ``zero_grad``); zeros mean it was zeroed in place (``zero_grad(set_to_none=False)``,
-  ``p.grad.data.zero_()``), which no version counter reveals.
+- before accumulation (``Tensor.register_hook`` on the leaf): every backward looks at ``.grad``
+  as the user left it. ``None`` or another tensor object than after the previous accumulation
+  means it was reset (``zero_grad(set_to_none=True)``, ``p.grad = None``). The same object is
+  fingerprinted: a few fixed elements are copied on the device. At the next step, zeros mean it
+  was zeroed in place (``zero_grad(set_to_none=False)``, ``p.grad.data.zero_()``, which no
+  version counter reveals), and values equal to those at the previous step mean the old gradient
+  was carried into this step (a forgotten ``zero_grad``).
 - after accumulation (``register_post_accumulate_grad_hook``): counts backward contributions.
 
 At each optimizer step (global step pre-hook) the gradient norms and max-abs values of the
@@ -40,20 +40,23 @@ def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
 
 
 class _ParamState:
-    __slots__ = ("ref", "name", "since_step", "summed", "after_step", "grad_ref", "fp_after",
-                 "fp_before", "index", "reset_seen")
+    __slots__ = ("ref", "name", "since_step", "summed", "last_grad", "step_grad",
+                 "fp_after", "fps", "reset_at", "index")
 
     def __init__(self, param: torch.Tensor, name: tuple) -> None:
         self.ref = weakref.ref(param)
         self.name = name                 # (model, qualified name)
         self.since_step = 0              # backward contributions since the last optimizer step
         self.summed = 0                  # contributions in .grad since its last reset
-        self.after_step = False          # a step happened; the next backward checks for a reset
-        self.grad_ref: Any = None        # weak ref to .grad as it was at the last step
-        self.fp_after: Optional[torch.Tensor] = None   # fingerprint at the last step
-        self.fp_before: Optional[torch.Tensor] = None  # fingerprint at the next backward
+        self.last_grad: Any = None       # weak ref to .grad after the last accumulation
+        self.step_grad: Any = None       # weak ref to .grad as it was at the last step
+        self.fp_after: Optional[torch.Tensor] = None  # fingerprint at the last step
+        self.fps: list = []              # (fingerprint, since_step) before each backward
+        self.reset_at: Optional[int] = None  # since_step when .grad was last replaced/cleared
         self.index: Optional[torch.Tensor] = None
-        self.reset_seen: Optional[bool] = None  # known without a fingerprint (None: pending)
+
+
+MAX_FINGERPRINTS = 64  # per parameter and step: backward calls looked at before giving up
 
 
 class GradientRecorder:
@@ -71,42 +74,64 @@ class GradientRecorder:
         self._norm_stride = 1
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
         self.syncs = 0                   # host reads performed (tests check: <= 1 per step)
+        self.errors: list = []           # failures inside our hooks, for the report's notes
 
     # -- registration --------------------------------------------------------------------------
     def watch(self, param: torch.Tensor, name: tuple, handles: HandleGroup) -> None:
+        if param.numel() == 0:
+            return  # nothing to measure, and index/foreach kernels reject empty tensors
         if id(param) in self._params and self._params[id(param)].ref() is param:
             return
         state = self._params[id(param)] = _ParamState(param, name)
         handles.add(param.register_hook(self._make_pre_hook(state)))
         handles.add(param.register_post_accumulate_grad_hook(self._make_post_hook(state)))
 
+    def _safely(self, fn: Callable, state: _ParamState) -> None:
+        # Hooks run inside the user's backward: a bug of ours must never surface there.
+        try:
+            fn(state)
+        except Exception as e:  # noqa: BLE001 - kept for the report's notes
+            if len(self.errors) < 10:
+                self.errors.append(f"gradient hook for {_display(state.name)}: {e!r}")
+
     def _make_pre_hook(self, state: _ParamState) -> Callable:
         def before_accumulation(grad: torch.Tensor) -> None:
-            if state.after_step:
-                state.after_step = False
-                self._check_reset(state)
+            self._safely(self._before, state)
             return None  # a returned value would replace the gradient
         return before_accumulation
 
     def _make_post_hook(self, state: _ParamState) -> Callable:
-        seen = self.seen
-
         def after_accumulation(param: torch.Tensor) -> None:
-            state.since_step += 1
-            seen.add(id(param))
+            self._safely(self._after, state)
             return None
         return after_accumulation
 
-    def _check_reset(self, state: _ParamState) -> None:
+    def _after(self, state: _ParamState) -> None:
+        state.since_step += 1
+        param = state.ref()
+        if param is not None:
+            self.seen.add(id(param))
+            state.last_grad = weakref.ref(param.grad) if param.grad is not None else None
+
+    def _before(self, state: _ParamState) -> None:
+        """Before each accumulation: was .grad reset since the last one?
+
+        A cleared or replaced .grad (set_to_none, ``p.grad = None``, a new tensor) is seen at
+        once. A gradient zeroed in place (``zero_grad(set_to_none=False)``, ``.data.zero_()``)
+        is only visible in its values, so a few elements are copied on the device and compared
+        at the next optimizer step (no host read here)."""
         param = state.ref()
         grad = None if param is None else param.grad
-        old = state.grad_ref() if state.grad_ref is not None else None
-        if grad is None or old is None or grad is not old:
-            state.reset_seen = True  # set to None (or replaced): a reset, no fingerprint needed
+        last = state.last_grad() if state.last_grad is not None else None
+        if grad is None or grad is not last:
+            state.reset_at = state.since_step
             return
-        state.reset_seen = None
-        with torch.no_grad():
-            state.fp_before = grad.detach().reshape(-1).index_select(0, state.index).clone()
+        if len(state.fps) < MAX_FINGERPRINTS:
+            if state.index is None or state.index.device != grad.device:
+                state.index = _fingerprint_index(grad.numel(), grad.device)
+            with torch.no_grad():
+                fp = grad.detach().reshape(-1).index_select(0, state.index).clone()
+            state.fps.append((fp, state.since_step))
 
     def note_loss(self, roots: Any, index: int) -> None:
         """Queue a finiteness check of a backward root (read at the next sync)."""
@@ -131,14 +156,12 @@ class GradientRecorder:
         want_max = step <= DENSE_MAXABS or step % SPARSE_MAXABS == 0
         values = self._read_once(states, want_max)
         self._record_step(optimizer, step, states, values, keep_norms)
-        for state, p in states:  # arm the reset check for the next backward
-            state.after_step = True
-            state.grad_ref = weakref.ref(p.grad)
+        for state, p in states:  # what the next backward calls are compared with
+            state.step_grad = weakref.ref(p.grad)
             if state.index is None or state.index.device != p.grad.device:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
             with torch.no_grad():
                 state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index).clone()
-            state.fp_before = None
 
     def _read_once(self, states: list, want_max: bool) -> dict:
         """Everything this step needs from the devices, in one transfer per device."""
@@ -146,7 +169,7 @@ class GradientRecorder:
         for k, (state, p) in enumerate(states):
             by_device.setdefault(p.grad.device, []).append(k)
         out = {"norm": [math.nan] * len(states), "max": [math.nan] * len(states),
-               "carried": [False] * len(states)}
+               "flags": [[] for _ in states]}
         foreach_norm = getattr(torch, "_foreach_norm", None)
         for device, ks in by_device.items():
             grads = [states[k][1].grad.detach() for k in ks]
@@ -157,31 +180,28 @@ class GradientRecorder:
                 else:
                     norms = [g.norm() for g in grads]
                     maxes = [g.abs().max() for g in grads] if want_max else norms
-                carried = []
+                parts = [torch.stack([n.float() for n in norms]),
+                         torch.stack([m.float() for m in maxes])]
+                layout = []  # per parameter: how many fingerprint flags follow
                 for k in ks:
                     state = states[k][0]
-                    if state.fp_before is not None and state.fp_after is not None \
-                            and state.fp_before.device == device:
-                        # same values as at the last step, and not all zero: never reset
-                        carried.append((state.fp_before == state.fp_after).all()
-                                       & state.fp_before.ne(0).any())
-                    else:
-                        carried.append(torch.zeros((), dtype=torch.bool, device=device))
-                flat = torch.cat([torch.stack([n.float() for n in norms]),
-                                  torch.stack([m.float() for m in maxes]),
-                                  torch.stack(carried).float()])
+                    flags = _fingerprint_flags(state, device)
+                    layout.append(len(flags))
+                    parts.extend(f.reshape(1).float() for f in flags)
                 losses = [ok for _, _, ok in self._pending_losses if ok.device == device]
-                if losses:
-                    flat = torch.cat([flat, torch.stack(losses).float()])
+                parts.extend(ok.reshape(1).float() for ok in losses)
+                flat = torch.cat(parts)
             host = flat.tolist()
             self.syncs += 1
             n = len(ks)
+            pos = 2 * n
             for j, k in enumerate(ks):
                 out["norm"][k] = host[j]
                 out["max"][k] = host[n + j] if want_max else None
-                out["carried"][k] = host[2 * n + j] > 0.5
+                out["flags"][k] = [v > 0.5 for v in host[pos:pos + layout[j]]]
+                pos += layout[j]
             if losses:
-                self._resolve_losses(device, host[3 * n:])
+                self._resolve_losses(device, host[pos:])
         return out
 
     def _resolve_losses(self, device: Any, flags: list) -> None:
@@ -202,20 +222,22 @@ class GradientRecorder:
         carried_names = []
         bad = []
         for k, (state, p) in enumerate(states):
-            carried = values["carried"][k] and not state.reset_seen
-            state.summed = state.since_step + (state.summed if carried else 0)
+            carried, new = _carried(state, values["flags"][k])
+            state.summed = new + (state.summed if carried else 0)
             name = _display(state.name)
             if carried:
                 carried_names.append(name)
             summed.setdefault(state.summed, []).append(name)
-            fresh[state.since_step] = fresh.get(state.since_step, 0) + 1
+            fresh[new] = fresh.get(new, 0) + 1
             if not math.isfinite(values["norm"][k]):
                 bad.append(name)
             state.since_step = 0
-            state.reset_seen = None
+            state.reset_at = None
+            state.fps = []
         record = {"step": step, "optimizer": type(optimizer).__name__,
                   "location": user_location(), "parameters": len(states),
-                  # backward calls since the previous step (the most common count)
+                  # backward calls in .grad since the previous step or the last reset, whichever
+                  # came later (the most common count over the step's parameters)
                   "backward_calls": max(fresh, key=fresh.get) if fresh else 0,
                   # backward calls summed into .grad since its last reset -> parameters
                   "summed": {str(n): names if len(summed) > 1 else len(names)
@@ -244,8 +266,9 @@ class GradientRecorder:
             self.syncs += 1
             self._resolve_losses(device, flags)
         for state in self._params.values():
-            state.fp_after = state.fp_before = state.index = None
-            state.grad_ref = None
+            state.fp_after = state.index = None
+            state.fps = []
+            state.step_grad = state.last_grad = None
 
     def snapshot(self) -> dict:
         return {"accumulation": list(self.steps), "norm_steps": list(self.norm_steps),
@@ -253,6 +276,34 @@ class GradientRecorder:
                 "grad_maxabs": {k: list(v) for k, v in self.maxabs.items()},
                 "nonfinite_grads": list(self.nonfinite),
                 "nonfinite_losses": list(self.losses_nonfinite)}
+
+
+def _fingerprint_flags(state: _ParamState, device: Any) -> list:
+    """Device booleans for one parameter: [unchanged since the last step and non-zero, then one
+    "all zero" flag per fingerprint taken before a backward]."""
+    fps = [(fp, c) for fp, c in state.fps if fp.device == device]
+    if len(fps) != len(state.fps):
+        return []
+    if fps and fps[0][1] == 0 and state.fp_after is not None \
+            and state.fp_after.device == device:
+        same = (fps[0][0] == state.fp_after).all() & fps[0][0].ne(0).any()
+    else:
+        same = torch.zeros((), dtype=torch.bool, device=device)
+    return [same] + [(fp == 0).all() for fp, _ in fps]
+
+
+def _carried(state: _ParamState, flags: list) -> tuple:
+    """(old gradient carried into this step?, backward calls since the step or the last reset)."""
+    latest = state.reset_at                  # cleared or replaced before that backward
+    if flags:
+        for (_, count), zero in zip(state.fps, flags[1:]):
+            if zero:                         # zeroed in place before that backward
+                latest = count if latest is None else max(latest, count)
+    if latest is not None:
+        return False, state.since_step - latest
+    if flags and flags[0] and state.reset_at is None:
+        return True, state.since_step       # untouched since the step: carried over
+    return False, state.since_step           # first step, or changed in place (scaled, say)
 
 
 def _display(name: tuple) -> str:

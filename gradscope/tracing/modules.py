@@ -47,12 +47,18 @@ def describe_output(out: Any, limit: int = 4) -> Optional[str]:
     """Shapes of the tensors a forward returned, shallowly: tensors, tuples, dicts, dataclasses."""
     found: list = []
 
+    def shape(t: torch.Tensor) -> str:
+        try:
+            return str(tuple(t.shape))
+        except RuntimeError:  # nested (jagged) tensors have no single shape
+            return "nested"
+
     def add(prefix: str, value: Any) -> None:
         if isinstance(value, torch.Tensor):
-            found.append(f"{prefix}{tuple(value.shape)}")
+            found.append(f"{prefix}{shape(value)}")
 
     if isinstance(out, torch.Tensor):
-        return str(tuple(out.shape))
+        return shape(out)
     if isinstance(out, dict):  # Hugging Face ModelOutput is an OrderedDict
         for k, v in out.items():
             add(f"{k}: ", v)
@@ -246,7 +252,10 @@ class ModuleTracker:
                                                               True)
         rec.calls += 1
         if rec.output is None:
-            rec.output = describe_output(output)
+            try:
+                rec.output = describe_output(output)
+            except Exception:  # noqa: BLE001 - an odd output type must not break the forward
+                rec.output = type(output).__name__
         if not stack:
             self._transient.clear()
 
