@@ -265,3 +265,23 @@ def test_ctrl_c_inside_a_hook_of_ours(monkeypatch, no_leaks):
             opt.step()
     assert scope.report().trace.run["status"] == "interrupted"
     assert model.training is False
+
+
+def test_sessions_closed_out_of_order_restore_torch(no_leaks):
+    from gradscope.tracing.capture import Capture
+
+    original = torch.autograd.backward
+    a, b = Capture(intercept_backward=True), Capture(intercept_backward=True)
+    a.__enter__()
+    b.__enter__()
+    x = torch.ones(2, requires_grad=True)
+    x.sum().backward()
+    a.close()  # the first one opened closes first
+    x.sum().backward()
+    b.close()
+    assert torch.autograd.backward is original
+    assert a.backward_calls == 1 and b.backward_calls == 2
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None  # nothing of ours keeps a closed capture alive

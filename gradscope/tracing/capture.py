@@ -38,6 +38,112 @@ def _tensors_in(value: Any) -> list:
     return []
 
 
+class _Patches:
+    """One wrapper around torch.autograd.backward/grad and the two zero_grad methods, shared by
+    every open capture: installed with the first, removed with the last, in whatever order they
+    close. torch has no hook for 'a backward starts' or 'zero_grad was called'."""
+
+    def __init__(self) -> None:
+        self.captures: list = []
+        self.lock = threading.Lock()
+        self.local = threading.local()  # backward calls nested inside a backward are torch's
+        self.installed: Optional[dict] = None
+
+    def add(self, capture: "Capture") -> None:
+        with self.lock:
+            if not self.captures:
+                self._install()
+            self.captures.append(capture)
+
+    def remove(self, capture: "Capture") -> None:
+        with self.lock:
+            if capture in self.captures:
+                self.captures.remove(capture)
+            if not self.captures and self.installed is not None:
+                self._uninstall()
+
+    def _open(self) -> list:
+        return [c for c in list(self.captures) if c.state == "open"]
+
+    def _install(self) -> None:
+        autograd = torch.autograd
+        originals = {"backward": autograd.backward, "grad": autograd.grad,
+                     "opt_zero": torch.optim.Optimizer.__dict__["zero_grad"],
+                     "mod_zero": torch.nn.Module.__dict__["zero_grad"]}
+        patches = self
+
+        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
+            depth = getattr(patches.local, "depth", 0)
+            nested = depth > 0 or _inside_backward()
+            armed = []
+            if not nested:
+                for cap in patches._open():
+                    cap.on_backward(roots, kind)
+                    if kind == "backward" and cap._arm_nonfinite(roots):
+                        armed.append(cap)
+            patches.local.depth = depth + 1
+            try:
+                result = original(roots, *args, **kwargs)
+            finally:
+                patches.local.depth = depth
+            for cap in armed:
+                cap._guard("the non-finite search", cap.nonfinite.collect)
+            return result
+
+        @functools.wraps(originals["backward"])
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            return call(originals["backward"], tensors, "backward", args, kwargs)
+
+        @functools.wraps(originals["grad"])
+        def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
+            return call(originals["grad"], outputs, "grad", args, kwargs)
+
+        def zero_grad_of(original: Any) -> Any:
+            @functools.wraps(original)
+            def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
+                for cap in patches._open():
+                    cap._guard("a zero_grad call", lambda c=cap: c._event(
+                        "zero_grad", owner=type(obj).__name__, location=user_location()))
+                return original(obj, *args, **kwargs)
+            return zero_grad
+
+        wrappers = {"backward": backward, "grad": grad,
+                    "opt_zero": zero_grad_of(originals["opt_zero"]),
+                    "mod_zero": zero_grad_of(originals["mod_zero"])}
+        autograd.backward, autograd.grad = wrappers["backward"], wrappers["grad"]
+        torch.optim.Optimizer.zero_grad = wrappers["opt_zero"]
+        torch.nn.Module.zero_grad = wrappers["mod_zero"]
+        self.installed = {"originals": originals, "wrappers": wrappers}
+
+    def _uninstall(self) -> None:
+        originals, wrappers = self.installed["originals"], self.installed["wrappers"]
+        self.installed = None
+        # Only undo our own patches: if someone patched on top of us, theirs stays, and our
+        # wrapper under it is a pass-through while no capture is open.
+        autograd = torch.autograd
+        if autograd.backward is wrappers["backward"]:
+            autograd.backward = originals["backward"]
+        if autograd.grad is wrappers["grad"]:
+            autograd.grad = originals["grad"]
+        if torch.optim.Optimizer.__dict__.get("zero_grad") is wrappers["opt_zero"]:
+            torch.optim.Optimizer.zero_grad = originals["opt_zero"]
+        if torch.nn.Module.__dict__.get("zero_grad") is wrappers["mod_zero"]:
+            torch.nn.Module.zero_grad = originals["mod_zero"]
+
+
+def _inside_backward() -> bool:
+    """True on the autograd engine's threads while it runs a backward (reentrant checkpointing
+    calls backward from there, on CUDA from a device thread our thread-local cannot see)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    try:
+        return task is not None and task() != -1
+    except Exception:  # noqa: BLE001 - an older torch: the thread-local depth still applies
+        return False
+
+
+_PATCHES = _Patches()
+
+
 def _obeys_training(m: torch.nn.Module) -> bool:
     """Modules whose forward depends on .training (dropout, batch norm, tracked instance norm)."""
     nn = torch.nn.modules
@@ -101,8 +207,8 @@ class Capture:
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
                 self._on_optimizer_step))
             if self.intercept_backward:
-                self._patch_backward()
-                self._patch_zero_grad()
+                _PATCHES.add(self)
+                self.handles.on_remove(lambda: _PATCHES.remove(self))
         except BaseException:
             self.close()
             raise
@@ -298,76 +404,6 @@ class Capture:
                 self._last_flush = time.monotonic()
                 self.flush(self)
         self._guard("an optimizer step", record)
-
-    def _patch_backward(self) -> None:
-        autograd = torch.autograd
-        original_backward, original_grad = autograd.backward, autograd.grad
-        capture = self
-
-        # Backward calls made by torch inside a backward (reentrant checkpointing) are not the
-        # user's: count only the outermost call of each thread.
-        local = threading.local()
-
-        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
-            depth = getattr(local, "depth", 0)
-            diagnose = False
-            if capture.state == "open" and depth == 0:
-                capture.on_backward(roots, kind)
-                diagnose = kind == "backward" and capture._arm_nonfinite(roots)
-            local.depth = depth + 1
-            try:
-                result = original(roots, *args, **kwargs)
-            finally:
-                local.depth = depth
-            if diagnose:
-                capture._guard("the non-finite search", capture.nonfinite.collect)
-            return result
-
-        @functools.wraps(original_backward)
-        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(original_backward, tensors, "backward", args, kwargs)
-
-        @functools.wraps(original_grad)
-        def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(original_grad, outputs, "grad", args, kwargs)
-
-        def restore() -> None:
-            # Only undo our own patch: if someone patched on top of us, leave theirs in place
-            # (our wrapper becomes a pass-through once the capture is closed).
-            if autograd.backward is backward:
-                autograd.backward = original_backward
-            if autograd.grad is grad:
-                autograd.grad = original_grad
-
-        autograd.backward, autograd.grad = backward, grad
-        self.handles.on_remove(restore)
-
-    def _patch_zero_grad(self) -> None:
-        # torch has no zero_grad hook. Wrapping the two base-class methods gives the call sites;
-        # resets done by hand (p.grad = None, .grad.zero_()) are still seen by the gradient
-        # recorder, only without a location.
-        capture = self
-        for cls in (torch.optim.Optimizer, torch.nn.Module):
-            original = cls.__dict__["zero_grad"]
-
-            def make(original: Any, owner: str) -> Any:
-                @functools.wraps(original)
-                def zero_grad(self: Any, *args: Any, **kwargs: Any) -> Any:
-                    if capture.state == "open":
-                        capture._guard("a zero_grad call", lambda: capture._event(
-                            "zero_grad", owner=type(self).__name__,
-                            location=user_location()))
-                    return original(self, *args, **kwargs)
-                return zero_grad
-
-            wrapper = make(original, cls.__name__)
-            cls.zero_grad = wrapper
-
-            def restore(cls: Any = cls, original: Any = original, wrapper: Any = wrapper) -> None:
-                if cls.__dict__.get("zero_grad") is wrapper:
-                    cls.zero_grad = original
-
-            self.handles.on_remove(restore)
 
     # -- snapshot ------------------------------------------------------------------------------
     def _take_snapshot(self) -> dict:
