@@ -42,16 +42,17 @@ def merge_command(ctx: click.Context, inputs: tuple, out: str, fail_on: str) -> 
 
 
 def merge_and_write(reports: list, out: str, fail_on: str,
-                    html_required: Optional[bool] = None) -> int:
+                    expected_ranks: Optional[int] = None) -> int:
     from gradscope.merge import merge_reports
 
-    merged = merge_reports(reports)
+    merged = merge_reports(reports, expected_ranks=expected_ranks)
     json_path, dot_path, svg_path, html_path, _ = resolve_paths(out, None, None, None, None)
     write_outputs(merged, json_path, dot_path, svg_path, False, None, 3000, None, html_path)
     click.echo(merged.to_text(), nl=False)
     run = merged.trace.run
-    if run.get("failed_ranks"):
-        click.echo(f"gradscope: rank(s) {', '.join(map(str, run['failed_ranks']))} failed: "
-                   f"{run.get('error')}", err=True)
+    if run.get("failed_ranks") or run.get("missing_ranks"):
+        failed = sorted(set(run.get("failed_ranks", [])) | set(run.get("missing_ranks", [])))
+        click.echo(f"gradscope: rank(s) {', '.join(map(str, failed))} failed: "
+                   f"{run.get('error') or 'no report written'}", err=True)
         return 130 if run.get("status") == "interrupted" else 3
     return 1 if merged.findings_at_or_above(fail_on) else 0

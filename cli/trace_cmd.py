@@ -153,14 +153,6 @@ def _terminate_gracefully() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: str,
             fail_on: str, only: Optional[str], disable: Optional[str],
             find_nonfinite: bool) -> int:
@@ -173,10 +165,12 @@ def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: 
 
     from .merge_cmd import merge_and_write
 
+    out = os.path.abspath(out)  # the script may change directory (Hydra does)
     for old in glob.glob(os.path.join(out, "rank-*")):
         shutil.rmtree(old, ignore_errors=True)  # reports of an earlier launch must not mix in
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--master-port={_free_port()}", "-m", "gradscope", "trace", path, "--out", out,
+    # --standalone: torchrun picks a free rendezvous port itself (no race with another process)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "gradscope", "trace", path, "--out", out,
            "--rank-dir", "-q", "--fail-on", "never"]
     cmd += [x for flag, v in (("--only", only), ("--disable", disable)) if v for x in (flag, v)]
     cmd += ["--find-nonfinite"] if find_nonfinite else []
@@ -191,11 +185,20 @@ def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: 
             reports.append(Report.load(file))
         except (OSError, ValueError):
             continue  # a rank killed while writing: its temporary file never became trace.json
+    returncode = getattr(launched, "returncode", None)
     if not reports:
         click.echo(f"gradscope: no rank wrote a report (torchrun exit code "
-                   f"{getattr(launched, 'returncode', 'interrupted')}).", err=True)
+                   f"{returncode if returncode is not None else 'interrupted'}).", err=True)
         return EXIT_PROGRAM
-    return merge_and_write(reports, out, fail_on)
+    code = merge_and_write(reports, out, fail_on, expected_ranks=nproc)
+    if launched is None:
+        return EXIT_INTERRUPT
+    if returncode != 0 and code in (0, EXIT_FINDINGS):
+        click.echo(f"gradscope: torchrun exited with {returncode}: a rank was killed or "
+                   "failed outside Python; the merged report holds what the ranks wrote.",
+                   err=True)
+        return EXIT_PROGRAM
+    return code
 
 
 def _report_failure(error: BaseException) -> int:

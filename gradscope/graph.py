@@ -10,7 +10,10 @@ Node ids are ``n0``, ``n1``, ... in walk order, so the same program gives the sa
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
+
+_SAFE_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Values of Node.leaf for AccumulateGrad nodes (leaf tensors that require grad).
 LEAF_PARAMETER = "parameter"      # a parameter of a traced model
@@ -157,8 +160,16 @@ class Graph:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Graph":
-        return cls([Node.from_dict(n) for n in d.get("nodes", [])],
-                   [Edge(e["src"], e["dst"]) for e in d.get("edges", [])], list(d.get("roots", [])))
+        nodes = [Node.from_dict(n) for n in d.get("nodes", [])]
+        edges = [Edge(e["src"], e["dst"]) for e in d.get("edges", [])]
+        roots = list(d.get("roots", []))
+        # Ids go into DOT unquoted: a loaded file (which anyone can write) must not smuggle
+        # attributes (URL="javascript:...") into a drawing.
+        for node_id in [n.id for n in nodes] + [x for e in edges for x in e] + roots:
+            if not (isinstance(node_id, str) and _SAFE_ID.match(node_id)):
+                raise ValueError(f"invalid node id {node_id!r} in the graph: ids are letters, "
+                                 "digits and underscores (n0, n1, ...)")
+        return cls(nodes, edges, roots)
 
     def to_networkx(self) -> Any:
         """A ``networkx.DiGraph`` with every node attribute; edges run producer -> consumer."""

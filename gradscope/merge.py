@@ -31,7 +31,7 @@ def rank_files(paths: Iterable[str]) -> list:
 
 
 def merge_reports(reports: list, only: Optional[list] = None,
-                  disable: Optional[list] = None) -> Report:
+                  disable: Optional[list] = None, expected_ranks: Optional[int] = None) -> Report:
     """Merge per-rank reports (any order) into one."""
     if not reports:
         raise ValueError("no per-rank reports to merge")
@@ -39,10 +39,10 @@ def merge_reports(reports: list, only: Optional[list] = None,
     base = traces[0]
     ranks = [_rank_summary(t) for t in traces]
     failed = [r for r in ranks if r["status"] not in ("ok", None)]
-    world = max([t.run.get("world_size") or len(traces) for t in traces])
+    world = max([t.run.get("world_size") or len(traces) for t in traces] + [expected_ranks or 0])
     notes = list(base.notes)
-    if len(traces) < world:
-        missing = sorted(set(range(world)) - {r["rank"] for r in ranks})
+    missing = sorted(set(range(world)) - {r["rank"] for r in ranks})
+    if missing:
         notes.append(f"No report from rank(s) {', '.join(map(str, missing))} of {world}: they "
                      "were killed before writing one.")
     for r in failed:
@@ -50,7 +50,7 @@ def merge_reports(reports: list, only: Optional[list] = None,
                      + (f" ({r['error']})" if r.get("error") else "") + ".")
     run = dict(base.run)
     run.update(world_size=world, ranks_reported=[r["rank"] for r in ranks],
-               failed_ranks=[r["rank"] for r in failed])
+               failed_ranks=[r["rank"] for r in failed], missing_ranks=missing)
     if failed:
         run["status"] = failed[0]["status"]
         run["error"] = f"rank {failed[0]['rank']}: {failed[0].get('error') or failed[0]['status']}"

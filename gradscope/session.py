@@ -69,7 +69,18 @@ class WatchSession:
             interrupted = isinstance(exc, KeyboardInterrupt)
             run.update(status="interrupted" if interrupted else "error",
                        error=describe_exception(exc))
-        self._report = build_report(self._capture, run, self._checks)
+        try:
+            self._report = build_report(self._capture, run, self._checks)
+        except Exception as e:  # noqa: BLE001 - a bug of ours must not hide the user's error
+            self._capture.close()  # the hooks go in any case
+            if exc is None:
+                raise
+            import warnings
+
+            from .errors import GradscopeWarning
+
+            warnings.warn(f"gradscope could not build its report ({e!r}); your exception "
+                          "follows.", GradscopeWarning, stacklevel=2)
         self._models = []
         self._optimizers = []
         return False  # never swallow the user's exception

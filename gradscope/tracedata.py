@@ -139,10 +139,19 @@ def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
         fp.write("\n  ")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: changing the process umask later, even for an instant, would race with
+# other threads of the user's program creating files.
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def write_atomically(path: str, write: Any, mode: str = "w") -> None:

@@ -361,3 +361,32 @@ def test_zero_element_parameter_and_in_place_zeroing():
     t = scope.report().trace
     assert t.optimizer_steps == 10 and not any(s["carried"] for s in t.accumulation)
     assert not any("hook" in n for n in t.notes)
+
+
+def test_fused_optimizer_with_grad_scaler_skips_are_not_nonfinite():
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for step in range(3):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y) * (float("inf") if step == 1 else 1)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert "nonfinite-grad" not in {f.check for f in scope.report().findings}
+
+
+def test_a_loss_module_built_every_step_is_not_kept(no_leaks):
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(60):
+            opt.zero_grad()
+            nn.CrossEntropyLoss()(model(x), y).backward()  # a new module object each step
+            opt.step()
+        assert len(scope._capture.tracker.models) <= 32
+    assert scope.report().findings_at_or_above("warning") == []

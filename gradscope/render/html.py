@@ -231,7 +231,7 @@ def _modules_html(trace: Trace) -> str:
         params = "" if m["parameters"] is None else human_count(m["parameters"])
         flag = "" if m["registered"] else ' <span class="bad">unregistered</span>'
         rows.append(f'<tr data-name="{escape(name)}"><td>{escape(name)}{flag}</td>'
-                    f'<td>{escape(m["type"])}</td><td class="num">{m["calls"]}</td>'
+                    f'<td>{escape(m["type"])}</td><td class="num">{int(m["calls"])}</td>'
                     f'<td>{escape(m["output"] or "")}</td><td class="num">{params}</td>'
                     f'<td class="num">{human_bytes(saved.get((m["model"], m["name"]), 0))}</td></tr>')
     return ('<table><tr><th>module</th><th>type</th><th>calls</th><th>output</th>'
@@ -257,7 +257,8 @@ def _accumulation_html(trace: Trace) -> str:
     for s in trace.accumulation[:200]:
         carried = (f'<span class="bad">{len(s["carried"])} kept old gradients</span>'
                    if s["carried"] else "reset")
-        rows.append(f'<tr><td class="num">{s["step"]}</td><td class="num">{s["backward_calls"]}'
+        rows.append(f'<tr><td class="num">{int(s["step"])}</td><td class="num">'
+                    f'{int(s["backward_calls"])}'
                     f'</td><td>{escape("/".join(s["summed"]))}</td><td>{carried}</td>'
                     f'<td>{escape(s["location"] or "")}</td></tr>')
     more = (f'<p class="note">{len(trace.accumulation) - 200} more steps in trace.json.</p>'

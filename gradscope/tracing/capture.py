@@ -261,8 +261,10 @@ class Capture:
             self.graph_location = location
             self.leaves = [{"node": nid, **info} for nid, info in walker.unregistered.items()]
             self._graph_has_model = _has_model(graph)
-            if self._graph_has_model and self.nonfinite is None:
-                self.tracker.record_ranges = False  # later graphs are not drawn: stop recording
+            if self._graph_has_model:
+                self.tracker.stop_noting_inputs()
+                if self.nonfinite is None:
+                    self.tracker.record_ranges = False  # later graphs are not drawn
         return graph
 
     def _describe_leaf(self, tensor: Any, names: dict) -> dict:

@@ -56,7 +56,8 @@ class _ParamState:
         self.index: Optional[torch.Tensor] = None
 
 
-MAX_FINGERPRINTS = 64  # per parameter and step: backward calls looked at before giving up
+MAX_FINGERPRINTS = 64
+MAX_STEP_RECORDS = 10_000  # accumulation records kept; later steps still feed the checks' counts  # per parameter and step: backward calls looked at before giving up
 
 
 class GradientRecorder:
@@ -139,6 +140,8 @@ class GradientRecorder:
             with torch.no_grad():
                 ok = torch.isfinite(roots.detach()).all()
             self._pending_losses.append((index, user_location(), ok))
+            if len(self._pending_losses) >= 256:  # no optimizer steps to read them with
+                self.finish_losses()
 
     # -- optimizer step ------------------------------------------------------------------------
     def on_step(self, optimizer: Any, step: int) -> None:
@@ -243,8 +246,13 @@ class GradientRecorder:
                   "summed": {str(n): names if len(summed) > 1 else len(names)
                              for n, names in sorted(summed.items())},
                   "carried": carried_names}
-        self.steps.append(record)
-        if bad:
+        if len(self.steps) < MAX_STEP_RECORDS:
+            self.steps.append(record)
+        elif len(self.steps) == MAX_STEP_RECORDS:
+            self.steps.append({"step": step, "truncated": True, "optimizer": record["optimizer"],
+                               "location": record["location"], "parameters": 0,
+                               "backward_calls": 0, "summed": {}, "carried": []})
+        if bad and not _skipped_by_scaler(optimizer):
             self.nonfinite.append({"step": step, "params": bad})
         if keep_norms:
             self.norm_steps.append(step)
@@ -258,13 +266,17 @@ class GradientRecorder:
                 self.maxabs = {k: v[::2] for k, v in self.maxabs.items()}
                 self._norm_stride *= 2
 
-    def finish(self) -> None:
-        """Read what is still pending (losses after the last step) and drop device tensors."""
+    def finish_losses(self) -> None:
+        """Read the pending loss checks (one transfer per device)."""
         for device in {ok.device for _, _, ok in self._pending_losses}:
             flags = torch.stack([ok for _, _, ok in self._pending_losses
                                  if ok.device == device]).float().tolist()
             self.syncs += 1
             self._resolve_losses(device, flags)
+
+    def finish(self) -> None:
+        """Read what is still pending (losses after the last step) and drop device tensors."""
+        self.finish_losses()
         for state in self._params.values():
             state.fp_after = state.index = None
             state.fps = []
@@ -304,6 +316,18 @@ def _carried(state: _ParamState, flags: list) -> tuple:
     if flags and flags[0] and state.reset_at is None:
         return True, state.since_step       # untouched since the step: carried over
     return False, state.since_step           # first step, or changed in place (scaled, say)
+
+
+def _skipped_by_scaler(optimizer: Any) -> bool:
+    """A fused optimizer stepped by GradScaler is always called, and skips the update itself
+    when the scaler found Inf/NaN (``optimizer.found_inf``). One extra read, only then."""
+    found_inf = getattr(optimizer, "found_inf", None)
+    if not isinstance(found_inf, torch.Tensor):
+        return False
+    try:
+        return bool(found_inf.item())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _display(name: tuple) -> str:

@@ -83,6 +83,7 @@ class ModuleTracker:
         self.input_ids: set = set()   # ids of leaf tensors that were passed to a model's forward
         self._input_refs: list = []   # keeps those tensors alive so ids stay unique
         self.record_ranges = True
+        self.record_inputs = True
         self._names: dict = {}        # id(module) -> (module, model, name), strong refs
         self._transient: dict = {}    # same, for modules not registered anywhere (this root call)
         # Per thread: [module, model, name, start_seq, unregistered_counter] of running forwards.
@@ -93,6 +94,7 @@ class ModuleTracker:
         self._ranges: list = []       # (start, end, model, name)
         self._explicit_labels: dict = {}
         self._stale = False           # a model's module tree changed: rename before next call
+        self._overflow = 0            # top-level module calls past MAX_MODELS, not kept
         self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -143,6 +145,11 @@ class ModuleTracker:
         known = self._names.get(id(module))
         if known is not None and known[0] is module:
             return known
+        if len(self.models) >= MAX_MODELS:
+            # A module built anew at top level on every step (nn.CrossEntropyLoss()(...) in the
+            # loop) would otherwise become a new model, kept alive, each step.
+            self._overflow += 1
+            return (module, f"<{type(module).__name__}>", "")
         label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
         inner = unwrap(module)
         if inner is not module:
@@ -225,7 +232,7 @@ class ModuleTracker:
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
-            if self.on_root_call is not None and entry[2] == "":
+            if self.on_root_call is not None and entry[2] == "" and entry[1] in self.models:
                 self.on_root_call(module, entry[1])
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
@@ -259,7 +266,15 @@ class ModuleTracker:
         if not stack:
             self._transient.clear()
 
+    def stop_noting_inputs(self) -> None:
+        """The drawn graph is captured: input leaves are no longer needed (keeping them alive
+        for the whole session would hold every batch that required grad)."""
+        self.record_inputs = False
+        self._input_refs.clear()
+
     def _note_inputs(self, args: Any) -> None:
+        if not self.record_inputs:
+            return
         for a in args if isinstance(args, tuple) else (args,):
             if isinstance(a, torch.Tensor) and a.requires_grad and a.grad_fn is None:
                 if id(a) not in self.input_ids:
@@ -326,6 +341,7 @@ def _guess_label(module: nn.Module) -> str:
 
 
 _WRAPPERS = ("DistributedDataParallel", "DataParallel")
+MAX_MODELS = 32
 
 
 def unwrap(module: nn.Module) -> nn.Module:
