@@ -13,7 +13,7 @@ setup:
 demo: setup
 	$(VENV)/bin/gradscope trace samples/layers_in_forward.py --out gradscope-report --fail-on never
 	@echo
-	@echo "Report written to gradscope-report/: graph.svg (open it in a browser), trace.json, graph.dot"
+	@echo "Report written to gradscope-report/: report.html (open it in a browser: findings, graph, tables), graph.svg, trace.json, graph.dot"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
