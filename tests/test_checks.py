@@ -393,3 +393,38 @@ def test_builtin_sum_unit_and_near_misses():
 
     [f] = run_checks(gradscope.trace(Loop(), torch.randn(2)).trace, only)
     assert f.data["source"] != "UnbindBackward0" and f.data["adds"] >= 16
+
+
+def test_unregistered_parameter_respects_optimizers_and_inputs():
+    class Weighted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, scale):
+            return self.fc(x) * scale
+
+    class Saliency(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x.requires_grad_()  # input gradients, on purpose
+            return self.fc(x)
+
+    def run(model, stray, in_opt, *inputs):
+        params = list(model.parameters()) + ([stray] if in_opt else [])
+        opt = torch.optim.SGD(params, lr=0.1)
+        with gradscope.watch(model, opt) as scope:
+            opt.zero_grad()
+            model(*inputs).sum().backward()
+            opt.step()
+        return [f for f in scope.report().findings if f.check == "unregistered-parameter"]
+
+    log_var = torch.zeros(1, requires_grad=True)   # a loss weight handed to the optimizer by hand
+    model = Weighted()
+    assert run(model, log_var, True, torch.randn(3, 4), log_var * 1.0 + 1) == []
+    [f] = run(Weighted(), log_var, False, torch.randn(3, 4), log_var * 1.0 + 1)
+    assert f.severity == "error" and f.data["shapes"] == [[1]]
+    assert run(Saliency(), None, False, torch.randn(3, 4)) == []

@@ -16,6 +16,8 @@ def run(trace) -> list:
     for leaf in trace.leaves:
         if leaf.get("origin") == "built-in-forward":
             continue  # layer-in-forward reports the cause
+        if leaf.get("in_optimizer"):
+            continue  # handed to an optimizer by hand: it is trained
         name = leaf.get("name")
         key = ("attr", leaf.get("model_hint"), _stem(name)) if name else ("node", leaf["node"])
         groups.setdefault(key, []).append(leaf)
@@ -60,10 +62,12 @@ def _finding(trace, key, leaves: list) -> Finding:
                 "the optimizer explicitly; if it is an input, it need not require grad.")
     owner = f" of {model}" if model else " of any traced model"
     many = len(leaves) > 1
-    # A tensor reached through a module attribute is a parameter the user meant to train; one of
-    # unknown origin may be deliberate (x.requires_grad_() inside forward, input embeddings made
-    # to require grad for adapters, a tensor given to the optimizer by hand): say it, mildly.
-    severity = "error" if key[0] == "attr" else "info"
+    # A tensor reached through a module attribute is a parameter the user meant to train. One of
+    # unknown origin that no optimizer holds is an error when optimizers stepped (nothing will
+    # ever update it); without optimizer information it may be deliberate (x.requires_grad_()
+    # inside forward, input embeddings made to require grad for adapters): said mildly.
+    in_opt = [leaf.get("in_optimizer") for leaf in leaves]
+    severity = "error" if key[0] == "attr" or False in in_opt else "info"
     return Finding(
         "unregistered-parameter", severity,
         f"{what} {'require' if many else 'requires'} grad and {'feed' if many else 'feeds'} the "

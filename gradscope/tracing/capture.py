@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+import weakref
 import warnings
 from typing import Any, Callable, Iterable, Optional
 
@@ -176,6 +177,7 @@ class Capture:
         self.registrations = RegistrationRecorder(self.tracker)
         self.handles = HandleGroup()
         self.leaves: list = []               # unregistered leaves of the drawn graph, described
+        self._leaf_refs: dict = {}           # node id -> weak reference to that leaf tensor
         self.gradients = GradientRecorder()  # accumulation, norms, non-finite values
         self._mode_modules: dict = {}        # id(model) -> [(name, module)] that obey .training
         self._trainable: dict = {}           # id(model) -> has parameters that require grad
@@ -233,6 +235,7 @@ class Capture:
                 self._optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
+                self._leaf_refs.clear()
 
     def add_model(self, model: torch.nn.Module, label: Optional[str] = None) -> str:
         return self.tracker.add_model(model, label)
@@ -259,7 +262,10 @@ class Capture:
                     f"graph shown is from the first backward through one ({location}).")
             self.graph = graph
             self.graph_location = location
-            self.leaves = [{"node": nid, **info} for nid, info in walker.unregistered.items()]
+            self.leaves = []
+            for nid, info in walker.unregistered.items():
+                self._leaf_refs[nid] = info.pop("_ref", None)
+                self.leaves.append({"node": nid, **info})
             self._graph_has_model = _has_model(graph)
             if self._graph_has_model:
                 self.tracker.stop_noting_inputs()
@@ -268,13 +274,15 @@ class Capture:
         return graph
 
     def _describe_leaf(self, tensor: Any, names: dict) -> dict:
+        ref = weakref.ref(tensor)  # to ask the optimizers about it at the end, without keeping it
         owner = self.registrations.owner_of(tensor)
         if owner is not None:
-            return {"origin": "built-in-forward", "construction": owner[0], "name": owner[1]}
+            return {"origin": "built-in-forward", "construction": owner[0], "name": owner[1],
+                    "_ref": ref}
         name = names.get(id(tensor))
         if name is not None:
-            return {"origin": "attribute", "name": name}
-        return {"origin": "unknown", "name": None}
+            return {"origin": "attribute", "name": name, "_ref": ref}
+        return {"origin": "unknown", "name": None, "_ref": ref}
 
     def _watch_gradients(self) -> None:
         # Checked before each backward, so heads added late and lazy parameters (materialised in
@@ -443,6 +451,11 @@ class Capture:
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models)[0]
+        for leaf in self.leaves:  # is the leaf trained after all, by an optimizer given it?
+            ref = self._leaf_refs.get(leaf["node"])
+            tensor = ref() if ref is not None else None
+            leaf["in_optimizer"] = (id(tensor) in optimized) if (
+                tensor is not None and self._optimizers) else None
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
                 "attributes": attributes, "constructions": self.registrations.records(),
                 "gradients": {**self.gradients.snapshot(),

@@ -258,6 +258,7 @@ class ModuleTracker:
             rec = self.records[(model, name)] = ModuleRecord(model, name, type(module).__name__,
                                                               True)
         rec.calls += 1
+        self._note_leaf_output(output)
         if rec.output is None:
             try:
                 rec.output = describe_output(output)
@@ -276,10 +277,19 @@ class ModuleTracker:
         if not self.record_inputs:
             return
         for a in args if isinstance(args, tuple) else (args,):
-            if isinstance(a, torch.Tensor) and a.requires_grad and a.grad_fn is None:
-                if id(a) not in self.input_ids:
-                    self.input_ids.add(id(a))
-                    self._input_refs.append(a)
+            # Leaf tensors only; requires_grad may be switched on later, inside forward
+            # (x.requires_grad_() for input gradients).
+            if isinstance(a, torch.Tensor) and a.grad_fn is None and id(a) not in self.input_ids:
+                self.input_ids.add(id(a))
+                self._input_refs.append(a)
+
+    def _note_leaf_output(self, output: Any) -> None:
+        # A module output without grad_fn (frozen weights, no grad in) that a hook then makes
+        # require grad, as adapters' enable_input_require_grads does: an input to what follows.
+        if self.record_inputs and isinstance(output, torch.Tensor) and output.grad_fn is None \
+                and id(output) not in self.input_ids:
+            self.input_ids.add(id(output))
+            self._input_refs.append(output)
 
     # -- attribution ---------------------------------------------------------------------------
     def attribution(self) -> Callable[[int], Optional[tuple]]:
