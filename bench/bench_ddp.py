@@ -8,19 +8,15 @@ block; its first 8 steps are warm-up). Rank 0 prints medians.
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import gradscope
-
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from models import ResNet18  # noqa: E402
-
-WARMUP, BLOCK = 8, 10
+from paired import plain_and_watched  # noqa: E402
 
 
 def main():
@@ -42,18 +38,7 @@ def main():
         opt.step()
 
     step()
-    plain, watched = [], []
-    while len(plain) < args.steps:
-        for _ in range(BLOCK):
-            t0 = time.perf_counter()
-            step()
-            plain.append(time.perf_counter() - t0)
-        with gradscope.watch(model, opt):
-            for k in range(WARMUP + BLOCK):
-                t0 = time.perf_counter()
-                step()
-                if k >= WARMUP:
-                    watched.append(time.perf_counter() - t0)
+    plain, watched, _ = plain_and_watched(step, model, opt, args.steps)
     if rank == 0:
         mp, mw = statistics.median(plain), statistics.median(watched)
         line = (f"| ResNet-18-like, batch 4 per rank, 3x112x112, 2 gloo ranks | "

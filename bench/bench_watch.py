@@ -13,18 +13,14 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
-import gradscope
-
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from models import GPT, ResNet18  # noqa: E402
+from paired import plain_and_watched  # noqa: E402
 
-BLOCK = 10
-WARMUP = 8  # = gradscope.tracing.gradients.DENSE_MAXABS
 
 
 def make_step(model, opt, x, y):
@@ -40,19 +36,7 @@ def bench(name, model, x, y, steps):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = make_step(model, opt, x, y)
     step()  # warm-up
-    plain, watched, every = [], [], []
-    while len(plain) < steps:
-        for _ in range(BLOCK):
-            t0 = time.perf_counter()
-            step()
-            plain.append(time.perf_counter() - t0)
-        with gradscope.watch(model, opt):
-            for k in range(WARMUP + BLOCK):
-                t0 = time.perf_counter()
-                step()
-                every.append(time.perf_counter() - t0)
-                if k >= WARMUP:
-                    watched.append(every[-1])
+    plain, watched, every = plain_and_watched(step, model, opt, steps)
     mp, mw = statistics.median(plain), statistics.median(watched)
     mean_all = statistics.mean(every) / statistics.mean(plain) - 1
     return (f"| {name} | {len(plain)} + {len(watched)} | {mp * 1000:.1f} ms | {mw * 1000:.1f} ms | "

@@ -22,7 +22,7 @@ def merge_command(ctx: click.Context, inputs: tuple, out: str, fail_on: str) -> 
     torchrun --nproc-per-node 2 train.py   # each rank: scope.report().save(f"trace.rank{rank}.json")
     gradscope merge 'trace.rank*.json' --out report/
     """
-    from gradscope.merge import merge_reports, rank_files
+    from gradscope.merge import rank_files
     from gradscope.report import Report
 
     files = rank_files(inputs)

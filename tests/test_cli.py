@@ -4,7 +4,6 @@ import os
 import textwrap
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from gradscope.checks import registry

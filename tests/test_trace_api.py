@@ -1,5 +1,4 @@
 """gradscope.trace(): outputs of every shape, loss choice, errors, and no side effects."""
-import dataclasses
 
 import pytest
 import torch
