@@ -15,6 +15,7 @@ from .graph import Graph
 from .report import Report
 from .tracedata import Trace
 from .tracing.capture import Capture
+from .tracing.gradients import fused_norms
 from .tracing.walk import storage_key, walk_autograd_graph
 
 
@@ -161,10 +162,8 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
         if p.grad is not None and p.grad.layout == torch.strided:
             by_device.setdefault((p.grad.device, p.grad.dtype), []).append((n, p.grad.detach()))
     out = {}
-    foreach_norm = getattr(torch, "_foreach_norm", None)
     for items in by_device.values():
-        grads = [g for _, g in items]
-        norms = foreach_norm(grads) if foreach_norm is not None else [g.norm() for g in grads]
+        norms = fused_norms([g for _, g in items])
         values = torch.stack([v.float() for v in norms]).tolist()
         out.update({(label, n): v for (n, _), v in zip(items, values)})
     return out

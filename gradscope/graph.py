@@ -21,6 +21,13 @@ LEAF_INPUT = "input"              # a tensor passed into a traced model's forwar
 LEAF_UNREGISTERED = "unregistered"  # neither: a tensor the optimizer of the model never sees
 
 
+def module_path(model: Optional[str], module: Optional[str]) -> Optional[str]:
+    """``model.encoder.0`` for display; the model itself is just ``model``; None outside."""
+    if model is None:
+        return None
+    return f"{model}.{module}" if module else model
+
+
 class SavedTensor(NamedTuple):
     """A tensor an autograd node keeps alive until backward (activation memory).
 
@@ -78,9 +85,7 @@ class Node:
     @property
     def module_path(self) -> Optional[str]:
         """``model.module`` as one string, or None for ops outside every traced model."""
-        if self.model is None:
-            return None
-        return self.model if not self.module else f"{self.model}.{self.module}"
+        return module_path(self.model, self.module)
 
     def to_dict(self) -> dict:
         return {

@@ -4,13 +4,6 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 
-def module_path(model: Optional[str], module: Optional[str]) -> Optional[str]:
-    """``model.encoder.0`` for display; the model itself is just ``model``."""
-    if model is None:
-        return None
-    return f"{model}.{module}" if module else model
-
-
 def numel(shape: Optional[Iterable[int]]) -> int:
     n = 1
     for d in shape or ():

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..findings import Finding
-from ._common import calls_of, consumers, module_path, numel, plural, shape_str
+from ..graph import module_path
+from ._common import calls_of, consumers, numel, plural, shape_str
 from .registry import Check
 
 

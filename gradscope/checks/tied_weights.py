@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..findings import Finding
+from ..graph import module_path
 from .registry import Check
 
 
@@ -25,7 +26,7 @@ def run(trace) -> list:
             "before the optimizer step.",
             hint="Nothing to fix if intended. When saving, load_state_dict restores the tie only "
                  "if the model re-ties in __init__.",
-            module=f"{p['model']}.{p['module']}" if p["module"] else p["model"],
+            module=module_path(p["model"], p["module"]),
             nodes=[node] if node else [],
             data={"names": names, "uses": n_uses}))
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..findings import Finding
+from ..graph import module_path
 from ._common import names_list
 from .registry import Check
 
@@ -18,8 +19,7 @@ def run(trace) -> list:
         groups.setdefault((a["type"], a["attr"]), []).append(a)
     out = []
     for (cls, attr), items in groups.items():
-        paths = [f"{a['model']}.{a['module']}.{attr}" if a["module"] else f"{a['model']}.{attr}"
-                 for a in items]
+        paths = [f"{module_path(a['model'], a['module'])}.{attr}" for a in items]
         first = items[0]
         shapes = ", ".join(dict.fromkeys(str(tuple(a["shape"])) for a in items))
         trainable = any(a["requires_grad"] for a in items)

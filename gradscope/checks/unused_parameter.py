@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..findings import Finding
-from ._common import module_path, names_list, numel
+from ..graph import module_path
+from ._common import names_list, numel
 from .registry import Check
 
 

@@ -6,6 +6,7 @@ import math
 from html import escape
 from typing import Optional
 
+from ..graph import module_path
 from ..tracedata import Trace
 
 ROW, LABEL_W, BAR_W, PAD = 18, 300, 420, 12
@@ -19,7 +20,7 @@ def module_norms(trace: Trace) -> list:
     for p in trace.parameters:
         key = f"{p['model']}.{p['name']}"
         if key in norms:
-            module = f"{p['model']}.{p['module']}" if p["module"] else p["model"]
+            module = module_path(p["model"], p["module"])
             order.setdefault(module, []).append(norms[key])
     rows = []
     for module, series in order.items():

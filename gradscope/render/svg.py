@@ -27,8 +27,3 @@ def dot_to_svg(dot_text: str) -> str:
         raise GradscopeError(f"Graphviz 'dot' failed to lay out the graph: {detail.strip()[:500]}. "
                              "The DOT and JSON outputs are unaffected.") from None
 
-
-def dot_available() -> bool:
-    import shutil
-
-    return shutil.which("dot") is not None

@@ -34,13 +34,23 @@ DENSE_MAXABS = 8          # max-abs read at every one of the first steps, then e
 SPARSE_MAXABS = 8
 
 
+def fused_norms(grads: list, order: float = 2.0) -> list:
+    """Norms of many tensors of one device and dtype, in one fused kernel where torch has it."""
+    foreach_norm = getattr(torch, "_foreach_norm", None)
+    if foreach_norm is not None:
+        return list(foreach_norm(grads, order))
+    if order == float("inf"):
+        return [g.abs().max() for g in grads]
+    return [g.norm(order) for g in grads]
+
+
 def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
     picks = sorted({0, numel // 3, (2 * numel) // 3, max(numel - 1, 0)})
     return torch.tensor(picks, dtype=torch.long, device=device)
 
 
 class _ParamState:
-    __slots__ = ("ref", "name", "since_step", "summed", "last_grad", "step_grad",
+    __slots__ = ("ref", "name", "since_step", "summed", "last_grad",
                  "fp_after", "fps", "reset_at", "index")
 
     def __init__(self, param: torch.Tensor, name: tuple) -> None:
@@ -49,7 +59,6 @@ class _ParamState:
         self.since_step = 0              # backward contributions since the last optimizer step
         self.summed = 0                  # contributions in .grad since its last reset
         self.last_grad: Any = None       # weak ref to .grad after the last accumulation
-        self.step_grad: Any = None       # weak ref to .grad as it was at the last step
         self.fp_after: Optional[torch.Tensor] = None  # fingerprint at the last step
         self.fps: list = []              # (fingerprint, since_step) before each backward
         self.reset_at: Optional[int] = None  # since_step when .grad was last replaced/cleared
@@ -160,7 +169,6 @@ class GradientRecorder:
         values = self._read_once(states, want_max)
         self._record_step(optimizer, step, states, values, keep_norms)
         for state, p in states:  # what the next backward calls are compared with
-            state.step_grad = weakref.ref(p.grad)
             if state.index is None or state.index.device != p.grad.device:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
             with torch.no_grad():
@@ -173,16 +181,11 @@ class GradientRecorder:
             by_device.setdefault(p.grad.device, []).append(k)
         out = {"norm": [math.nan] * len(states), "max": [math.nan] * len(states),
                "flags": [[] for _ in states]}
-        foreach_norm = getattr(torch, "_foreach_norm", None)
         for device, ks in by_device.items():
             grads = [states[k][1].grad.detach() for k in ks]
             with torch.no_grad():
-                if foreach_norm is not None:
-                    norms = foreach_norm(grads)
-                    maxes = foreach_norm(grads, float("inf")) if want_max else norms
-                else:
-                    norms = [g.norm() for g in grads]
-                    maxes = [g.abs().max() for g in grads] if want_max else norms
+                norms = fused_norms(grads)
+                maxes = fused_norms(grads, float("inf")) if want_max else norms
                 parts = [torch.stack([n.float() for n in norms]),
                          torch.stack([m.float() for m in maxes])]
                 layout = []  # per parameter: how many fingerprint flags follow
@@ -280,7 +283,7 @@ class GradientRecorder:
         for state in self._params.values():
             state.fp_after = state.index = None
             state.fps = []
-            state.step_grad = state.last_grad = None
+            state.last_grad = None
 
     def snapshot(self) -> dict:
         return {"accumulation": list(self.steps), "norm_steps": list(self.norm_steps),
