@@ -45,7 +45,8 @@ def assignment_location(module: nn.Module, attr: str) -> Optional[str]:
     return _assignment_lines(type(module)).get(attr)
 
 
-def _elements(value: Any) -> list:
+def container_items(value: Any) -> list:
+    """(``[key]`` path suffix, item) for the first MAX_ITEMS elements of a container."""
     if isinstance(value, dict):
         return [(f"[{k!r}]", v) for k, v in list(value.items())[:MAX_ITEMS]]
     if isinstance(value, set):
@@ -104,7 +105,7 @@ def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: A
                       ) -> Optional[dict]:
     modules, params, tensors = [], 0, 0
     hidden_params = 0
-    for key, item in _elements(value):
+    for key, item in container_items(value):
         if isinstance(item, nn.Module):
             own = id(item) in registered_modules
             modules.append({"path": f"{attr}{key}", "type": type(item).__name__,

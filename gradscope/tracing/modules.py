@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .attributes import container_items
 from .handles import HandleGroup
 from .locations import frame_locals, user_frame, user_location
 
@@ -363,16 +364,13 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 def _held_in_container(owner: nn.Module, module: nn.Module) -> Optional[str]:
-    """``heads[0]`` when ``module`` sits in a plain list/tuple/dict attribute of ``owner``."""
+    """``heads[0]`` when ``module`` sits in a plain list/tuple/dict attribute of ``owner``; the
+    same paths the attribute scan gives the tensors inside (``heads[0].weight``)."""
     for attr, value in vars(owner).items():
-        if isinstance(value, (list, tuple)):
-            for i, item in enumerate(value[:1000]):
+        if isinstance(value, (list, tuple, dict)):
+            for key, item in container_items(value):
                 if item is module:
-                    return f"{attr}[{i}]"
-        elif isinstance(value, dict):
-            for k, item in list(value.items())[:1000]:
-                if item is module:
-                    return f"{attr}[{k!r}]"
+                    return f"{attr}{key}"
     return None
 
 
