@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -124,7 +124,8 @@ def trace_command(ctx: click.Context, target: str, script_args: tuple, inputs: t
                    "listed above are complete; please report this with trace.json.", err=True)
         ctx.exit(EXIT_INTERNAL)
     if outcome.error is not None:
-        ctx.exit(_report_failure(outcome.error))
+        ctx.exit(_report_failure(outcome.error, _explained_by(report),
+                                 (report.trace.failure or {}).get("location")))
     if problem:
         click.echo(f"gradscope: error: {problem}", err=True)
         ctx.exit(EXIT_USAGE)
@@ -201,7 +202,15 @@ def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: 
     return code
 
 
-def _report_failure(error: BaseException) -> int:
+def _explained_by(report: Any) -> Optional[str]:
+    """The id of the finding that explains the program's error (device, CUDA, in-place)."""
+    failure = report.trace.failure or {}
+    kind = {"cuda-unavailable": "device-mismatch"}.get(failure.get("kind"), failure.get("kind"))
+    return kind if any(f.check == kind for f in report.findings) else None
+
+
+def _report_failure(error: BaseException, explained: Optional[str] = None,
+                    location: Optional[str] = None) -> int:
     """Print what the user's program raised and pick the exit code."""
     from gradscope.errors import GradscopeError
 
@@ -215,6 +224,14 @@ def _report_failure(error: BaseException) -> int:
     if isinstance(error, GradscopeError):
         click.echo(f"gradscope: error: {error}", err=True)
         return EXIT_USAGE
+    if explained:
+        # The finding above says what went wrong, where and how to fix it; the error's text
+        # is in the JSON report, the full traceback would only repeat it.
+        where = f" at {location}" if location else ""
+        click.echo(f"gradscope: the traced program stopped with {type(error).__name__}{where}; "
+                   f"the {explained} finding above explains it. Exit code {EXIT_PROGRAM}.",
+                   err=True)
+        return EXIT_PROGRAM
     click.echo("gradscope: the traced program raised (the report above holds everything "
                "captured before the failure):", err=True)
     click.echo(format_user_traceback(error), err=True, nl=False)
@@ -227,10 +244,16 @@ def format_user_traceback(error: BaseException) -> str:
 
     ours = (os.path.dirname(gradscope.__file__), os.path.dirname(click.__file__),
             os.path.dirname(__file__))
-    tb = error.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(ours):
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
+    # Our frames anywhere in the stack (the runner at the top, a hook or the op watcher in the
+    # middle) are not the user's business: the traceback reads as if python had run the script.
+    top = traceback.TracebackException.from_exception(error)
+    link, seen = top, set()
+    while link is not None and id(link) not in seen:  # the whole chain (raise ... from ...)
+        seen.add(id(link))
+        link.stack = traceback.StackSummary.from_list(
+            [f for f in link.stack if not f.filename.startswith(ours)])
+        link = link.__cause__ or link.__context__
+    return "".join(top.format())
 
 
 if __name__ == "__main__":  # pragma: no cover

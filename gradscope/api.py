@@ -50,6 +50,7 @@ def trace(model: nn.Module, *inputs: Any, loss_fn: Optional[Callable[[Any], Any]
             interrupted = isinstance(e, KeyboardInterrupt)
             run.update(status="interrupted" if interrupted else "error",
                        error=describe_exception(e))
+            capture.note_failure(e)
             report = build_report(capture, run, checks)
             if interrupted:
                 raise
@@ -67,7 +68,12 @@ def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
         loss = loss_of(output, loss_fn)
         capture.capture_graph([loss])
         capture.on_backward(loss, "backward")
-        loss.backward()
+        try:
+            loss.backward()
+        except RuntimeError as e:
+            if not capture.intercept_backward:  # else the patched backward already saw it
+                capture.on_backward_error([loss], e)
+            raise
         capture.grad_norms.update(gradient_norms(model, capture))
 
 
@@ -159,7 +165,7 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
     for n, p in model.named_parameters():
-        if p.grad is not None and p.grad.layout == torch.strided:
+        if p.grad is not None and p.grad.layout == torch.strided and p.grad.device.type != "meta":
             by_device.setdefault((p.grad.device, p.grad.dtype), []).append((n, p.grad.detach()))
     out = {}
     for items in by_device.values():
@@ -190,6 +196,8 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
         notes.append("No nn.Module forward ran under gradscope.")
     elif not snap["parameters"]:
         notes.append("The traced model has no parameters: there is nothing to train.")
+    if capture.opwatch is not None and capture.opwatch.errors:
+        capture.internal_errors.extend(capture.opwatch.errors)
     if capture.internal_errors:
         notes.append("gradscope hit internal errors (the run itself was not affected): "
                      + "; ".join(capture.internal_errors[:3]))
@@ -199,7 +207,8 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
                   events=list(capture.events), run={**run, **rank_info()}, notes=notes,
                   attributes=snap["attributes"], constructions=snap["constructions"],
                   leaves=capture.leaves, accumulation=gradients.pop("accumulation"),
-                  gradients=gradients, torch_version=torch.__version__)
+                  gradients=gradients, transfers=snap.get("transfers") or [],
+                  failure=capture.failure or {}, torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location
     trace.findings = run_checks(trace, checks)

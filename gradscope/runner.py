@@ -36,6 +36,7 @@ def _finish(capture: Capture, run: dict, checks: list, error: Optional[BaseExcep
         run.update(status="exited", error=f"SystemExit({error.code!r})")
     else:
         run.update(status="error", error=describe_exception(error))
+        capture.note_failure(error)
     return RunOutcome(build_report(capture, run, checks), error)
 
 

@@ -69,6 +69,7 @@ class WatchSession:
             interrupted = isinstance(exc, KeyboardInterrupt)
             run.update(status="interrupted" if interrupted else "error",
                        error=describe_exception(exc))
+            self._capture.note_failure(exc)
         try:
             self._report = build_report(self._capture, run, self._checks)
         except Exception as e:  # noqa: BLE001 - a bug of ours must not hide the user's error

@@ -36,6 +36,8 @@ class Trace:
     accumulation: list = dataclasses.field(default_factory=list)  # per optimizer step
     gradients: dict = dataclasses.field(default_factory=dict)    # norms per step, non-finite
     ranks: list = dataclasses.field(default_factory=list)        # merged distributed runs
+    transfers: list = dataclasses.field(default_factory=list)    # device copies in forwards
+    failure: dict = dataclasses.field(default_factory=dict)      # the run's error, explained
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
     notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
@@ -63,6 +65,8 @@ class Trace:
             "accumulation": list(self.accumulation),
             "gradients": dict(self.gradients),
             "ranks": list(self.ranks),
+            "transfers": list(self.transfers),
+            "failure": dict(self.failure),
         }
         if with_graph:
             d["graph"] = self.graph.to_dict()
@@ -93,6 +97,7 @@ class Trace:
             accumulation=list(d.get("accumulation", [])),
             gradients=dict(d.get("gradients", {})),
             ranks=list(d.get("ranks", [])),
+            transfers=list(d.get("transfers", [])), failure=dict(d.get("failure") or {}),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

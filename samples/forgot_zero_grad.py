@@ -8,6 +8,8 @@ gradscope should report:
 - missing-zero-grad (error): every parameter's gradient at step k holds k backward calls; no
   ``zero_grad`` is called in the loop (this file's ``opt.step()`` line).
 - The accumulation section of the JSON: 1, 2, 3, 4 backward calls summed per step.
+- bias-before-norm (info): the convs and Linears of this LeNet (as in the notes) keep biases
+  that the BatchNorm right after each cancels.
 
 Run: gradscope trace samples/forgot_zero_grad.py
 """
@@ -42,7 +44,7 @@ def main():
     net = lenet()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
-    images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    images, labels = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (32,))
     for step in range(4):
         loss = criterion(net(images), labels)
         loss.backward()  # no opt.zero_grad() before this: gradients pile up

@@ -6,6 +6,8 @@ running statistics. Here validation batches also overwrite BatchNorm's running s
 gradscope should report:
 - train-mode-eval (warning): forwards of ``model`` under no_grad with ``model.drop`` and
   ``model.bn`` in training mode; BatchNorm statistics were updated by them.
+- bias-before-norm (info): ``model.fc1`` keeps a bias that ``model.bn`` right after it
+  cancels (a side note, true of this model).
 
 Run: gradscope trace samples/validate_without_eval.py
 """

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from torch.overrides import _get_current_function_mode_stack
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/models.py
 
@@ -54,7 +55,9 @@ def no_leaks():
     before = global_hook_counts()
     backward, grad = torch.autograd.backward, torch.autograd.grad
     zero = (torch.optim.Optimizer.__dict__["zero_grad"], torch.nn.Module.__dict__["zero_grad"])
+    modes = list(_get_current_function_mode_stack())
     yield
+    assert list(_get_current_function_mode_stack()) == modes  # our op watcher is gone
     assert global_hook_counts() == before
     assert torch.autograd.backward is backward
     assert torch.autograd.grad is grad

@@ -17,7 +17,8 @@ IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregis
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
        "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
-       "double-softmax", "builtin-sum"]
+       "double-softmax", "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
+       "bias-before-norm", "batchnorm-small-batch"]
 
 
 def _check(check_id):

@@ -108,7 +108,11 @@ def test_text_summary_lists_modules_and_findings_section():
     text = report.to_text()
     assert "CNN.features.0" in text and "Conv2d" in text
     assert re.search(r"graph.*nodes.*edges.*saved activations", text)
-    assert "findings: none" in text
+    # this CNN's convs keep a bias that batch norm cancels: true, and only worth an info line
+    assert "findings (1 info)" in text and "bias-before-norm" in text
+    clean = gradscope.trace(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()),
+                            torch.randn(2, 4))
+    assert "findings: none" in clean.to_text()
 
 
 def _gpt(layers=6):

@@ -28,6 +28,11 @@ CHECK_MODULES = (
     "rank_divergence",
     "double_softmax",
     "builtin_sum",
+    "device_copy",
+    "device_mismatch",
+    "inplace_modified",
+    "bias_before_norm",
+    "batchnorm_small_batch",
 )
 
 

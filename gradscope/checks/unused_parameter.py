@@ -8,6 +8,8 @@ from .registry import Check
 
 
 def run(trace) -> list:
+    if (trace.failure or {}).get("kind") == "inplace-modified":
+        return []  # a backward stopped half way: the parameters it did not reach say nothing
     by_model: dict = {}
     for p in trace.parameters:
         if p.get("grad_seen") is None or not p["requires_grad"]:

@@ -104,5 +104,8 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     for note in trace.notes:
         lines += textwrap.wrap(f"note: {note}", 100, subsequent_indent="      ")
     if run.get("status") not in (None, "ok"):
-        lines.append(f"the traced program failed: {run.get('error', '')}")
+        error = run.get("error", "")
+        if len(error) > 300:  # some of torch's messages run to a page; the JSON keeps it all
+            error = error[:297] + "..."
+        lines.append(f"the traced program failed: {error}")
     return "\n".join(lines) + "\n"

@@ -21,9 +21,11 @@ from ..graph import Graph
 from .handles import HandleGroup
 from .locations import user_location
 from .attributes import scan_attributes
+from . import failures
 from .gradients import GradientRecorder
 from .modules import ModuleTracker, init_typo
 from .nonfinite import NonfiniteFinder
+from .opwatch import OpWatch
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
 
@@ -85,6 +87,11 @@ class _Patches:
             patches.local.depth = depth + 1
             try:
                 result = original(roots, *args, **kwargs)
+            except RuntimeError as e:
+                if not nested:
+                    for cap in patches._open():
+                        cap.on_backward_error(roots, e)
+                raise
             finally:
                 patches.local.depth = depth
             for cap in armed:
@@ -158,6 +165,10 @@ def _uninitialized(p: torch.Tensor) -> bool:
     return isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
 
 
+def _batch_rows(stats: dict) -> list:
+    return [{"batch": b, "per_channel": v, "calls": n} for (b, v), n in sorted(stats.items())]
+
+
 def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
@@ -168,12 +179,18 @@ class Capture:
     def __init__(self, mode: str = "api", intercept_backward: bool = False,
                  find_nonfinite: bool = False) -> None:
         self.mode = mode
+        # Device copies and in-place ops: a Python call per torch function, so trace runs only.
+        self.opwatch: Optional[OpWatch] = None
         self.nonfinite = NonfiniteFinder() if find_nonfinite else None
         self.flush: Optional[Callable[["Capture"], None]] = None  # called at most every 5 s
         self._last_flush = 0.0
         self.intercept_backward = intercept_backward
         self.state = "new"
         self.tracker = ModuleTracker()
+        if mode != "watch":
+            self.opwatch = OpWatch(self.tracker)
+        self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
+        self._backward_failure: Optional[dict] = None
         self.registrations = RegistrationRecorder(self.tracker)
         self.handles = HandleGroup()
         self.leaves: list = []               # unregistered leaves of the drawn graph, described
@@ -211,6 +228,9 @@ class Capture:
             if self.intercept_backward:
                 _PATCHES.add(self)
                 self.handles.on_remove(lambda: _PATCHES.remove(self))
+            if self.opwatch is not None:
+                self.opwatch.__enter__()
+                self.handles.on_remove(self._leave_opwatch)
         except BaseException:
             self.close()
             raise
@@ -236,6 +256,65 @@ class Capture:
                 self._mode_modules.clear()
                 self._trainable.clear()
                 self._leaf_refs.clear()
+
+    def _leave_opwatch(self) -> None:
+        # Modes form a stack. Ours is normally on top; when it is not (captures closed out of
+        # order, or a mode the program left entered), the modes above it are lifted off and
+        # put back in the same order, so only ours goes.
+        watch = self.opwatch
+        watch.stop()
+        from torch.overrides import _get_current_function_mode_stack, _pop_mode, _push_mode
+        if watch not in _get_current_function_mode_stack():
+            return  # closed from another thread: its stack is not ours to edit
+        above = []
+        while True:
+            mode = _pop_mode()
+            if mode is watch:
+                break
+            above.append(mode)
+        for mode in reversed(above):
+            _push_mode(mode)
+
+    def on_backward_error(self, roots: Any, error: BaseException) -> None:
+        """A backward raised: for autograd's in-place error, find the node and the in-place op
+        now, while the graph and the models are alive."""
+        if self._backward_failure is not None or failures.classify(error) != "inplace-modified":
+            return
+
+        def record() -> None:
+            detail = failures.parse_inplace(str(error))
+            tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            stale = failures.stale_saved(tensors, self.tracker.attribution())
+            records = list(self.opwatch.inplace) if self.opwatch is not None else []
+            steps = [e for e in self.events if e["kind"] == "step"]
+            self._backward_failure = {
+                "detail": detail, "stale": stale,
+                "inplace_op": failures.culprit(detail, stale, records),
+                "parameters": failures.stale_parameters(self.tracker.models, detail),
+                "backward": self.backward_calls, "backward_location": user_location(),
+                "last_step": steps[-1] if steps else None,
+                "ops_watched": self.opwatch is not None}
+        self._guard("an in-place error", record)
+
+    def note_failure(self, error: Optional[BaseException]) -> None:
+        """Explain the run's error, if it is one gradscope knows (device, CUDA, in-place)."""
+        if error is None:
+            return
+        kind = failures.classify(error)
+        if kind is None:
+            return
+
+        def record() -> None:
+            frame, location, line = failures.failing_site(error)
+            info = {"kind": kind, "error": str(error).strip().splitlines()[0][:500],
+                    "location": location, "line": line}
+            if kind == "device-mismatch":
+                info["tensors"] = failures.tensors_on_line(frame, line)
+                info["module"] = self.tracker.failure
+            elif kind == "inplace-modified":
+                info.update(self._backward_failure or {})
+            self.failure = info
+        self._guard("the error", record)
 
     def add_model(self, model: torch.nn.Module, label: Optional[str] = None) -> str:
         return self.tracker.add_model(model, label)
@@ -458,6 +537,7 @@ class Capture:
                 tensor is not None and self._optimizers) else None
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
                 "attributes": attributes, "constructions": self.registrations.records(),
+                "transfers": self.opwatch.transfer_records() if self.opwatch else None,
                 "gradients": {**self.gradients.snapshot(),
                               "nonfinite_origin": self.nonfinite.found if self.nonfinite else None,
                               "nonfinite_search": self.nonfinite is not None}}
@@ -480,6 +560,8 @@ class Capture:
                                       if p is not None and not _uninitialized(p)),
                     "location": None, "init_typo": init_typo(type(sub)),
                 })
+                if rec is not None and rec.batch_stats:
+                    rows[-1]["batch_stats"] = _batch_rows(rec.batch_stats)
         for key, rec in records.items():
             if key not in seen:
                 rows.append({"model": rec.model, "name": rec.name, "type": rec.type,

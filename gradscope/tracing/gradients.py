@@ -88,8 +88,10 @@ class GradientRecorder:
 
     # -- registration --------------------------------------------------------------------------
     def watch(self, param: torch.Tensor, name: tuple, handles: HandleGroup) -> None:
-        if param.numel() == 0:
-            return  # nothing to measure, and index/foreach kernels reject empty tensors
+        if param.numel() == 0 or param.device.type == "meta":
+            # nothing to measure (index/foreach kernels reject empty tensors; meta tensors,
+            # used for shape runs, have no values to read)
+            return
         if id(param) in self._params and self._params[id(param)].ref() is param:
             return
         state = self._params[id(param)] = _ParamState(param, name)
@@ -145,7 +147,8 @@ class GradientRecorder:
 
     def note_loss(self, roots: Any, index: int) -> None:
         """Queue a finiteness check of a backward root (read at the next sync)."""
-        if isinstance(roots, torch.Tensor) and roots.is_floating_point():
+        if isinstance(roots, torch.Tensor) and roots.is_floating_point() \
+                and roots.device.type != "meta":
             with torch.no_grad():
                 ok = torch.isfinite(roots.detach()).all()
             self._pending_losses.append((index, user_location(), ok))

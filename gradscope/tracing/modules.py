@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import difflib
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from .attributes import container_items
+from .failures import classify, module_devices
 from .handles import HandleGroup
 from .locations import frame_locals, user_frame, user_location
 
@@ -42,6 +44,8 @@ class ModuleRecord:
     has_parameters: bool = False
     objects: int = 1                # distinct module objects seen under this name
     last: Any = None                # weak reference to the last one
+    # batch norm in training mode: (batch size, values per channel) -> calls
+    batch_stats: Optional[dict] = None
 
 
 def describe_output(out: Any, limit: int = 4) -> Optional[str]:
@@ -96,6 +100,10 @@ class ModuleTracker:
         self._explicit_labels: dict = {}
         self._stale = False           # a model's module tree changed: rename before next call
         self._overflow = 0            # top-level module calls past MAX_MODELS, not kept
+        self.root_calls = 0           # top-level forwards so far (counts "per forward")
+        self.failure: Optional[dict] = None  # the module a device error escaped first
+        self._failure_id: Optional[int] = None
+        self._norm_types: dict = {}   # type -> is a batch norm
         self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -229,7 +237,10 @@ class ModuleTracker:
             if entry is None or entry[0] is not module:
                 entry = (self._name_unregistered(module, stack[-1]) if stack
                          else self._register_root(module))
+        if module.training and self._is_batchnorm(type(module)):
+            self._note_batch(module, entry, args)
         if not stack:
+            self.root_calls += 1
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
@@ -242,6 +253,8 @@ class ModuleTracker:
         stack = self._stack
         if not stack:
             return
+        if output is None:  # normal for a few modules; after a raise, torch passes None too
+            self._note_failure(module, args)
         # Normally the top; after a forward raised inside a nested call, unwind to this module.
         k = len(stack) - 1
         while k > 0 and stack[k][0] is not module:
@@ -267,6 +280,40 @@ class ModuleTracker:
                 rec.output = type(output).__name__
         if not stack:
             self._transient.clear()
+
+    def _is_batchnorm(self, cls: type) -> bool:
+        known = self._norm_types.get(cls)
+        if known is None:
+            known = self._norm_types[cls] = issubclass(cls, nn.modules.batchnorm._BatchNorm)
+        return known
+
+    def _note_batch(self, module: nn.Module, entry: tuple, args: Any) -> None:
+        x = args[0] if isinstance(args, tuple) and args else args
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[1] == 0:
+            return
+        key = (entry[1], entry[2])
+        rec = self.records.get(key)
+        if rec is None:
+            rec = self.records[key] = ModuleRecord(entry[1], entry[2], type(module).__name__, True)
+        stats = rec.batch_stats if rec.batch_stats is not None else {}
+        rec.batch_stats = stats
+        shape = (int(x.shape[0]), int(x.numel() // x.shape[1]))
+        if shape in stats or len(stats) < 20:
+            stats[shape] = stats.get(shape, 0) + 1
+
+    def _note_failure(self, module: nn.Module, args: Any) -> None:
+        exc = sys.exc_info()[1]
+        if exc is None or id(exc) == self._failure_id or classify(exc) != "device-mismatch":
+            return
+        self._failure_id = id(exc)  # the innermost module sees it first; outer ones are skipped
+        names = self.lookup(module)
+        try:
+            devices = module_devices(module, args)
+        except Exception:  # noqa: BLE001 - an odd module: the error is explained without it
+            devices = []
+        self.failure = {"model": names[0] if names else None,
+                        "module": names[1] if names else None,
+                        "type": type(module).__name__, "devices": devices}
 
     def stop_noting_inputs(self) -> None:
         """The drawn graph is captured: input leaves are no longer needed (keeping them alive

@@ -1,0 +1,164 @@
+"""Two things the autograd graph cannot show, seen through one ``TorchFunctionMode``:
+
+- host<->device copies made inside a model's forward (``.cpu()``, ``.to(device)``, ``.item()``,
+  ``torch.tensor(data, device=...)``, ...), most of which never enter the graph because the
+  tensor does not require grad;
+- in-place operations (``x += 1``, ``x[:, 0] = 0``, ``relu_``, ``inplace=True``) with their
+  module and ``file:line``, so that autograd's "modified by an inplace operation" error can be
+  traced back to the line that did it.
+
+It is used by ``gradscope trace`` only (scripts, ``FILE.py:NAME`` and ``gradscope.trace``): a
+Python call per torch function is fine for a diagnostic run, too much for ``watch`` left on in
+training. It records plain data and never changes what a function returns. Saved-tensor hooks
+would be the other way to see in-place damage, but while one is registered autograd skips its
+own version check, so the user's error would disappear; version counters cost nothing.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any, Optional
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from .locations import user_location
+
+MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
+MAX_INPLACE = 4096        # most recent in-place operations remembered
+# Tensor methods that copy between devices (the result says where to).
+_COPY_METHODS = {"to", "cuda", "cpu", "copy_", "pin_memory"}
+# Calls that read a tensor's values into Python: a device->host copy (and a sync on CUDA).
+_HOST_READS = {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
+# Factories that build a tensor from Python data: a host->device copy when device= is not CPU.
+_FACTORIES = {"tensor", "as_tensor", "from_numpy"}
+# Trailing underscore, yet no data is written.
+_NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "pin_memory"}
+_INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
+                    "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
+                    "__irshift__", "__imatmul__", "__setitem__"}
+
+
+def _device_str(device: Any) -> str:
+    return str(device)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    try:
+        return t.numel() * t.element_size()
+    except Exception:  # noqa: BLE001 - nested or odd tensors: size unknown
+        return 0
+
+
+def _seq(fn: Any) -> Optional[int]:
+    try:
+        return fn._sequence_nr() if fn is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class OpWatch(TorchFunctionMode):
+    """Records device copies inside forwards and in-place ops; ``tracker`` says which module
+    is running. Every record is plain data."""
+
+    def __init__(self, tracker: Any) -> None:
+        super().__init__()
+        self.tracker = tracker
+        self.transfers: dict = {}        # key -> record
+        self.dropped_transfers = 0
+        self.inplace: collections.deque = collections.deque(maxlen=MAX_INPLACE)
+        self.errors: list = []
+        self._active = True
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
+                           kwargs: Optional[dict] = None) -> Any:
+        kwargs = kwargs or {}
+        if not self._active:
+            return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        try:
+            if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
+                    or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
+                self._note_inplace(name, args)
+            if (name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES) \
+                    and self.tracker.in_forward():
+                self._note_transfer(name, args, kwargs, result)
+        except Exception as e:  # noqa: BLE001 - never break the user's op over a record
+            if len(self.errors) < 3:
+                self.errors.append(f"{name}: {e!r}")
+        return result
+
+    def stop(self) -> None:
+        self._active = False
+        self.tracker = None  # nothing of the run stays reachable from the mode
+
+    # -- device copies -------------------------------------------------------------------------
+    def _note_transfer(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if name in _FACTORIES:
+            if not isinstance(result, torch.Tensor) or result.device.type == "cpu":
+                return
+            src, dst, moved = "cpu", _device_str(result.device), _nbytes(result)
+        else:
+            source = args[0] if args else None
+            if name == "copy_" and len(args) > 1:
+                source, result = args[1], args[0]
+            if not isinstance(source, torch.Tensor):
+                return
+            if name in _HOST_READS:
+                if source.device.type == "cpu":
+                    return
+                src, dst, moved = _device_str(source.device), "host", _nbytes(source)
+            else:
+                if not isinstance(result, torch.Tensor) or result.device == source.device:
+                    return  # .to() a no-op, or a dtype change on the same device
+                src, dst, moved = _device_str(source.device), _device_str(result.device), \
+                    _nbytes(result)
+        current = self.tracker.current()
+        model, module = current if current is not None else (None, None)
+        location = user_location()
+        key = (model, module, name, src, dst, location)
+        rec = self.transfers.get(key)
+        if rec is None:
+            if len(self.transfers) >= MAX_TRANSFER_KEYS:
+                self.dropped_transfers += 1
+                return
+            rec = self.transfers[key] = {
+                "model": model, "module": module, "op": name, "src": src, "dst": dst,
+                "location": location, "count": 0, "bytes": 0, "forwards": 0, "_last": -1}
+        rec["count"] += 1
+        rec["bytes"] += moved
+        forward = self.tracker.root_calls
+        if rec["_last"] != forward:
+            rec["_last"] = forward
+            rec["forwards"] += 1
+
+    def transfer_records(self) -> list:
+        out = []
+        for rec in self.transfers.values():
+            row = {k: v for k, v in rec.items() if not k.startswith("_")}
+            out.append(row)
+        return out
+
+    # -- in-place operations -------------------------------------------------------------------
+    def _note_inplace(self, name: str, args: tuple) -> None:
+        t = args[0] if args else None
+        if not isinstance(t, torch.Tensor) or torch.compiler.is_compiling():
+            return
+        if not (torch.is_grad_enabled() or t.requires_grad):
+            return  # data preparation: cannot have been saved for a backward of ours
+        producers = []
+        node = t
+        while node is not None:  # the tensor and the bases it is a view of share one version
+            seq = _seq(node.grad_fn)
+            if seq is not None:
+                producers.append(seq)
+            node = node._base
+        current = self.tracker.current()
+        self.inplace.append({
+            "op": name, "shape": list(t.shape), "version": t._version,
+            "producers": producers, "leaf": t.grad_fn is None and t._base is None,
+            "requires_grad": t.requires_grad, "id": id(t),
+            "model": current[0] if current else None, "module": current[1] if current else None,
+            "location": user_location(), "forward": self.tracker.root_calls})
