@@ -40,6 +40,19 @@ def with_gradscope(model, x):
     gradscope.trace(model, x, loss_fn=loss_of)
 
 
+def without_op_watch(model, x):
+    # The same trace with the TorchFunctionMode (device copies, in-place ops) left out: the
+    # difference to the column before is what that mode costs.
+    import gradscope.tracing.capture as capture
+
+    real = capture.OpWatch
+    capture.OpWatch = lambda tracker: None
+    try:
+        gradscope.trace(model, x, loss_fn=loss_of)
+    finally:
+        capture.OpWatch = real
+
+
 def with_torchviz(model, x):
     out = loss_of(model(x))
     make_dot(out, params=dict(model.named_parameters()))
@@ -56,7 +69,8 @@ def timed(fn, *args):
 
 
 def bench(name, model, x, reps):
-    fns = {"plain fwd+bwd": plain, "gradscope.trace": with_gradscope}
+    fns = {"plain fwd+bwd": plain, "gradscope.trace": with_gradscope,
+           "without op watch": without_op_watch}
     if make_dot is not None:
         fns["torchviz make_dot"] = with_torchviz
     plain(model, x)  # warm-up
@@ -127,13 +141,15 @@ def main():
     lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}, Python {platform.python_version()}; "
              f"{reps} interleaved repetitions, medians.", "",
-             "| model | autograd nodes | plain fwd+bwd | gradscope.trace | torchviz make_dot |",
-             "|---|---|---|---|---|"]
+             "| model | autograd nodes | plain fwd+bwd | gradscope.trace | gradscope.trace "
+             "without the op watch | torchviz make_dot |",
+             "|---|---|---|---|---|---|"]
     for name, model, x in configs:
         row = bench(name, model, x, reps)
         viz = row.get("torchviz make_dot", "not installed")
         lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
-                     f"{fmt(row['gradscope.trace'], row['plain'])} | {fmt(viz, row['plain'])} |")
+                     f"{fmt(row['gradscope.trace'], row['plain'])} | "
+                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} |")
         print(lines[-1], flush=True)
     n = 200_000 if args.quick else 1_000_000
     walk = chain_walk(n)

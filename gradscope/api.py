@@ -16,6 +16,7 @@ from .report import Report
 from .tracedata import Trace
 from .tracing.capture import Capture
 from .tracing.gradients import fused_norms
+from .tracing.handles import ours
 from .tracing.walk import storage_key, walk_autograd_graph
 
 
@@ -138,27 +139,29 @@ def _describe(value: Any) -> str:
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Restore training flags, ``.grad``, buffers and RNG state of ``model`` afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    params = list(dict.fromkeys(model.parameters()))
-    grads = [p.grad for p in params]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-    for p in params:
-        p.grad = None  # our backward starts from clean gradients; the user's come back after
+    with torch._C.DisableTorchFunction():  # our bookkeeping, not the program's torch calls
+        modes = [(m, m.training) for m in model.modules()]
+        params = list(dict.fromkeys(model.parameters()))
+        grads = [p.grad for p in params]
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+        for p in params:
+            p.grad = None  # our backward starts from clean gradients; the user's come back after
     try:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), torch._C.DisableTorchFunction():
             for b, saved in buffers:
                 if b.shape == saved.shape:
                     b.copy_(saved)
-        for p, g in zip(params, grads):
-            p.grad = g
+            for p, g in zip(params, grads):
+                p.grad = g
         for m, mode in modes:
             m.training = mode
 
 
+@ours
 def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     """L2 norm of every parameter's gradient: one fused kernel and one transfer per device."""
     names = capture.tracker.lookup(model)

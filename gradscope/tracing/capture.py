@@ -18,7 +18,7 @@ import torch.optim.optimizer as torch_optimizer
 
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
-from .handles import HandleGroup
+from .handles import HandleGroup, ours
 from .locations import user_location
 from .attributes import scan_attributes
 from . import failures
@@ -320,6 +320,7 @@ class Capture:
         return self.tracker.add_model(model, label)
 
     # -- graph ---------------------------------------------------------------------------------
+    @ours
     def capture_graph(self, roots: Iterable[torch.Tensor], location: Optional[str] = None) -> Graph:
         """Walk the graph behind ``roots`` with module attribution.
 
@@ -442,6 +443,7 @@ class Capture:
         return params, storages
 
     # -- backward and optimizer hooks ----------------------------------------------------------
+    @ours
     def _guard(self, what: str, fn: Callable[[], None]) -> None:
         # A bug of ours must never break the user's training: keep it, warn once, carry on.
         try:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .handles import HandleGroup
+from .handles import HandleGroup, ours
 from .locations import user_location
 
 FINGERPRINT = 4           # elements compared per parameter
@@ -98,6 +98,7 @@ class GradientRecorder:
         handles.add(param.register_hook(self._make_pre_hook(state)))
         handles.add(param.register_post_accumulate_grad_hook(self._make_post_hook(state)))
 
+    @ours
     def _safely(self, fn: Callable, state: _ParamState) -> None:
         # Hooks run inside the user's backward: a bug of ours must never surface there.
         try:

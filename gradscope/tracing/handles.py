@@ -6,7 +6,10 @@ error while removing one hook is kept and re-raised after all the others are gon
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
+
+import torch
 
 
 class HandleGroup:
@@ -43,3 +46,19 @@ class HandleGroup:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+def ours(fn: Callable) -> Callable:
+    """Run ``fn`` (a hook or record of ours) with torch-function handling off.
+
+    Under ``gradscope trace`` a TorchFunctionMode sees the program's torch calls; without this,
+    it would also see every ``.shape``, ``.grad`` and ``register_hook`` of our own bookkeeping
+    (in a 1000-layer MLP, 57,000 of the 59,000 calls it saw were ours) and pay a Python call
+    for each.
+    """
+    @functools.wraps(fn)
+    def quiet(*args: Any, **kwargs: Any) -> Any:
+        with torch._C.DisableTorchFunction():
+            return fn(*args, **kwargs)
+    return quiet
+

@@ -23,7 +23,7 @@ from torch import nn
 
 from .attributes import container_items
 from .failures import classify, module_devices
-from .handles import HandleGroup
+from .handles import HandleGroup, ours
 from .locations import frame_locals, user_frame, user_location
 
 _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
@@ -229,6 +229,7 @@ class ModuleTracker:
         return None
 
     # -- hooks ---------------------------------------------------------------------------------
+    @ours
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         stack = self._stack
         entry = self._names.get(id(module))
@@ -249,6 +250,7 @@ class ModuleTracker:
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
 
+    @ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self._stack
         if not stack:

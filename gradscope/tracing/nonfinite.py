@@ -48,7 +48,7 @@ class NonfiniteFinder:
 
     def _make_hook(self, node_id: str) -> Callable:
         def check(grad_inputs: Any, grad_outputs: Any) -> None:
-            with torch.no_grad():
+            with torch.no_grad(), torch._C.DisableTorchFunction():
                 self._flags.append((node_id, _all_finite(grad_outputs), _all_finite(grad_inputs)))
             return None  # a returned value would replace the gradients
         return check
