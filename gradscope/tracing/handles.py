@@ -62,3 +62,19 @@ def ours(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
     return quiet
 
+
+def hook_of_ours(fn: Callable) -> Callable:
+    """A module hook of ours: quiet like :func:`ours`, and a no-op while torch.compile traces.
+
+    ``is_compiling()`` is a constant to the compiler, so the compiled graph holds none of our
+    Python and no graph break: compiled regions are simply not watched (the report says so).
+    """
+    quiet = ours(fn)
+
+    @functools.wraps(fn)
+    def hook(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return None
+        return quiet(*args, **kwargs)
+    return hook
+

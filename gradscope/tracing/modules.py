@@ -23,7 +23,7 @@ from torch import nn
 
 from .attributes import container_items
 from .failures import classify, module_devices
-from .handles import HandleGroup, ours
+from .handles import HandleGroup, hook_of_ours
 from .locations import frame_locals, user_frame, user_location
 
 _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
@@ -229,7 +229,7 @@ class ModuleTracker:
         return None
 
     # -- hooks ---------------------------------------------------------------------------------
-    @ours
+    @hook_of_ours
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         stack = self._stack
         entry = self._names.get(id(module))
@@ -250,7 +250,7 @@ class ModuleTracker:
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
 
-    @ours
+    @hook_of_ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self._stack
         if not stack:

@@ -72,7 +72,9 @@ class OpWatch(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: Optional[dict] = None) -> Any:
         kwargs = kwargs or {}
-        if not self._active:
+        if not self._active or torch.compiler.is_compiling():
+            # While torch.compile traces, this is constant-folded away: the compiled graph
+            # gets no Python of ours (and the report says compiled regions are not watched).
             return func(*args, **kwargs)
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
@@ -94,8 +96,6 @@ class OpWatch(TorchFunctionMode):
 
     # -- device copies -------------------------------------------------------------------------
     def _note_transfer(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:
-        if torch.compiler.is_compiling():
-            return
         if name in _FACTORIES:
             if not isinstance(result, torch.Tensor) or result.device.type == "cpu":
                 return
@@ -144,7 +144,7 @@ class OpWatch(TorchFunctionMode):
     # -- in-place operations -------------------------------------------------------------------
     def _note_inplace(self, name: str, args: tuple) -> None:
         t = args[0] if args else None
-        if not isinstance(t, torch.Tensor) or torch.compiler.is_compiling():
+        if not isinstance(t, torch.Tensor):
             return
         if not (torch.is_grad_enabled() or t.requires_grad):
             return  # data preparation: cannot have been saved for a backward of ours

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .handles import HandleGroup, ours
+from .handles import HandleGroup, hook_of_ours
 from .locations import user_location
 from .modules import ModuleTracker
 
@@ -35,7 +35,7 @@ class RegistrationRecorder:
         handles.add(reg.register_module_module_registration_hook(self._on_module))
 
     # -- hooks ---------------------------------------------------------------------------------
-    @ours
+    @hook_of_ours
     def _on_parameter(self, module: nn.Module, name: str, param: Any) -> None:
         if param is None or not self.tracker.in_forward():
             return
@@ -55,7 +55,7 @@ class RegistrationRecorder:
         self.constructions[key]["params"].setdefault(name, shape)
         self._remember(self._param_owner, id(param), (weakref.ref(param), key, name))
 
-    @ours
+    @hook_of_ours
     def _on_module(self, parent: nn.Module, name: str, submodule: Any) -> None:
         if submodule is None or not self.tracker.in_forward():
             return
