@@ -17,6 +17,7 @@ from .tracedata import Trace
 from .tracing.capture import Capture
 from .tracing.gradients import fused_norms
 from .tracing.handles import ours
+from .tracing.modules import unwrap
 from .tracing.walk import storage_key, walk_autograd_graph
 
 
@@ -38,9 +39,10 @@ def trace(model: nn.Module, *inputs: Any, loss_fn: Optional[Callable[[Any], Any]
                          f"{type(model).__name__}; for any tensor use gradscope.graph_of(tensor).")
     checks = select_checks(only, disable)
     capture = Capture(mode="api")
-    run = {"mode": "api", "target": label or type(model).__name__, "status": "ok"}
+    label = label or type(unwrap(model)).__name__  # Net, not OptimizedModule or DDP
+    run = {"mode": "api", "target": label, "status": "ok"}
     with capture:  # a failure to install our hooks is ours and propagates as it is
-        capture.add_model(model, label or type(model).__name__)
+        capture.add_model(model, label)
         try:
             run_model(capture, model, inputs, kwargs, loss_fn)
         except GradscopeError as e:
@@ -199,6 +201,20 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
         notes.append("No nn.Module forward ran under gradscope.")
     elif not snap["parameters"]:
         notes.append("The traced model has no parameters: there is nothing to train.")
+    compiled = capture.tracker.compiled
+    if compiled:
+        run = {**run, "compiled": {k: list(v) for k, v in compiled.items()}}
+        parts = "; ".join(f"{label}" + (f" ({', '.join(v)})" if v != [""] else "")
+                          for label, v in compiled.items())
+        notes.append(
+            f"Compiled with torch.compile: {parts}. A compiled region runs as one autograd node "
+            "(CompiledFunctionBackward) with no module hooks inside, so the graph shows no "
+            "modules, shapes or saved tensors within it, and the graph checks (layer-in-forward, "
+            "double-softmax, builtin-sum, bias-before-norm, batchnorm-small-batch) and the "
+            "trace-only device-copy and inplace-modified records are blind there. Gradient "
+            "checks (zero_grad, accumulation, non-finite, vanishing/exploding, unused "
+            "parameters) still see every parameter. Trace the model uncompiled for the full "
+            "picture.")
     if capture.opwatch is not None and capture.opwatch.errors:
         capture.internal_errors.extend(capture.opwatch.errors)
     if capture.internal_errors:

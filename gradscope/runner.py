@@ -16,6 +16,7 @@ from .checks import select_checks
 from .errors import InputError
 from .report import Report
 from .tracing.capture import Capture
+from .tracing.modules import unwrap
 from .usercode import (build_target, load_module, make_inputs, parse_input_spec, read_source,
                        resolve_name, run_script, split_target)
 
@@ -92,7 +93,7 @@ def trace_target(target: str, inputs: tuple = (), device: Optional[str] = None,
             elif device:
                 args = tuple(a.to(device) if hasattr(a, "to") else a for a in args)
                 kwargs = {k: v.to(device) if hasattr(v, "to") else v for k, v in kwargs.items()}
-            capture.add_model(model, type(model).__name__)
+            capture.add_model(model, type(unwrap(model)).__name__)
             run_model(capture, model, args, kwargs, loss_fn)
         except BaseException as e:  # noqa: BLE001 - reported with the partial report
             error = e

@@ -101,6 +101,7 @@ class ModuleTracker:
         self._stale = False           # a model's module tree changed: rename before next call
         self._overflow = 0            # top-level module calls past MAX_MODELS, not kept
         self.root_calls = 0           # top-level forwards so far (counts "per forward")
+        self.compiled: dict = {}      # model label -> compiled module names ("" = all of it)
         self.failure: Optional[dict] = None  # the module a device error escaped first
         self._failure_id: Optional[int] = None
         self._norm_types: dict = {}   # type -> is a batch norm
@@ -161,6 +162,9 @@ class ModuleTracker:
             return (module, f"<{type(module).__name__}>", "")
         label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
         inner = unwrap(module)
+        compiled = compiled_parts(module)
+        if compiled:
+            self.compiled[label] = compiled
         if inner is not module:
             # DistributedDataParallel / DataParallel: the user's model is .module. Name that
             # one as the model (no "module." prefixes); the wrapper is a box around it.
@@ -400,16 +404,42 @@ def _guess_label(module: nn.Module) -> str:
     return type(module).__name__
 
 
-_WRAPPERS = ("DistributedDataParallel", "DataParallel")
+# Wrapper class -> the attribute holding the user's model.
+_WRAPPERS = {"DistributedDataParallel": "module", "DataParallel": "module",
+             "OptimizedModule": "_orig_mod"}  # torch.compile(model)
 MAX_MODELS = 32
 
 
 def unwrap(module: nn.Module) -> nn.Module:
-    """The user's model inside a DistributedDataParallel/DataParallel wrapper, else itself."""
-    while type(module).__name__ in _WRAPPERS and isinstance(getattr(module, "module", None),
-                                                             nn.Module):
-        module = module.module
-    return module
+    """The user's model inside a DistributedDataParallel/DataParallel/torch.compile wrapper,
+    else itself."""
+    while True:
+        attr = _WRAPPERS.get(type(module).__name__)
+        inner = getattr(module, attr, None) if attr else None
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
+
+
+def compiled_parts(module: nn.Module) -> list:
+    """Names of the compiled parts of a model: ``""`` for ``torch.compile(model)`` (or
+    ``model.compile()``), else submodules compiled on their own (``blocks.0``)."""
+    outer = module
+    while True:
+        name = type(outer).__name__
+        if name == "OptimizedModule" or getattr(outer, "_compiled_call_impl", None) is not None:
+            return [""]
+        attr = _WRAPPERS.get(name)
+        inner = getattr(outer, attr, None) if attr else None
+        if not isinstance(inner, nn.Module):
+            break
+        outer = inner
+    parts = []
+    for name, sub in outer.named_modules():
+        if name and (type(sub).__name__ == "OptimizedModule"
+                     or getattr(sub, "_compiled_call_impl", None) is not None):
+            parts.append(name)
+    return parts[:50]
 
 
 def _held_in_container(owner: nn.Module, module: nn.Module) -> Optional[str]:

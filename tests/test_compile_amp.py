@@ -1,0 +1,80 @@
+"""torch.compile and mixed precision on CPU (the CUDA versions are in test_cuda.py).
+
+Compiled regions run as one autograd node with no module hooks inside: the trace must not crash,
+must name the user's model (not OptimizedModule), and must say what it cannot see there."""
+import pytest
+import torch
+from torch import nn
+
+import gradscope
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compiled_model_traces_as_one_node_and_says_so(no_leaks):
+    torch.manual_seed(0)
+    compiled = torch.compile(Net(), backend="aot_eager")
+    report = gradscope.trace(compiled, torch.randn(8, 16))
+    ops = {n.op for n in report.graph.nodes if n.leaf is None}
+    assert "CompiledFunctionBackward" in ops and "AddmmBackward0" not in ops
+    assert report.trace.run["compiled"] == {"Net": [""]}
+    assert any("CompiledFunctionBackward" in note and "blind" in note
+               for note in report.trace.notes)
+    params = {p["name"] for p in report.trace.parameters}
+    assert params == {"a.weight", "a.bias", "b.weight", "b.bias"}  # no _orig_mod. prefix
+    assert report.findings == []
+
+
+def test_compiled_submodule_and_watch_training_is_unchanged(no_leaks):
+    def train(watch):
+        torch.manual_seed(0)
+        model = Net()
+        model.b.compile(backend="aot_eager")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(8, 16)
+        scope = gradscope.watch(model, opt) if watch else None
+        if scope:
+            scope.__enter__()
+        try:
+            for _ in range(3):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                opt.step()
+        finally:
+            if scope:
+                scope.__exit__(None, None, None)
+        return model, scope
+
+    plain, _ = train(False)
+    watched, scope = train(True)
+    for p, q in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(p, q)
+    t = scope.report().trace
+    assert t.run["compiled"] == {"model": ["b"]} and t.optimizer_steps == 3
+    assert [s["backward_calls"] for s in t.accumulation] == [1, 1, 1]
+    assert all(p["grad_seen"] for p in t.parameters)  # gradient hooks see compiled parts too
+
+
+def test_autocast_dtypes_are_on_the_nodes():
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        report = gradscope.trace(model, torch.randn(4, 16), loss_fn=lambda o: o.float().mean())
+    dtypes = {n.dtype for n in report.graph.nodes if n.op == "AddmmBackward0"}
+    assert dtypes == {"bfloat16"}
+    params = {n.dtype for n in report.graph.nodes if n.leaf == "parameter"}
+    assert params == {"float32"}  # weights stay fp32; autocast casts copies
