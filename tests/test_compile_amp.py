@@ -78,3 +78,22 @@ def test_autocast_dtypes_are_on_the_nodes():
     assert dtypes == {"bfloat16"}
     params = {n.dtype for n in report.graph.nodes if n.leaf == "parameter"}
     assert params == {"float32"}  # weights stay fp32; autocast casts copies
+
+
+def test_forward_events_through_wrappers_feed_the_mode_checks(no_leaks):
+    """A validation pass under no_grad without eval() is caught through DataParallel and
+    torch.compile wrappers too (the model's own forward runs nested or compiled)."""
+    for wrap in (nn.DataParallel, lambda m: torch.compile(m, backend="aot_eager")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+        wrapped = wrap(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(4, 8)
+        with gradscope.watch(wrapped, opt) as scope:
+            opt.zero_grad()
+            wrapped(x).sum().backward()
+            opt.step()
+            with torch.no_grad():
+                wrapped(x)  # validation, still in training mode
+        f = next(f for f in scope.report().findings if f.check == "train-mode-eval")
+        assert f.data["modules"] == ["1"]

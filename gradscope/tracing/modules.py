@@ -249,8 +249,12 @@ class ModuleTracker:
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
-            if self.on_root_call is not None and entry[2] == "" and entry[1] in self.models:
-                self.on_root_call(module, entry[1])
+            # A model, or a wrapper around one (DDP, DataParallel, torch.compile: the model
+            # itself then runs nested, or compiled without hooks): one forward of the model.
+            model = self.models.get(entry[1])
+            if self.on_root_call is not None and model is not None \
+                    and (entry[2] == "" or entry[2].startswith("<")):
+                self.on_root_call(model, entry[1])
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
 
