@@ -145,7 +145,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         modes = [(m, m.training) for m in model.modules()]
         params = list(dict.fromkeys(model.parameters()))
         grads = [p.grad for p in params]
-        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        buffers = [(b, b.detach().clone()) for b in model.buffers()
+                   if not isinstance(b, nn.parameter.UninitializedTensorMixin)]  # lazy norms
         devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         for p in params:
             p.grad = None  # our backward starts from clean gradients; the user's come back after

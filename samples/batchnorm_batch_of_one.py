@@ -5,7 +5,8 @@ statistics: the network trains like instance norm, and the running statistics it
 ``eval()`` do not match what training saw.
 
 gradscope should report:
-- batchnorm-small-batch (warning): ``model.bn1`` and ``model.bn2`` train on a batch of 1;
+- batchnorm-small-batch (warning): ``model.bn1`` and ``model.bn2`` (one finding) train on a
+  batch of 1;
   hint: a larger batch, ``drop_last=True``, or GroupNorm.
 
 Run: gradscope trace samples/batchnorm_batch_of_one.py

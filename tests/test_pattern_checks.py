@@ -219,8 +219,9 @@ def test_inplace_on_weights_by_an_optimizer_step_under_watch():
 
 
 # -- bias-before-norm ----------------------------------------------------------------------------
-def _norm_trace(layer_op="ConvolutionBackward0", between=None, bias=True, trained=True):
-    nodes = [Node("n0", "NativeBatchNormBackward0", "bn", "m")]
+def _norm_trace(layer_op="ConvolutionBackward0", between=None, bias=True, trained=True,
+                bias_size=4):
+    nodes = [Node("n0", "NativeBatchNormBackward0", "bn", "m", shape=(8, 4, 5, 5))]
     edges = []
     layer = "n1"
     if between:
@@ -234,7 +235,7 @@ def _norm_trace(layer_op="ConvolutionBackward0", between=None, bias=True, traine
     edges.append(Edge("n2", layer))
     if bias:
         nodes.append(Node("n3", "AccumulateGrad", "conv", "m", param="conv.bias",
-                          leaf="parameter"))
+                          leaf="parameter", shape=(bias_size,)))
         edges.append(Edge("n3", layer))
     stats = [{"batch": 8, "per_channel": 512, "calls": 1}] if trained else None
     modules = [{"model": "m", "name": "bn", "type": "BatchNorm2d", "batch_stats": stats}]
@@ -250,6 +251,10 @@ def test_bias_before_norm_unit():
     assert run_checks(_norm_trace(bias=False), only) == []
     assert run_checks(_norm_trace(between="ReluBackward0"), only) == []
     assert run_checks(_norm_trace(trained=False), only) == []  # a frozen, eval-mode norm
+    # DCGAN: Linear(16, 100) viewed as (N, 4, 5, 5): the view mixes bias values into
+    # channels, so the norm does not cancel them
+    assert run_checks(_norm_trace("AddmmBackward0", between="ViewBackward0", bias_size=100),
+                      only) == []
 
 
 # -- batchnorm-small-batch -----------------------------------------------------------------------
@@ -340,3 +345,135 @@ def test_unexplained_failure_traceback_hides_gradscope_frames(tmp_path):
     assert "Traceback (most recent call last)" in result.stderr
     assert "train.py\", line 7" in result.stderr
     assert "gradscope" + os.sep not in result.stderr.split("Traceback", 1)[1]
+
+
+# -- cases an independent review found ------------------------------------------------------------
+def test_inplace_culprit_is_read_before_the_op_replaces_the_node():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.lin2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            a = torch.sigmoid(self.lin(x))
+            a.mul_(2)                                          # the mistake
+            c = nn.functional.relu(self.lin2(x), inplace=True)  # same shape, harmless
+            return a + c
+
+    with pytest.raises(TracedProgramError) as info:
+        gradscope.trace(Net(), torch.randn(4, 8))
+    f = info.value.report.trace.failure
+    assert f["inplace_op"]["op"] == "mul_" and f["stale"][0]["op"] == "SigmoidBackward0"
+
+
+def test_inplace_two_mistakes_report_the_one_torch_failed_on():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.lin(x)
+            a, b = torch.exp(h), torch.sigmoid(h)
+            b.mul_(2)
+            c = b * 3 * 3 * 3
+            a.add_(1)
+            return a + c
+
+    with pytest.raises(TracedProgramError) as info:
+        gradscope.trace(Net(), torch.randn(4, 8))
+    failure = info.value.report.trace.failure
+    assert "of Sigmoid" in str(info.value.__cause__)  # what torch failed on...
+    assert failure["stale"][0]["op"] == "SigmoidBackward0"  # ...is what we name
+    assert failure["inplace_op"]["op"] == "mul_"
+
+
+def test_inplace_search_does_not_recompute_every_checkpointed_segment(monkeypatch):
+    from torch.utils.checkpoint import checkpoint
+
+    import gradscope.tracing.failures as failures
+
+    calls = [0]
+
+    class Seg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            calls[0] += 1
+            return torch.tanh(self.lin(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.segs = nn.ModuleList([Seg() for _ in range(3)])
+
+        def forward(self, x):
+            for seg in self.segs:
+                x = checkpoint(seg, x, use_reentrant=False)
+            y = torch.exp(x)
+            y.add_(1)
+            return y
+
+    during_search = []
+    real = failures.stale_saved
+
+    def counted(*args, **kwargs):
+        before = calls[0]
+        try:
+            return real(*args, **kwargs)
+        finally:
+            during_search.append(calls[0] - before)
+
+    monkeypatch.setattr(failures, "stale_saved", counted)
+    with pytest.raises(TracedProgramError) as info:
+        gradscope.trace(Net(), torch.randn(4, 8, requires_grad=True))
+    # reading a checkpointed node's saved tensors recomputes its segment: the search reads
+    # only nodes made by (or fed by) the op the error names, here exp, so none
+    assert during_search == [0]
+    assert info.value.report.trace.failure["stale"][0]["op"] == "ExpBackward0"
+
+
+def test_device_error_caught_by_the_program_does_not_explain_a_later_one(tmp_path):
+    path = _script(tmp_path, """
+        import torch
+        from torch import nn
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 2))
+        x = torch.randn(4, 8)
+        try:
+            model(x.to("meta"))   # a probe on the wrong device, caught
+        except RuntimeError:
+            pass
+        out = model(x)
+        loss = ((out - torch.zeros(4, 2, device="meta")) ** 2).mean()
+    """)
+    [f] = [f for f in trace_script(path).report.findings if f.check == "device-mismatch"]
+    assert f.module is None and f.location.endswith("train.py:11")
+    assert {r["name"] for r in f.data["devices"]} >= {"out"}
+
+
+def test_factories_count_only_real_copies():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            same = torch.as_tensor(x, device=x.device)  # nothing moves
+            ramp = x.new_tensor([float(i) for i in range(8)])  # Python data to the device
+            return self.fc(same + ramp)
+
+    report = gradscope.trace(Net().to("meta"), torch.randn(4, 8).to("meta"))
+    assert [(t["op"], t["src"], t["dst"]) for t in report.trace.transfers] == \
+        [("new_tensor", "cpu", "meta")]
+
+
+def test_batch_statistics_without_running_stats_in_eval_and_lazy_norms():
+    norm = nn.BatchNorm1d(4, track_running_stats=False).eval()  # batch statistics even in eval
+    found = gradscope.trace(nn.Sequential(nn.Linear(4, 4, bias=False), norm),
+                            torch.randn(2, 4)).findings
+    assert [f.check for f in found] == ["batchnorm-small-batch"]
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.LazyBatchNorm2d())
+    report = gradscope.trace(lazy, torch.randn(16, 3, 8, 8))  # no crash on the lazy buffers
+    assert report.findings == []

@@ -37,4 +37,7 @@ def calls_of(trace, model: Optional[str], module: Optional[str]) -> int:
 
 
 def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word[:-1]}ies" if word.endswith("y") and word[-2:-1] not in "aeiou" \
+        else f"{n} {word}s"

@@ -1,9 +1,10 @@
-"""batchnorm-small-batch: BatchNorm in training mode on too few values per channel (or one
-sample), so its statistics are noise (seed 002 on BatchNorm)."""
+"""batchnorm-small-batch: BatchNorm on batch statistics from too few values per channel (or
+one sample), so its statistics are noise (seed 002 on BatchNorm)."""
 from __future__ import annotations
 
 from ..findings import Finding
 from ..graph import module_path
+from ._common import names_list
 from .registry import Check
 
 MIN_VALUES = 16  # values per channel below which mean and variance are mostly noise
@@ -13,21 +14,30 @@ def _small(row: dict, ranks: int) -> bool:
     return row["batch"] * ranks <= 1 or row["per_channel"] * ranks < MIN_VALUES
 
 
-def run(trace) -> list:
+def _offenders(trace) -> dict:
+    """model -> [(module row, small stats, all stats)] for norms that saw small batches."""
     world = int(trace.run.get("world_size") or 1)
-    out = []
+    out: dict = {}
     for m in trace.modules:
         stats = m.get("batch_stats")
         if not stats:
             continue
         ranks = world if m.get("type") == "SyncBatchNorm" else 1
         small = [s for s in stats if _small(s, ranks)]
-        if not small:
-            continue
-        total = sum(s["calls"] for s in stats)
-        bad = sum(s["calls"] for s in small)
-        worst = min(small, key=lambda s: (s["per_channel"], s["batch"]))
-        path = module_path(m["model"], m["name"])
+        if small:
+            out.setdefault(m["model"], []).append((m, small, stats))
+    return out
+
+
+def run(trace) -> list:
+    out = []
+    for model, rows in _offenders(trace).items():
+        paths = [module_path(m["model"], m["name"]) for m, _, _ in rows]
+        worst = min((s for _, small, _ in rows for s in small),
+                    key=lambda s: (s["per_channel"], s["batch"]))
+        total = sum(s["calls"] for _, _, stats in rows for s in stats)
+        bad = sum(s["calls"] for _, small, _ in rows for s in small)
+        types = sorted({m.get("type") for m, _, _ in rows})
         if worst["batch"] == 1 and worst["per_channel"] >= MIN_VALUES:
             why = (f"a batch of 1: each sample is normalised with its own statistics "
                    f"({worst['per_channel']} values per channel from one sample), so the network "
@@ -39,13 +49,15 @@ def run(trace) -> list:
         some = "every call" if bad == total else f"{bad} of {total} calls"
         out.append(Finding(
             "batchnorm-small-batch", "warning",
-            f"{path} ({m.get('type')}) normalised in training mode over {why} ({some}).",
+            f"{names_list(paths, 4)} ({', '.join(types)}) normalised with batch statistics over "
+            f"{why} ({some}).",
             hint="Train with a larger batch, drop a small last batch (DataLoader(..., "
                  "drop_last=True)), keep these norms in eval() (frozen statistics), or use "
                  "GroupNorm/LayerNorm, which do not depend on the batch.",
-            module=path, data={"stats": stats, "small_calls": bad, "calls": total,
-                               "min_per_channel": worst["per_channel"],
-                               "batch": worst["batch"]}))
+            module=paths[0], data={"modules": paths, "small_calls": bad, "calls": total,
+                                   "min_per_channel": worst["per_channel"],
+                                   "batch": worst["batch"],
+                                   "stats": {p: r[2] for p, r in zip(paths, rows)}}))
     return out
 
 

@@ -26,9 +26,13 @@ def run(trace) -> list:
             layer = trace.graph.node(src)
             if not (layer.op or "").startswith(_LAYERS):
                 continue
+            channels = n.shape[1] if n.shape and len(n.shape) >= 2 else None
+            # the bias must line up with the norm's channels: a Linear(16, 512) viewed as
+            # (32, 4, 4) before BatchNorm2d(32) mixes channels, and its bias is not cancelled
             bias = [p for p in adj.producers.get(src, [])
                     if (trace.graph.node(p).param or "").rpartition(".")[2] == "bias"
-                    and trace.graph.node(p).model == layer.model]
+                    and trace.graph.node(p).model == layer.model
+                    and trace.graph.node(p).shape == (channels,)]
             if bias:
                 key = (layer.module_path, n.module_path)
                 pairs.setdefault(key, [layer.id, n.id, bias[0]])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ..findings import Finding
 from ..graph import module_path
+from ._common import names_list, plural
 from .registry import Check
 
 MAX_FINDINGS = 10
@@ -25,12 +26,31 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _grouped(transfers: list) -> list:
+    """One row per call site and kind of copy: a line in a block class that has twelve
+    instances is one finding, with the modules listed."""
+    groups: dict = {}
+    for r in transfers:
+        if not r.get("count"):
+            continue
+        key = (r.get("model"), r["op"], r["src"], r["dst"], r.get("location"))
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = {**r, "modules": [], "count": 0, "bytes": 0, "forwards": 0}
+        g["modules"].append(r.get("module"))
+        g["count"] += r["count"]
+        g["bytes"] += r.get("bytes", 0)
+        g["forwards"] = max(g["forwards"], r.get("forwards", 1))
+    return list(groups.values())
+
+
 def run(trace) -> list:
-    rows = [r for r in trace.transfers if r.get("count")]
+    rows = _grouped(trace.transfers)
     rows.sort(key=lambda r: (-r.get("bytes", 0), -r["count"], r.get("location") or ""))
     out = []
     for r in rows[:MAX_FINDINGS]:
-        path = module_path(r.get("model"), r.get("module")) or "a forward"
+        paths = [module_path(r.get("model"), m) for m in r["modules"]]
+        path = names_list(paths, 3) if paths[0] else "a forward"
         forwards = max(r.get("forwards", 1), 1)
         per = r["count"] / forwards
         per_text = f"{per:g} time{'s' if per != 1 else ''} per forward"
@@ -42,10 +62,9 @@ def run(trace) -> list:
         out.append(Finding(
             "device-copy", "warning",
             f"In the forward of {path}, {what} {per_text} ({_size(r.get('bytes', 0) / forwards)} "
-            f"per forward, {r['count']} copies in {forwards} forward{'s' if forwards > 1 else ''}):"
+            f"per forward, {plural(r['count'], 'copy')} in {plural(forwards, 'forward')}):"
             f" {cost}, which stalls the pipeline.",
-            hint=_READ_HINT if read else _MOVE_HINT, module=module_path(r.get("model"),
-                                                                         r.get("module")),
+            hint=_READ_HINT if read else _MOVE_HINT, module=paths[0],
             location=r.get("location"), data=dict(r)))
     return out
 

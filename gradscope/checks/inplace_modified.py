@@ -54,8 +54,10 @@ def run(trace) -> list:
                         location=culprit.get("location"), nodes=nodes,
                         data={"node": stale, "inplace_op": culprit, "detail": detail})]
     if params and step:
-        message = (f"backward() failed at {where}: {need}; the weight{'s' if len(params) > 1 else ''} "
-                   f"{names_list(params)} were updated in place by {step.get('optimizer')}.step() "
+        several = len(params) > 1
+        message = (f"backward() failed at {where}: {need}; the weight{'s' if several else ''} "
+                   f"{names_list(params)} {'were' if several else 'was'} updated in place by "
+                   f"{step.get('optimizer')}.step() "
                    f"at {step.get('location')} after the forward that saved them and before this "
                    "backward.")
         return [Finding("inplace-modified", "error", message, hint=STEP_HINT,

@@ -284,8 +284,9 @@ class Capture:
         def record() -> None:
             detail = failures.parse_inplace(str(error))
             tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
-            stale = failures.stale_saved(tensors, self.tracker.attribution())
-            records = list(self.opwatch.inplace) if self.opwatch is not None else []
+            stale = failures.stale_saved(tensors, self.tracker.attribution(),
+                                         detail.get("producer"))
+            records = self.opwatch.inplace_records() if self.opwatch is not None else []
             steps = [e for e in self.events if e["kind"] == "step"]
             self._backward_failure = {
                 "detail": detail, "stale": stale,
@@ -310,7 +311,9 @@ class Capture:
                     "location": location, "line": line}
             if kind == "device-mismatch":
                 info["tensors"] = failures.tensors_on_line(frame, line)
-                info["module"] = self.tracker.failure
+                # the module record only if it is about this error (not one the program
+                # caught earlier): the same exception, or one it was raised from
+                info["module"] = self.tracker.failure_for(failures.chain(error))
             elif kind == "inplace-modified":
                 info.update(self._backward_failure or {})
             self.failure = info
@@ -334,7 +337,13 @@ class Capture:
         walker = AutogradWalker(params, self.tracker.input_ids, self.tracker.attribution(),
                                 param_storage_keys=storages,
                                 describe_leaf=lambda t: self._describe_leaf(t, names))
+        walker.forwards = lambda: self.tracker.root_calls
         graph = walker.walk(roots)
+        if walker.saved_incomplete and not any("checkpointed" in n for n in self.notes):
+            self.notes.append(
+                "Saved-tensor memory is shown only up to the first checkpointed segment: "
+                "reading a checkpointed node's saved tensors re-runs its forward, so gradscope "
+                "stopped there (once) rather than recompute every segment.")
         if self.graph is None or (not self._graph_has_model and _has_model(graph)):
             if self.graph is not None:
                 self.notes.append(

@@ -42,6 +42,15 @@ def classify(exc: BaseException) -> Optional[str]:
     return None
 
 
+def chain(error: BaseException) -> list:
+    """The error and those it was raised from or during (``__cause__``, ``__context__``)."""
+    out: list = []
+    while error is not None and all(error is not e for e in out) and len(out) < 20:
+        out.append(error)
+        error = error.__cause__ or error.__context__
+    return out
+
+
 def describe_tensor(t: torch.Tensor) -> dict:
     return {"device": str(t.device), "shape": list(t.shape) if t.layout == torch.strided else None,
             "dtype": str(t.dtype).replace("torch.", "")}
@@ -157,36 +166,50 @@ def parse_inplace(message: str) -> dict:
             "expected": int(m.group("expected"))}
 
 
-def stale_saved(roots: list, attribution: Any = None, limit: int = 4) -> list:
-    """Autograd nodes behind ``roots`` whose saved tensors were modified in place since they
-    were saved: reading such a ``_saved_*`` attribute raises autograd's own version error."""
-    # Breadth first from the roots: the first stale node found is the one backward reaches first.
-    stack = collections.deque(
-        t.grad_fn for t in roots if isinstance(t, torch.Tensor) and t.grad_fn is not None)
-    seen = {id(fn) for fn in stack}
-    found: list = []
+def stale_saved(roots: list, attribution: Any = None, producer: Optional[str] = None) -> list:
+    """The autograd node behind ``roots`` that autograd failed on: one whose saved tensor was
+    modified in place since it was saved (reading that ``_saved_*`` attribute raises
+    autograd's own version error), made by ``producer`` when the error names it.
+
+    Only nodes made by the producer, or fed by it, have their saved tensors read: each read
+    unpacks a tensor (recomputing a checkpointed segment, or copying back from the CPU under
+    save_on_cpu). Returns ``[row]`` or ``[]``.
+    """
+    roots = [t.grad_fn for t in roots if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    if producer:
+        found = _walk_stale(roots, attribution, producer)
+        if found:
+            return found
+    return _walk_stale(roots, attribution, None)  # a leaf, or a view named differently
+
+
+def _walk_stale(roots: list, attribution: Any, producer: Optional[str]) -> list:
+    queue = collections.deque(roots)
+    seen = {id(fn) for fn in queue}
     attrs_of: dict = {}
     visited = 0
-    while stack and visited < MAX_STALE_WALK and len(found) < limit:
-        fn = stack.popleft()
+    while queue and visited < MAX_STALE_WALK:
+        fn = queue.popleft()
         visited += 1
-        attrs = attrs_of.get(type(fn))
-        if attrs is None:
-            attrs = attrs_of[type(fn)] = [a for a in dir(fn) if a.startswith("_saved_")]
-        for attr in attrs:
-            try:
-                getattr(fn, attr)
-            except RuntimeError as e:
-                if INPLACE in str(e):
-                    found.append(_stale_row(fn, attr, attribution))
-                    break
-            except Exception:  # noqa: BLE001 - other odd attributes: not our question
-                continue
-        for nxt, _ in getattr(fn, "next_functions", ()):
-            if nxt is not None and id(nxt) not in seen:
+        inputs = [n for n, _ in getattr(fn, "next_functions", ()) if n is not None]
+        if producer is None or type(fn).__name__.startswith(producer) or any(
+                type(n).__name__.startswith(producer) for n in inputs):
+            attrs = attrs_of.get(type(fn))
+            if attrs is None:
+                attrs = attrs_of[type(fn)] = [a for a in dir(fn) if a.startswith("_saved_")]
+            for attr in attrs:
+                try:
+                    getattr(fn, attr)
+                except RuntimeError as e:
+                    if INPLACE in str(e):
+                        return [_stale_row(fn, attr, attribution)]
+                except Exception:  # noqa: BLE001 - other odd attributes: not our question
+                    continue
+        for nxt in inputs:
+            if id(nxt) not in seen:
                 seen.add(id(nxt))
-                stack.append(nxt)
-    return found
+                queue.append(nxt)
+    return []
 
 
 def _stale_row(fn: Any, attr: str, attribution: Any) -> dict:

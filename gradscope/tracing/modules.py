@@ -103,7 +103,8 @@ class ModuleTracker:
         self.root_calls = 0           # top-level forwards so far (counts "per forward")
         self.compiled: dict = {}      # model label -> compiled module names ("" = all of it)
         self.failure: Optional[dict] = None  # the module a device error escaped first
-        self._failure_id: Optional[int] = None
+        self.failure_exc: Optional[BaseException] = None  # that error (until the next forward)
+        self._failure_exc_id: Optional[int] = None
         self._norm_types: dict = {}   # type -> is a batch norm
         self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
 
@@ -125,6 +126,10 @@ class ModuleTracker:
         """Drop every strong reference to user objects (called when the session ends)."""
         self._names.clear()
         self._transient.clear()
+        # The error (and its traceback's frames) is let go; its id stays to be compared with
+        # the error the runner reports, which is still alive then, so the id is not reused.
+        self._failure_exc_id = id(self.failure_exc) if self.failure_exc is not None else None
+        self.failure_exc = None
         self._stacks.clear()
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
@@ -242,10 +247,13 @@ class ModuleTracker:
             if entry is None or entry[0] is not module:
                 entry = (self._name_unregistered(module, stack[-1]) if stack
                          else self._register_root(module))
-        if module.training and self._is_batchnorm(type(module)):
+        if self._is_batchnorm(type(module)) and (
+                module.training or (module.running_mean is None and module.running_var is None)):
+            # batch statistics: training mode, or a norm that tracks no running statistics
             self._note_batch(module, entry, args)
         if not stack:
             self.root_calls += 1
+            self.failure = self.failure_exc = None  # an error caught by the program is past
             self._note_inputs(args)
             if self._stale:
                 self._rename_stale()
@@ -313,9 +321,9 @@ class ModuleTracker:
 
     def _note_failure(self, module: nn.Module, args: Any) -> None:
         exc = sys.exc_info()[1]
-        if exc is None or id(exc) == self._failure_id or classify(exc) != "device-mismatch":
+        if exc is None or exc is self.failure_exc or classify(exc) != "device-mismatch":
             return
-        self._failure_id = id(exc)  # the innermost module sees it first; outer ones are skipped
+        self.failure_exc = exc  # the innermost module sees it first; outer ones are skipped
         names = self.lookup(module)
         try:
             devices = module_devices(module, args)
@@ -324,6 +332,15 @@ class ModuleTracker:
         self.failure = {"model": names[0] if names else None,
                         "module": names[1] if names else None,
                         "type": type(module).__name__, "devices": devices}
+
+    def failure_for(self, errors: list) -> Optional[dict]:
+        """The module record of the device error if it is one of ``errors`` (the reported
+        error and what it was raised from), else None: an error the program caught earlier
+        must not explain a later one."""
+        if self.failure is None:
+            return None
+        wanted = id(self.failure_exc) if self.failure_exc is not None else self._failure_exc_id
+        return self.failure if any(id(e) == wanted for e in errors) else None
 
     def stop_noting_inputs(self) -> None:
         """The drawn graph is captured: input leaves are no longer needed (keeping them alive

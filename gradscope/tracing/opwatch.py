@@ -16,12 +16,13 @@ own version check, so the user's error would disappear; version counters cost no
 from __future__ import annotations
 
 import collections
+import sys
 from typing import Any, Optional
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .locations import user_location
+from .locations import display_path, user_frame, user_location
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
 MAX_INPLACE = 4096        # most recent in-place operations remembered
@@ -30,7 +31,7 @@ _COPY_METHODS = {"to", "cuda", "cpu", "copy_", "pin_memory"}
 # Calls that read a tensor's values into Python: a device->host copy (and a sync on CUDA).
 _HOST_READS = {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
 # Factories that build a tensor from Python data: a host->device copy when device= is not CPU.
-_FACTORIES = {"tensor", "as_tensor", "from_numpy"}
+_FACTORIES = {"tensor", "as_tensor", "new_tensor"}
 # Trailing underscore, yet no data is written.
 _NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "pin_memory"}
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
@@ -76,19 +77,25 @@ class OpWatch(TorchFunctionMode):
             # While torch.compile traces, this is constant-folded away: the compiled graph
             # gets no Python of ours (and the report says compiled regions are not watched).
             return func(*args, **kwargs)
-        result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        try:
-            if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
-                    or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
-                self._note_inplace(name, args)
-            if (name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES) \
-                    and self.tracker.in_forward():
-                self._note_transfer(name, args, kwargs, result)
+        before = None
+        if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
+                or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
+            before = self._guarded(name, self._before_inplace, args)
+        result = func(*args, **kwargs)
+        if before is not None:
+            self._guarded(name, self._note_inplace, name, before)
+        if name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES:
+            self._guarded(name, self._note_transfer, name, args, kwargs, result)
+        return result
+
+    def _guarded(self, name: str, fn: Any, *args: Any) -> Any:
+        try:  # (torch pops this mode while the handler runs: our own reads are not seen)
+            return fn(*args)
         except Exception as e:  # noqa: BLE001 - never break the user's op over a record
             if len(self.errors) < 3:
                 self.errors.append(f"{name}: {e!r}")
-        return result
+            return None
 
     def stop(self) -> None:
         self._active = False
@@ -96,10 +103,17 @@ class OpWatch(TorchFunctionMode):
 
     # -- device copies -------------------------------------------------------------------------
     def _note_transfer(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        if not self.tracker.in_forward():
+            return  # moving the batch before the forward is what everyone does
         if name in _FACTORIES:
             if not isinstance(result, torch.Tensor) or result.device.type == "cpu":
                 return
-            src, dst, moved = "cpu", _device_str(result.device), _nbytes(result)
+            data = args[1] if name == "new_tensor" and len(args) > 1 else (
+                args[0] if args else kwargs.get("data"))
+            source = data.device if isinstance(data, torch.Tensor) else torch.device("cpu")
+            if source == result.device:
+                return  # torch.as_tensor(x, device=x.device): nothing moved
+            src, dst, moved = _device_str(source), _device_str(result.device), _nbytes(result)
         else:
             source = args[0] if args else None
             if name == "copy_" and len(args) > 1:
@@ -142,12 +156,14 @@ class OpWatch(TorchFunctionMode):
         return out
 
     # -- in-place operations -------------------------------------------------------------------
-    def _note_inplace(self, name: str, args: tuple) -> None:
+    def _before_inplace(self, args: tuple) -> Optional[tuple]:
+        """The tensor and the autograd nodes that made it (and the bases it is a view of),
+        read before the op: an in-place op replaces the tensor's grad_fn."""
         t = args[0] if args else None
         if not isinstance(t, torch.Tensor):
-            return
-        if not (torch.is_grad_enabled() or t.requires_grad):
-            return  # data preparation: cannot have been saved for a backward of ours
+            return None
+        if not (t.requires_grad or (torch.is_grad_enabled() and self.tracker.in_forward())):
+            return None  # data preparation: nothing of it was saved for a backward of ours
         producers = []
         node = t
         while node is not None:  # the tensor and the bases it is a view of share one version
@@ -155,10 +171,26 @@ class OpWatch(TorchFunctionMode):
             if seq is not None:
                 producers.append(seq)
             node = node._base
+        return t, producers
+
+    def _note_inplace(self, name: str, before: tuple) -> None:
+        t, producers = before
         current = self.tracker.current()
+        frame = user_frame(sys._getframe(1))
         self.inplace.append({
             "op": name, "shape": list(t.shape), "version": t._version,
-            "producers": producers, "leaf": t.grad_fn is None and t._base is None,
-            "requires_grad": t.requires_grad, "id": id(t),
+            "producers": producers,
             "model": current[0] if current else None, "module": current[1] if current else None,
-            "location": user_location(), "forward": self.tracker.root_calls})
+            # formatted only when an error needs it: a path per op would cost more than the op
+            "_where": (frame.f_code.co_filename, frame.f_lineno) if frame else None,
+            "forward": self.tracker.root_calls})
+
+    def inplace_records(self) -> list:
+        """The remembered in-place ops, oldest first, with ``location`` as ``path:line``."""
+        out = []
+        for rec in self.inplace:
+            where = rec["_where"]
+            row = {k: v for k, v in rec.items() if k != "_where"}
+            row["location"] = f"{display_path(where[0])}:{where[1]}" if where else None
+            out.append(row)
+        return out

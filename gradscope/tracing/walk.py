@@ -34,22 +34,13 @@ class _TypeInfo:
         self.name = type(fn).__name__
         self.is_leaf = self.name == "AccumulateGrad"
         self.python_function = isinstance(fn, torch.autograd.function.BackwardCFunction)
-        # Saved attributes that hold tensors; scalars and sizes are not activation memory.
-        attrs = []
-        for attr in dir(fn):
-            if not attr.startswith("_saved_"):
-                continue
-            try:
-                value = getattr(fn, attr)
-            except Exception:  # graph already freed: keep the name, reads will fail later too
-                attrs.append(attr)
-                continue
-            if value is None or isinstance(value, torch.Tensor) or (
-                    isinstance(value, (list, tuple)) and value
-                    and all(isinstance(v, torch.Tensor) or v is None for v in value)):
-                attrs.append(attr)
-        self.saved_attrs = tuple(attrs)
-        self.has_saved = bool(attrs) or self.python_function
+        # Saved attributes that hold tensors (those with a ``_raw_saved_*`` twin); scalars and
+        # sizes are not activation memory. Told by name, not by reading a value: a read
+        # unpacks the tensor, which under checkpointing re-runs a forward.
+        names = set(dir(fn))
+        self.saved_attrs = tuple(sorted(a for a in names
+                                        if a.startswith("_saved_") and "_raw" + a in names))
+        self.has_saved = bool(self.saved_attrs) or self.python_function
 
 
 class AutogradWalker:
@@ -70,6 +61,8 @@ class AutogradWalker:
         self.inputs = inputs or set()
         self.attribution = attribution
         self.saved = saved
+        self.forwards: Optional[Callable[[], int]] = None  # counts module forwards run so far
+        self.saved_incomplete = False
         self._types: dict = {}
         self._str_cache: dict = {}
         # Parameters are not activation memory: a saved weight is never counted.
@@ -109,6 +102,7 @@ class AutogradWalker:
         add_node, add_edge, add_fn, add_id = nodes.append, edges.append, fns.append, ids.append
         types, index_get, new_edge = self._types, index.get, tuple.__new__
         attribution, want_saved, metadata = self.attribution, self.saved, self._metadata
+        forwards_before = self.forwards() if self.forwards is not None else None
         i = 0
         while i < len(fns):
             fn = fns[i]
@@ -127,6 +121,13 @@ class AutogradWalker:
                     node.model, node.module = owner
             if want_saved and info.has_saved:
                 node.saved = self._saved(fn, info)
+                if self.forwards is not None and self.forwards() != forwards_before:
+                    # That read re-ran a forward: a checkpointed segment (non-reentrant
+                    # checkpointing unpacks by recomputing). Stop reading saved tensors, so
+                    # each further segment is not recomputed (and BatchNorm statistics not
+                    # updated again) just for a memory figure.
+                    want_saved = False
+                    self.saved_incomplete = True
             add_node(node)
             for nf, _slot in fn.next_functions:
                 if nf is None:
