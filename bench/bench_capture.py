@@ -8,6 +8,7 @@ hits all of them alike; the table gives medians and the ratio to plain forward+b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import platform
 import statistics
@@ -25,6 +26,10 @@ try:
     from torchviz import make_dot
 except ImportError:  # bench/run.sh installs it beside the venv, not into it
     make_dot = None
+try:
+    import torchlens
+except ImportError:  # likewise, with numpy, tqdm, pillow, safetensors, packaging
+    torchlens = None
 
 
 def loss_of(out):
@@ -53,18 +58,32 @@ def without_op_watch(model, x):
         capture.OpWatch = real
 
 
+def with_torchlens(model, x):
+    # TorchLens records every op of the forward (no backward); its default keeps activations.
+    torchlens.trace(model, x)
+
+
 def with_torchviz(model, x):
     out = loss_of(model(x))
     make_dot(out, params=dict(model.named_parameters()))
 
 
+SYNC = lambda: None  # noqa: E731 - torch.cuda.synchronize under --device cuda
+AMP = {"enabled": False}  # autocast settings for the current model (bf16 GPT on the GPU)
+
+
 def timed(fn, *args):
     gc.collect()
+    SYNC()
     t0 = time.perf_counter()
     try:
-        fn(*args)
+        with torch.autocast(**AMP) if AMP["enabled"] else contextlib.nullcontext():
+            fn(*args)
+        SYNC()
     except RecursionError:
         return "RecursionError"
+    except Exception as e:  # noqa: BLE001 - a peer that cannot handle a model: say so
+        return f"fails: {type(e).__name__}"
     return time.perf_counter() - t0
 
 
@@ -73,6 +92,8 @@ def bench(name, model, x, reps):
            "without op watch": without_op_watch}
     if make_dot is not None:
         fns["torchviz make_dot"] = with_torchviz
+    if torchlens is not None:
+        fns["torchlens trace"] = with_torchlens
     plain(model, x)  # warm-up
     times = {k: [] for k in fns}
     for _ in range(reps):
@@ -126,10 +147,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller inputs and fewer repetitions")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for issue 7's GPU sizes")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     reps = 3 if args.quick else 7
+    if args.device != "cpu":
+        return gpu_main(args, reps)
     configs = [
         ("deep MLP, 1000 Linear (batch 32, width 32)", deep_mlp(1000), torch.randn(32, 32)),
         ("deep MLP, 3000 Linear (batch 32, width 32)", deep_mlp(3000), torch.randn(32, 32)),
@@ -142,14 +166,16 @@ def main():
              f"torch threads, torch {torch.__version__}, Python {platform.python_version()}; "
              f"{reps} interleaved repetitions, medians.", "",
              "| model | autograd nodes | plain fwd+bwd | gradscope.trace | gradscope.trace "
-             "without the op watch | torchviz make_dot |",
-             "|---|---|---|---|---|---|"]
+             "without the op watch | torchviz make_dot | TorchLens trace |",
+             "|---|---|---|---|---|---|---|"]
     for name, model, x in configs:
         row = bench(name, model, x, reps)
         viz = row.get("torchviz make_dot", "not installed")
+        lens = row.get("torchlens trace", "not installed")
         lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
                      f"{fmt(row['gradscope.trace'], row['plain'])} | "
-                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} |")
+                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} | "
+                     f"{fmt(lens, row['plain'])} |")
         print(lines[-1], flush=True)
     n = 200_000 if args.quick else 1_000_000
     walk = chain_walk(n)
@@ -158,6 +184,39 @@ def main():
               f"with shapes, dtypes and saved tensors (`graph_of(y)`) {walk[True]:.2f} s; "
               f"torchviz make_dot: {walk['torchviz'][0]}."]
     print(lines[-1])
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+def gpu_main(args, reps):
+    """Issue 7's GPU run: ResNet-18-like (batch 64, fp32) and GPT-2-small-like (batch 8, seq
+    512, bf16 autocast); every timing ends with torch.cuda.synchronize()."""
+    global SYNC
+    dev = torch.device(args.device)
+    SYNC = torch.cuda.synchronize
+    configs = [
+        ("ResNet-18-like (batch 64, 3x224x224, fp32)", ResNet18(),
+         torch.randn(64, 3, 224, 224), None),
+        ("GPT-2-small-like (batch 8, seq 512, bf16 autocast)", GPT(),
+         torch.randint(0, 50257, (8, 512)), torch.bfloat16),
+    ]
+    lines = [f"GPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}; {reps} "
+             "interleaved repetitions, medians.", "",
+             "| model | autograd nodes | plain fwd+bwd | gradscope.trace | gradscope.trace "
+             "without the op watch | torchviz make_dot | TorchLens trace |",
+             "|---|---|---|---|---|---|---|"]
+    for name, model, x, amp in configs:
+        AMP.clear()
+        AMP.update({"device_type": "cuda", "dtype": amp, "enabled": amp is not None})
+        row = bench(name, model.to(dev), x.to(dev), reps)
+        viz = row.get("torchviz make_dot", "not installed")
+        lens = row.get("torchlens trace", "not installed")
+        lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
+                     f"{fmt(row['gradscope.trace'], row['plain'])} | "
+                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} | "
+                     f"{fmt(lens, row['plain'])} |")
+        print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

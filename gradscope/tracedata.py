@@ -37,6 +37,7 @@ class Trace:
     gradients: dict = dataclasses.field(default_factory=dict)    # norms per step, non-finite
     ranks: list = dataclasses.field(default_factory=list)        # merged distributed runs
     transfers: list = dataclasses.field(default_factory=list)    # device copies in forwards
+    loss_sites: list = dataclasses.field(default_factory=list)   # where losses were called
     failure: dict = dataclasses.field(default_factory=dict)      # the run's error, explained
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
@@ -66,6 +67,7 @@ class Trace:
             "gradients": dict(self.gradients),
             "ranks": list(self.ranks),
             "transfers": list(self.transfers),
+            "loss_sites": list(self.loss_sites),
             "failure": dict(self.failure),
         }
         if with_graph:
@@ -98,6 +100,7 @@ class Trace:
             gradients=dict(d.get("gradients", {})),
             ranks=list(d.get("ranks", [])),
             transfers=list(d.get("transfers", [])), failure=dict(d.get("failure") or {}),
+            loss_sites=list(d.get("loss_sites", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

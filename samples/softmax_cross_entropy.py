@@ -4,7 +4,8 @@
 the logits a second time: gradients shrink and training stalls.
 
 gradscope should report:
-- double-softmax (warning): ``model.out`` (``nn.Softmax``) feeds ``CrossEntropyLoss``; hint:
+- double-softmax (warning): ``model.out`` (``nn.Softmax``) feeds ``CrossEntropyLoss``, called
+  at line 35; hint:
   remove the softmax from the model and apply it only at inference.
 
 Run: gradscope trace samples/softmax_cross_entropy.py

@@ -79,6 +79,8 @@ def expect_builtin_sum(d):
 
 
 def expect_softmax_cross_entropy(d):
+    f = next(f for f in d["findings"] if f["check"] == "double-softmax")
+    assert f["module"] == "model.out" and f["location"].endswith("softmax_cross_entropy.py:35")
     assert _ops(d, "out") == ["SoftmaxBackward0"]
     assert "LogSoftmaxBackward0" in [n["op"] for n in d["graph"]["nodes"]
                                      if n["model"] == "criterion"]
@@ -228,6 +230,11 @@ def expect_device_copy(d):
     assert all(t["location"].endswith(":29") for t in d["transfers"])  # the batch: not counted
 
 
+def expect_device_copy_ok(d):
+    expect_nothing(d)
+    assert d["transfers"] == [] and d["optimizer_steps"] == 3
+
+
 def expect_inplace_softmax(d):
     f = _finding(d, "inplace-modified")
     assert f["location"].endswith("inplace_softmax.py:26") and f["module"] == "model.attn"
@@ -258,6 +265,7 @@ EXPECT = {
     "device_attribute_not_moved.py": expect_device_attribute_not_moved,
     "device_buffer_registered.py": expect_nothing,
     "device_copy.py": expect_device_copy,
+    "device_copy_ok.py": expect_device_copy_ok,
     "inplace_softmax.py": expect_inplace_softmax,
     "inplace_ok.py": expect_nothing,
     "conv_bias_before_bn.py": expect_conv_bias_before_bn,

@@ -549,6 +549,7 @@ class Capture:
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
                 "attributes": attributes, "constructions": self.registrations.records(),
                 "transfers": self.opwatch.transfer_records() if self.opwatch else None,
+                "loss_sites": self.opwatch.loss_site_records() if self.opwatch else None,
                 "gradients": {**self.gradients.snapshot(),
                               "nonfinite_origin": self.nonfinite.found if self.nonfinite else None,
                               "nonfinite_search": self.nonfinite is not None}}

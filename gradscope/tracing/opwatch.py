@@ -34,6 +34,9 @@ _HOST_READS = {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "_
 _FACTORIES = {"tensor", "as_tensor", "new_tensor"}
 # Trailing underscore, yet no data is written.
 _NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "pin_memory"}
+# Losses that apply (log-)softmax or sigmoid themselves: where they are called (double-softmax).
+_LOSSES = {"cross_entropy", "nll_loss", "binary_cross_entropy_with_logits"}
+MAX_LOSS_SITES = 50
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
@@ -68,6 +71,7 @@ class OpWatch(TorchFunctionMode):
         self.dropped_transfers = 0
         self.inplace: collections.deque = collections.deque(maxlen=MAX_INPLACE)
         self.errors: list = []
+        self.loss_sites: dict = {}       # (loss function, file:line) -> calls
         self._active = True
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
@@ -87,7 +91,18 @@ class OpWatch(TorchFunctionMode):
             self._guarded(name, self._note_inplace, name, before)
         if name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES:
             self._guarded(name, self._note_transfer, name, args, kwargs, result)
+        elif name in _LOSSES:
+            self._guarded(name, self._note_loss, name)
         return result
+
+    def _note_loss(self, name: str) -> None:
+        key = (name, user_location())
+        if key in self.loss_sites or len(self.loss_sites) < MAX_LOSS_SITES:
+            self.loss_sites[key] = self.loss_sites.get(key, 0) + 1
+
+    def loss_site_records(self) -> list:
+        return [{"op": op, "location": loc, "calls": n}
+                for (op, loc), n in self.loss_sites.items()]
 
     def _guarded(self, name: str, fn: Any, *args: Any) -> Any:
         try:  # (torch pops this mode while the handler runs: our own reads are not seen)
