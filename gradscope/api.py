@@ -170,7 +170,7 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     names = capture.tracker.lookup(model)
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
-    for n, p in model.named_parameters():
+    for n, p in unwrap(model).named_parameters():  # the names the report uses
         if p.grad is not None and p.grad.layout == torch.strided and p.grad.device.type != "meta":
             by_device.setdefault((p.grad.device, p.grad.dtype), []).append((n, p.grad.detach()))
     out = {}
@@ -205,6 +205,9 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
     compiled = capture.tracker.compiled
     if compiled:
         run = {**run, "compiled": {k: list(v) for k, v in compiled.items()}}
+    regions = capture.graph is not None and any(
+        n.op == "CompiledFunctionBackward" for n in capture.graph.nodes)
+    if compiled and regions:
         parts = "; ".join(f"{label}" + (f" ({', '.join(v)})" if v != [""] else "")
                           for label, v in compiled.items())
         notes.append(

@@ -23,6 +23,7 @@ from .checks import select_checks
 from .errors import InputError, SessionClosedError
 from .report import Report
 from .tracing.capture import Capture
+from .tracing.modules import unwrap
 
 
 class WatchSession:
@@ -63,7 +64,7 @@ class WatchSession:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         self.state = "closed"
-        run = {"mode": "watch", "target": ", ".join(type(m).__name__ for m in self._models)
+        run = {"mode": "watch", "target": ", ".join(type(unwrap(m)).__name__ for m in self._models)
                or "watch", "status": "ok"}
         if exc is not None:
             interrupted = isinstance(exc, KeyboardInterrupt)

@@ -97,3 +97,33 @@ def test_forward_events_through_wrappers_feed_the_mode_checks(no_leaks):
                 wrapped(x)  # validation, still in training mode
         f = next(f for f in scope.report().findings if f.check == "train-mode-eval")
         assert f.data["modules"] == ["1"]
+
+
+def test_compiler_internals_are_not_the_users_backward_or_modules(no_leaks):
+    """AOTAutograd calls autograd.grad while it compiles, and runs fx GraphModules through
+    Module.__call__: neither is the user's (a recompile for a smaller last batch included)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    compiled = torch.compile(model, backend="aot_eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(compiled, opt) as scope:
+        for batch in (8, 8, 5):
+            opt.zero_grad()
+            compiled(torch.randn(batch, 8)).sum().backward()
+            opt.step()
+    t = scope.report().trace
+    assert [e["kind"] for e in t.events if e["kind"] in ("grad", "backward")] == ["backward"] * 3
+    assert not any("involved no model" in n for n in t.notes)
+    assert not any("GraphModule" in (m["type"] or "") for m in t.modules)
+    assert scope.report().findings == [] and t.run["target"] == "Sequential"
+
+
+def test_compiled_with_the_eager_backend_keeps_ops_named_after_the_model():
+    model = torch.compile(nn.Sequential(nn.Linear(5, 5), nn.Softmax(1)), backend="eager")
+    y = torch.randint(0, 5, (4,))
+    report = gradscope.trace(model, torch.randn(4, 5),
+                             loss_fn=lambda out: nn.functional.cross_entropy(out, y))
+    [f] = report.findings
+    assert f.check == "double-softmax" and f.module == "Sequential"  # not <OptimizedModule>
+    assert not any("CompiledFunctionBackward" in n for n in report.trace.notes)  # no region
+    assert all(p["grad_norm"] is not None for p in report.trace.parameters)

@@ -285,3 +285,34 @@ def test_sessions_closed_out_of_order_restore_torch(no_leaks):
     del a
     gc.collect()
     assert ref() is None  # nothing of ours keeps a closed capture alive
+
+
+def test_graph_walk_over_checkpointed_batchnorm_leaves_training_identical(no_leaks):
+    """Reading a checkpointed node's saved tensors re-runs its forward (BatchNorm statistics
+    move): the walk stops at the first one, restores the buffers and records no extra calls."""
+    from torch.utils.checkpoint import checkpoint
+
+    def run(watch):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(16, 8)
+        scope = gradscope.watch(model, opt) if watch else None
+        if scope:
+            scope.__enter__()
+        for _ in range(3):
+            opt.zero_grad()
+            checkpoint(model, x, use_reentrant=False).sum().backward()
+            opt.step()
+        if scope:
+            scope.__exit__(None, None, None)
+        return model, scope
+
+    plain, _ = run(False)
+    watched, scope = run(True)
+    assert int(watched[1].num_batches_tracked) == int(plain[1].num_batches_tracked)
+    for a, b in zip(list(plain.parameters()) + list(plain.buffers()),
+                    list(watched.parameters()) + list(watched.buffers())):
+        assert torch.equal(a, b)
+    calls = {m["name"]: m["calls"] for m in scope.report().trace.modules}
+    assert calls["1"] == 6  # 3 forwards + 3 recomputes in the user's own backward, none of ours

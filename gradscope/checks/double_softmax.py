@@ -16,9 +16,11 @@ PAIRS = {
 
 
 def _loss_site(trace, function: str):
-    """``file:line`` where the loss was called (gradscope trace records it), else None."""
-    sites = [s for s in trace.loss_sites if s.get("op") == function and s.get("location")]
-    return sites[0]["location"] if sites else None
+    """``file:line`` where the loss was called (gradscope trace records it), when the program
+    calls it from one place only; with several call sites the graph cannot tell which one."""
+    sites = {s["location"] for s in trace.loss_sites if s.get("op") == function
+             and s.get("location")}
+    return sites.pop() if len(sites) == 1 else None
 
 
 def run(trace) -> list:

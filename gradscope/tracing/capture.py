@@ -77,7 +77,9 @@ class _Patches:
 
         def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
             depth = getattr(patches.local, "depth", 0)
-            nested = depth > 0 or _inside_backward()
+            # torch's own calls: inside a backward (reentrant checkpointing), or AOTAutograd
+            # tracing the backward while torch.compile compiles
+            nested = depth > 0 or _inside_backward() or torch.compiler.is_compiling()
             armed = []
             if not nested:
                 for cap in patches._open():
@@ -337,8 +339,19 @@ class Capture:
         walker = AutogradWalker(params, self.tracker.input_ids, self.tracker.attribution(),
                                 param_storage_keys=storages,
                                 describe_leaf=lambda t: self._describe_leaf(t, names))
-        walker.forwards = lambda: self.tracker.root_calls
-        graph = walker.walk(roots)
+        walker.forwards = lambda: self.tracker.replayed
+        buffers = self._buffer_snapshot()
+        self.tracker.paused = True
+        try:
+            graph = walker.walk(roots)
+        finally:
+            self.tracker.paused = False
+        if walker.saved_incomplete:
+            # a saved-tensor read re-ran a checkpointed forward: put BatchNorm statistics (and
+            # any buffer it touched) back, so training is what it would have been without us
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
         if walker.saved_incomplete and not any("checkpointed" in n for n in self.notes):
             self.notes.append(
                 "Saved-tensor memory is shown only up to the first checkpointed segment: "
@@ -361,6 +374,18 @@ class Capture:
                 if self.nonfinite is None:
                     self.tracker.record_ranges = False  # later graphs are not drawn
         return graph
+
+    def _buffer_snapshot(self) -> list:
+        """Copies of the models' buffers (running statistics are small), taken before a walk."""
+        out = []
+        for model in self.tracker.models.values():
+            if model is None:
+                continue
+            for b in model.buffers():
+                if not isinstance(b, torch.nn.parameter.UninitializedTensorMixin) \
+                        and b.device.type != "meta":
+                    out.append((b, b.detach().clone()))
+        return out
 
     def _describe_leaf(self, tensor: Any, names: dict) -> dict:
         ref = weakref.ref(tensor)  # to ask the optimizers about it at the end, without keeping it

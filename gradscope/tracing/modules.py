@@ -26,6 +26,7 @@ from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
 from .locations import frame_locals, user_frame, user_location
 
+_GraphModule = torch.fx.GraphModule
 _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
     getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
@@ -101,6 +102,8 @@ class ModuleTracker:
         self._stale = False           # a model's module tree changed: rename before next call
         self._overflow = 0            # top-level module calls past MAX_MODELS, not kept
         self.root_calls = 0           # top-level forwards so far (counts "per forward")
+        self.paused = False           # while our graph walk runs: forwards it triggers
+        self.replayed = 0             # are counted here, and recorded nowhere else
         self.compiled: dict = {}      # model label -> compiled module names ("" = all of it)
         self.failure: Optional[dict] = None  # the module a device error escaped first
         self.failure_exc: Optional[BaseException] = None  # that error (until the next forward)
@@ -238,8 +241,18 @@ class ModuleTracker:
         return None
 
     # -- hooks ---------------------------------------------------------------------------------
+    def _compiler_internal(self, module: nn.Module) -> bool:
+        # torch.compile's own fx GraphModules run through Module.__call__ at run time: not the
+        # user's modules (the same test in both hooks keeps the stack balanced).
+        return isinstance(module, _GraphModule) and id(module) not in self._names
+
     @hook_of_ours
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
+        if self.paused:  # a forward re-run by our own graph walk (checkpointing): not the user's
+            self.replayed += 1
+            return
+        if self._compiler_internal(module):
+            return
         stack = self._stack
         entry = self._names.get(id(module))
         if entry is None or entry[0] is not module:
@@ -269,7 +282,7 @@ class ModuleTracker:
     @hook_of_ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
         stack = self._stack
-        if not stack:
+        if not stack or self.paused or self._compiler_internal(module):
             return
         if output is None:  # normal for a few modules; after a raise, torch passes None too
             self._note_failure(module, args)
@@ -284,7 +297,10 @@ class ModuleTracker:
                 and threading.get_ident() == self._owner:
             end = _peek_sequence_nr()
             if end > start:
-                self._ranges.append((start, end, model, name))
+                # ops a wrapper runs (a compiled region, DDP's bookkeeping) belong to the model
+                owner = "" if name.startswith("<") and type(module).__name__ in _WRAPPERS \
+                    else name
+                self._ranges.append((start, end, model, owner))
         rec = self.records.get((model, name))
         if rec is None:
             rec = self.records[(model, name)] = ModuleRecord(model, name, type(module).__name__,
@@ -467,6 +483,8 @@ def _held_in_container(owner: nn.Module, module: nn.Module) -> Optional[str]:
     """``heads[0]`` when ``module`` sits in a plain list/tuple/dict attribute of ``owner``; the
     same paths the attribute scan gives the tensors inside (``heads[0].weight``)."""
     for attr, value in vars(owner).items():
+        if attr in ("_modules", "_parameters", "_buffers"):
+            continue  # registered children: not a plain container
         if isinstance(value, (list, tuple, dict)):
             for key, item in container_items(value):
                 if item is module:

@@ -35,7 +35,7 @@ _FACTORIES = {"tensor", "as_tensor", "new_tensor"}
 # Trailing underscore, yet no data is written.
 _NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "pin_memory"}
 # Losses that apply (log-)softmax or sigmoid themselves: where they are called (double-softmax).
-_LOSSES = {"cross_entropy", "nll_loss", "binary_cross_entropy_with_logits"}
+_LOSSES = {"cross_entropy", "binary_cross_entropy_with_logits"}
 MAX_LOSS_SITES = 50
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",

@@ -120,7 +120,7 @@ class AutogradWalker:
                 if owner is not None:
                     node.model, node.module = owner
             if want_saved and info.has_saved:
-                node.saved = self._saved(fn, info)
+                node.saved = self._saved(fn, info, forwards_before)
                 if self.forwards is not None and self.forwards() != forwards_before:
                     # That read re-ran a forward: a checkpointed segment (non-reentrant
                     # checkpointing unpacks by recomputing). Stop reading saved tensors, so
@@ -193,7 +193,7 @@ class AutogradWalker:
                 self.unregistered[node.id] = self.describe_leaf(var)
 
     # -- saved tensors -------------------------------------------------------------------------
-    def _saved(self, fn: Any, info: _TypeInfo) -> list:
+    def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None) -> list:
         out: list = []
         if info.python_function:
             try:
@@ -208,6 +208,8 @@ class AutogradWalker:
                 value = getattr(fn, attr)
             except Exception:  # freed by an earlier backward: nothing left to measure
                 continue
+            if forwards_before is not None and self.forwards() != forwards_before:
+                break  # that read re-ran a checkpointed forward: read no more
             name = attr[len("_saved_"):]
             if isinstance(value, (list, tuple)):
                 for k, t in enumerate(value):
