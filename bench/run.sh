@@ -13,4 +13,4 @@ export PYTHONPATH="$PWD/bench/.deps${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/bench_capture.py --out bench/RESULTS-capture.md "$@"
 "$PY" bench/bench_watch.py --steps 40 --out bench/RESULTS-watch.md
 "$PY" bench/bench_render.py --out bench/RESULTS-render.md
-"$PY" -m torch.distributed.run --nproc-per-node 2 bench/bench_ddp.py --out bench/RESULTS-ddp.md
+"$PY" -m torch.distributed.run --standalone --nproc-per-node 2 bench/bench_ddp.py --steps 60 --out bench/RESULTS-ddp.md
