@@ -127,3 +127,25 @@ def test_compiled_with_the_eager_backend_keeps_ops_named_after_the_model():
     assert f.check == "double-softmax" and f.module == "Sequential"  # not <OptimizedModule>
     assert not any("CompiledFunctionBackward" in n for n in report.trace.notes)  # no region
     assert all(p["grad_norm"] is not None for p in report.trace.parameters)
+
+
+def test_module_compile_in_place_still_gives_forward_events(no_leaks):
+    """model.compile() compiles the whole call, our global hooks included: gradscope wraps
+    the compiled call of the models it is given, so the mode checks still see each forward."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2))
+    model.compile(backend="aot_eager")
+    original = model._compiled_call_impl
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 8)
+    with gradscope.watch(model, opt) as scope:
+        opt.zero_grad()
+        model(x).sum().backward()
+        opt.step()
+        with torch.no_grad():
+            model(x)  # validation in training mode
+    assert model._compiled_call_impl is original  # put back
+    t = scope.report().trace
+    assert [e["kind"] for e in t.events].count("forward") == 2
+    f = next(f for f in scope.report().findings if f.check == "train-mode-eval")
+    assert f.data["modules"] == ["1"]
+    assert t.run["compiled"] == {"model": [""]}

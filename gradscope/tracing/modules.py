@@ -109,6 +109,8 @@ class ModuleTracker:
         self.failure_exc: Optional[BaseException] = None  # that error (until the next forward)
         self._failure_exc_id: Optional[int] = None
         self._norm_types: dict = {}   # type -> is a batch norm
+        self._handles: Optional[HandleGroup] = None
+        self._wrapped: set = set()    # ids of modules whose compiled call we wrapped
         self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
 
     # -- set-up --------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ class ModuleTracker:
         return self._register_root(model)[1]
 
     def install(self, handles: HandleGroup) -> None:
+        self._handles = handles
         reg = nn.modules.module
         handles.add(reg.register_module_forward_pre_hook(self._pre_hook))
         handles.add(reg.register_module_forward_hook(self._post_hook, always_call=True))
@@ -173,6 +176,7 @@ class ModuleTracker:
         compiled = compiled_parts(module)
         if compiled:
             self.compiled[label] = compiled
+            self._wrap_compiled_calls(module)
         if inner is not module:
             # DistributedDataParallel / DataParallel: the user's model is .module. Name that
             # one as the model (no "module." prefixes); the wrapper is a box around it.
@@ -187,6 +191,41 @@ class ModuleTracker:
         self.models[label] = module
         self._name_tree(label, module)
         return self._names[id(module)]
+
+    def _wrap_compiled_calls(self, root: nn.Module) -> None:
+        """``module.compile()`` compiles the whole ``_call_impl``, global hooks included, so
+        our hooks never see that module's calls. Its ``_compiled_call_impl`` runs eagerly:
+        wrap it (an instance attribute, put back when the session ends) so the call is seen
+        from outside, as a call of a compiled region."""
+        if self._handles is None:
+            return
+        for module in root.modules():
+            original = module.__dict__.get("_compiled_call_impl")
+            if original is None or id(module) in self._wrapped:
+                continue
+            self._wrapped.add(id(module))
+            module._compiled_call_impl = self._compiled_call(module, original)
+
+            def undo(module: nn.Module = module, original: Any = original) -> None:
+                wrapper = module.__dict__.get("_compiled_call_impl")
+                if getattr(wrapper, "__gradscope_wraps__", None) is original:
+                    module._compiled_call_impl = original
+            self._handles.on_remove(undo)
+
+    def _compiled_call(self, module: nn.Module, original: Callable) -> Callable:
+        tracker = self
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            tracker._pre_hook(module, args)
+            try:
+                out = original(*args, **kwargs)
+            except BaseException:
+                tracker._post_hook(module, args, None)
+                raise
+            tracker._post_hook(module, args, out)
+            return out
+        call.__gradscope_wraps__ = original  # type: ignore[attr-defined]
+        return call
 
     def _name_tree(self, label: str, module: nn.Module) -> None:
         for name, sub in module.named_modules(remove_duplicate=True):
