@@ -137,6 +137,15 @@ def chain_walk(n, reps=1):
     return out
 
 
+def table_row(name, row):
+    """One markdown row: times and their ratio to plain forward+backward."""
+    cells = [row[k] if k in row else "not installed"
+             for k in ("gradscope.trace", "without op watch", "torchviz make_dot",
+                       "torchlens trace")]
+    return (f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
+            + " | ".join(fmt(c, row["plain"]) for c in cells) + " |")
+
+
 def fmt(v, base):
     if isinstance(v, str):
         return v
@@ -170,12 +179,7 @@ def main():
              "|---|---|---|---|---|---|---|"]
     for name, model, x in configs:
         row = bench(name, model, x, reps)
-        viz = row.get("torchviz make_dot", "not installed")
-        lens = row.get("torchlens trace", "not installed")
-        lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
-                     f"{fmt(row['gradscope.trace'], row['plain'])} | "
-                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} | "
-                     f"{fmt(lens, row['plain'])} |")
+        lines.append(table_row(name, row))
         print(lines[-1], flush=True)
     n = 200_000 if args.quick else 1_000_000
     walk = chain_walk(n)
@@ -210,12 +214,7 @@ def gpu_main(args, reps):
         AMP.clear()
         AMP.update({"device_type": "cuda", "dtype": amp, "enabled": amp is not None})
         row = bench(name, model.to(dev), x.to(dev), reps)
-        viz = row.get("torchviz make_dot", "not installed")
-        lens = row.get("torchlens trace", "not installed")
-        lines.append(f"| {name} | {row['nodes']:,} | {row['plain'] * 1000:.1f} ms | "
-                     f"{fmt(row['gradscope.trace'], row['plain'])} | "
-                     f"{fmt(row['without op watch'], row['plain'])} | {fmt(viz, row['plain'])} | "
-                     f"{fmt(lens, row['plain'])} |")
+        lines.append(table_row(name, row))
         print(lines[-1], flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -14,7 +14,7 @@ from .errors import GradscopeError, InputError, TracedProgramError
 from .graph import Graph
 from .report import Report
 from .tracedata import Trace
-from .tracing.capture import Capture
+from .tracing.capture import Capture, buffer_copies
 from .tracing.gradients import fused_norms
 from .tracing.handles import ours
 from .tracing.modules import unwrap
@@ -145,8 +145,7 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         modes = [(m, m.training) for m in model.modules()]
         params = list(dict.fromkeys(model.parameters()))
         grads = [p.grad for p in params]
-        buffers = [(b, b.detach().clone()) for b in model.buffers()
-                   if not isinstance(b, nn.parameter.UninitializedTensorMixin)]  # lazy norms
+        buffers = buffer_copies([model])
         devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
         for p in params:
             p.grad = None  # our backward starts from clean gradients; the user's come back after

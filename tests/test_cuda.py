@@ -107,19 +107,8 @@ def test_watch_syncs_at_most_once_per_optimizer_step():
         model(x).square().mean().backward()
         opt.step()
 
-    step()  # warm-up outside the count (lazy CUDA init, cuBLAS handles)
-    torch.cuda.synchronize()
-    steps = 5
-    with warnings.catch_warnings(record=True) as plain:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            for _ in range(steps):
-                step()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-    with gradscope.watch(model, opt) as scope:
-        with warnings.catch_warnings(record=True) as watched:
+    def synchronisations(steps):
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
@@ -127,8 +116,15 @@ def test_watch_syncs_at_most_once_per_optimizer_step():
                     step()
             finally:
                 torch.cuda.set_sync_debug_mode(0)
-    extra = len([w for w in watched if "synchroniz" in str(w.message)]) - \
-        len([w for w in plain if "synchroniz" in str(w.message)])
+        return len([w for w in caught if "synchroniz" in str(w.message)])
+
+    step()  # warm-up outside the count (lazy CUDA init, cuBLAS handles)
+    torch.cuda.synchronize()
+    steps = 5
+    plain = synchronisations(steps)
+    with gradscope.watch(model, opt) as scope:
+        watched = synchronisations(steps)
+    extra = watched - plain
     assert extra <= steps, f"{extra} synchronisations added over {steps} steps"
     assert scope.report().trace.optimizer_steps == steps
 

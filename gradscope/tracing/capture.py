@@ -167,6 +167,13 @@ def _uninitialized(p: torch.Tensor) -> bool:
     return isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
 
 
+def buffer_copies(models: Iterable[torch.nn.Module]) -> list:
+    """``(buffer, copy)`` for every buffer of ``models`` that has values (not lazy, not meta),
+    to put running statistics back after work of ours moved them."""
+    return [(b, b.detach().clone()) for model in models for b in model.buffers()
+            if not _uninitialized(b) and b.device.type != "meta"]
+
+
 def _batch_rows(stats: dict) -> list:
     return [{"batch": b, "per_channel": v, "calls": n} for (b, v), n in sorted(stats.items())]
 
@@ -340,7 +347,7 @@ class Capture:
                                 param_storage_keys=storages,
                                 describe_leaf=lambda t: self._describe_leaf(t, names))
         walker.forwards = lambda: self.tracker.replayed
-        buffers = self._buffer_snapshot()
+        buffers = buffer_copies(m for m in self.tracker.models.values() if m is not None)
         self.tracker.paused = True
         try:
             graph = walker.walk(roots)
@@ -374,18 +381,6 @@ class Capture:
                 if self.nonfinite is None:
                     self.tracker.record_ranges = False  # later graphs are not drawn
         return graph
-
-    def _buffer_snapshot(self) -> list:
-        """Copies of the models' buffers (running statistics are small), taken before a walk."""
-        out = []
-        for model in self.tracker.models.values():
-            if model is None:
-                continue
-            for b in model.buffers():
-                if not isinstance(b, torch.nn.parameter.UninitializedTensorMixin) \
-                        and b.device.type != "meta":
-                    out.append((b, b.detach().clone()))
-        return out
 
     def _describe_leaf(self, tensor: Any, names: dict) -> dict:
         ref = weakref.ref(tensor)  # to ask the optimizers about it at the end, without keeping it

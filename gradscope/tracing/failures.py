@@ -213,21 +213,23 @@ def _walk_stale(roots: list, attribution: Any, producer: Optional[str]) -> list:
 
 
 def _stale_row(fn: Any, attr: str, attribution: Any) -> dict:
-    seq = _seq(fn)
+    seq = sequence_nr(fn)
     owner = attribution(seq) if attribution is not None and seq is not None else None
-    inputs = [(type(n).__name__, _seq(n)) for n, _ in getattr(fn, "next_functions", ())
+    inputs = [(type(n).__name__, sequence_nr(n)) for n, _ in getattr(fn, "next_functions", ())
               if n is not None]
     return {"op": type(fn).__name__, "saved": attr[len("_saved_"):], "seq": seq,
             "model": owner[0] if owner else None, "module": owner[1] if owner else None,
             "inputs": inputs}
 
 
-def _seq(fn: Any) -> Optional[int]:
+def sequence_nr(fn: Any) -> Optional[int]:
+    """An autograd node's sequence number (forward order), or None (no node, no number, or
+    AccumulateGrad's UINT64_MAX)."""
     try:
         seq = fn._sequence_nr()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - None, or a node type without one
         return None
-    return seq if seq < 2 ** 62 else None  # AccumulateGrad: UINT64_MAX, no forward order
+    return seq if seq < 2 ** 62 else None
 
 
 def culprit(detail: dict, stale: list, records: list) -> Optional[dict]:

@@ -69,12 +69,11 @@ def hook_of_ours(fn: Callable) -> Callable:
     ``is_compiling()`` is a constant to the compiler, so the compiled graph holds none of our
     Python and no graph break: compiled regions are simply not watched (the report says so).
     """
-    quiet = ours(fn)
-
     @functools.wraps(fn)
     def hook(*args: Any, **kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
             return None
-        return quiet(*args, **kwargs)
+        with torch._C.DisableTorchFunction():
+            return fn(*args, **kwargs)
     return hook
 

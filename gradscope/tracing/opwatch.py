@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .failures import sequence_nr
 from .locations import display_path, user_frame, user_location
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
@@ -53,13 +54,6 @@ def _nbytes(t: torch.Tensor) -> int:
         return 0
 
 
-def _seq(fn: Any) -> Optional[int]:
-    try:
-        return fn._sequence_nr() if fn is not None else None
-    except Exception:  # noqa: BLE001
-        return None
-
-
 class OpWatch(TorchFunctionMode):
     """Records device copies inside forwards and in-place ops; ``tracker`` says which module
     is running. Every record is plain data."""
@@ -67,8 +61,7 @@ class OpWatch(TorchFunctionMode):
     def __init__(self, tracker: Any) -> None:
         super().__init__()
         self.tracker = tracker
-        self.transfers: dict = {}        # key -> record
-        self.dropped_transfers = 0
+        self.transfers: dict = {}        # key -> record (at most MAX_TRANSFER_KEYS)
         self.inplace: collections.deque = collections.deque(maxlen=MAX_INPLACE)
         self.errors: list = []
         self.loss_sites: dict = {}       # (loss function, file:line) -> calls
@@ -151,7 +144,6 @@ class OpWatch(TorchFunctionMode):
         rec = self.transfers.get(key)
         if rec is None:
             if len(self.transfers) >= MAX_TRANSFER_KEYS:
-                self.dropped_transfers += 1
                 return
             rec = self.transfers[key] = {
                 "model": model, "module": module, "op": name, "src": src, "dst": dst,
@@ -182,7 +174,7 @@ class OpWatch(TorchFunctionMode):
         producers = []
         node = t
         while node is not None:  # the tensor and the bases it is a view of share one version
-            seq = _seq(node.grad_fn)
+            seq = sequence_nr(node.grad_fn)
             if seq is not None:
                 producers.append(seq)
             node = node._base
