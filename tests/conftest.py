@@ -1,6 +1,7 @@
 import os
 import shutil
 import sys
+import warnings
 
 import pytest
 import torch
@@ -56,8 +57,12 @@ def no_leaks():
     backward, grad = torch.autograd.backward, torch.autograd.grad
     zero = (torch.optim.Optimizer.__dict__["zero_grad"], torch.nn.Module.__dict__["zero_grad"])
     modes = list(_get_current_function_mode_stack())
+    show = warnings._showwarnmsg
     yield
     assert list(_get_current_function_mode_stack()) == modes  # our op watcher is gone
+    assert warnings._showwarnmsg is show  # and its warning relocation
+    assert not [f for f in warnings.filters if "gradscope" in str(getattr(f[3], "pattern", f[3]))
+                or "global hooks" in str(getattr(f[1], "pattern", f[1]))]
     assert global_hook_counts() == before
     assert torch.autograd.backward is backward
     assert torch.autograd.grad is grad

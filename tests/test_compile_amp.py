@@ -40,6 +40,29 @@ def test_compiled_model_traces_as_one_node_and_says_so(no_leaks):
     assert report.findings == []
 
 
+def test_torchs_warning_about_global_hooks_is_ours_to_hide_only_when_the_hooks_are_ours(no_leaks):
+    """torch warns on each call of a compiled module while global module hooks exist. When
+    gradscope's are the only ones the warning is noise about gradscope; when the program has its
+    own, the program sees it as it would without gradscope."""
+    import warnings
+    compiled = torch.compile(Net(), backend="aot_eager")
+    x = torch.randn(8, 16)
+
+    def hook_warnings(run):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+        return [w for w in caught if "global hooks" in str(w.message)]
+
+    assert hook_warnings(lambda: gradscope.trace(compiled, x)) == []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert hook_warnings(lambda: compiled(x))  # the program's own hook: torch warns
+        assert hook_warnings(lambda: gradscope.trace(compiled, x))  # and still does
+    finally:
+        handle.remove()
+
+
 def test_compiled_submodule_and_watch_training_is_unchanged(no_leaks):
     def train(watch):
         torch.manual_seed(0)

@@ -160,6 +160,64 @@ def test_exception_inside_a_users_backward(no_leaks):
     assert scope.report().trace.run["status"] == "error" and model.training
 
 
+WARNING_SCRIPT = """
+import warnings
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x, y):
+        out = self.fc(x)
+        return F.mse_loss(out, y)          # broadcasting warning, inside a module
+
+
+x = torch.randn(2, 3, 4, requires_grad=True)
+copy = torch.tensor(x)                 # a warning raised in C++
+for _ in range(3):
+    F.softmax(x)                       # a Python-level warning: shown once for this line
+F.softmax(x)                           # ... and once for this one
+loss = Net()(torch.randn(2, 4), torch.randn(2, 1))
+loss.backward()
+warnings.simplefilter("error")
+try:
+    F.softmax(x)
+except UserWarning as e:
+    print("raised at", e.__traceback__.tb_lineno)
+"""
+
+
+def test_warnings_keep_the_users_location_and_filters(tmp_path):
+    """Under the op watch torch calls the user's functions from gradscope's frame: the warnings
+    must still name the user's lines, repeat as often, and obey the user's filters."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    script = tmp_path / "warns.py"
+    script.write_text(WARNING_SCRIPT)
+
+    def run(*cmd):
+        out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=REPO)
+        lines = [line for line in out.stderr.splitlines()
+                 if "Warning:" in line and "NumPy" not in line]
+        return out.returncode, lines, [line for line in out.stdout.splitlines()
+                                       if line.startswith("raised")]
+
+    plain = run(str(script))
+    traced = run("-m", "gradscope", "trace", str(script), "--json", str(tmp_path / "t.json"),
+                 "-q")
+    assert plain[0] == 0 and traced[0] == 0
+    assert len(plain[1]) == 4 and all(line.startswith(str(script)) for line in plain[1])
+    assert traced[1] == plain[1]
+    assert traced[2] == plain[2] and plain[2]
+
+
 # -- no retention ------------------------------------------------------------------------------
 def test_model_optimizer_inputs_and_graph_are_collectable_after_a_session():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))

@@ -26,6 +26,7 @@ from .gradients import GradientRecorder
 from .modules import ModuleTracker, init_typo
 from .nonfinite import NonfiniteFinder
 from .opwatch import OpWatch
+from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
 
@@ -230,6 +231,9 @@ class Capture:
         self.state = "open"
         try:
             self.tracker.on_root_call = self._on_root_call
+            quiet = CompileHookWarningFilter()
+            quiet.install()  # before our hooks exist: it looks for the program's own
+            self.handles.on_remove(quiet.remove)
             self.tracker.install(self.handles)
             self.registrations.install(self.handles)
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
@@ -240,6 +244,10 @@ class Capture:
             if self.opwatch is not None:
                 self.opwatch.__enter__()
                 self.handles.on_remove(self._leave_opwatch)
+                relocator = WarningRelocator(OpWatch.__module__,
+                                             OpWatch.__torch_function__.__code__.co_filename)
+                relocator.install()
+                self.handles.on_remove(relocator.remove)
         except BaseException:
             self.close()
             raise
