@@ -231,6 +231,7 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
                   leaves=capture.leaves, accumulation=gradients.pop("accumulation"),
                   gradients=gradients, transfers=snap.get("transfers") or [],
                   loss_sites=snap.get("loss_sites") or [],
+                  broadcasts=snap.get("broadcasts") or [],
                   failure=capture.failure or {}, torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location

@@ -38,6 +38,7 @@ class Trace:
     ranks: list = dataclasses.field(default_factory=list)        # merged distributed runs
     transfers: list = dataclasses.field(default_factory=list)    # device copies in forwards
     loss_sites: list = dataclasses.field(default_factory=list)   # where losses were called
+    broadcasts: list = dataclasses.field(default_factory=list)   # prediction/target mismatches
     failure: dict = dataclasses.field(default_factory=dict)      # the run's error, explained
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
@@ -68,6 +69,7 @@ class Trace:
             "ranks": list(self.ranks),
             "transfers": list(self.transfers),
             "loss_sites": list(self.loss_sites),
+            "broadcasts": list(self.broadcasts),
             "failure": dict(self.failure),
         }
         if with_graph:
@@ -100,7 +102,7 @@ class Trace:
             gradients=dict(d.get("gradients", {})),
             ranks=list(d.get("ranks", [])),
             transfers=list(d.get("transfers", [])), failure=dict(d.get("failure") or {}),
-            loss_sites=list(d.get("loss_sites", [])),
+            loss_sites=list(d.get("loss_sites", [])), broadcasts=list(d.get("broadcasts", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

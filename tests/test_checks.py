@@ -17,7 +17,7 @@ IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregis
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
        "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
-       "double-softmax", "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
+       "double-softmax", "loss-broadcast", "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
        "bias-before-norm", "batchnorm-small-batch"]
 
 
@@ -160,7 +160,28 @@ def test_tied_weights_unit():
     assert f.severity == "info" and f.nodes == ["n2"] and f.data["uses"] == 2
     trace.parameters[0]["aliases"] = []
     [f] = run_checks(trace, _check("tied-weights"))
-    assert "used at 2 places" in f.message
+    assert "used at up to 2 places" in f.message
+
+
+def test_tied_weights_groups_uses_by_module_and_names_a_model_run_twice():
+    """A model called twice before one backward uses every parameter twice: one finding for the
+    model, not one per parameter; a layer applied twice is one finding for that layer."""
+    nodes = [Node("n0", "AddBackward0", "", "m")]
+    edges = []
+    params = []
+    for i, name in enumerate(["a.weight", "a.bias", "b.weight", "b.bias"]):
+        nodes.append(Node(f"p{i}", "AccumulateGrad", name.split(".")[0], "m", param=name,
+                          leaf="parameter"))
+        edges += [Edge(f"p{i}", "n0"), Edge(f"p{i}", "n0")]
+        params.append(_param(name))
+    trace = Trace(graph=Graph(nodes, edges, ["n0"]), parameters=params)
+    [f] = run_checks(trace, _check("tied-weights"))
+    assert f.data["whole_model"] and f.data["uses"] == 2 and len(f.nodes) == 4
+    assert "ran 2 times" in f.message
+    trace.graph.edges = [e for e in edges if e.src in ("p0", "p1")] + [Edge("p2", "n0"),
+                                                                      Edge("p3", "n0")]
+    [f] = run_checks(trace, _check("tied-weights"))  # only layer a is shared: one finding
+    assert f.data["names"] == ["a.weight", "a.bias"] and f.module == "m.a"
 
 
 # -- real models: no false alarms at warning or above -----------------------------------------

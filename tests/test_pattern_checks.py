@@ -477,3 +477,44 @@ def test_batch_statistics_without_running_stats_in_eval_and_lazy_norms():
     lazy = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.LazyBatchNorm2d())
     report = gradscope.trace(lazy, torch.randn(16, 3, 8, 8))  # no crash on the lazy buffers
     assert report.findings == []
+
+
+# -- loss-broadcast ------------------------------------------------------------------------------
+def test_loss_broadcast_unit():
+    only = _only("loss-broadcast")
+    assert run_checks(Trace(), only) == []
+    pairs = {"op": "mse_loss", "location": "t.py:9", "prediction": [8, 1], "target": [8],
+             "result": [8, 8], "model": None, "module": None, "calls": 4}
+    spread = {"op": "l1_loss", "location": "t.py:12", "prediction": [8, 3], "target": [8, 1],
+              "result": [8, 3], "model": "model", "module": "head", "calls": 1}
+    found = run_checks(Trace(broadcasts=[pairs, spread]), only)
+    by_op = {f.data["op"]: f for f in found}
+    assert by_op["mse_loss"].severity == "error" and "(8, 8)" in by_op["mse_loss"].message
+    assert "pred.squeeze(-1)" in by_op["mse_loss"].hint and by_op["mse_loss"].module is None
+    assert by_op["l1_loss"].severity == "warning" and by_op["l1_loss"].module == "model.head"
+    assert "target is broadcast to (8, 3)" in by_op["l1_loss"].message
+
+
+def test_loss_broadcast_sees_each_form_and_spares_deliberate_pairs(tmp_path, no_leaks):
+    path = _script(tmp_path, """
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        model = nn.Linear(4, 1)
+        x, y = torch.randn(6, 4), torch.randn(6)
+        pred = model(x)                                      # (6, 1)
+        a = F.smooth_l1_loss(pred, y)                        # line 9: F-function form
+        b = (y - pred).abs().mean()                          # line 10: reversed subtraction
+        c = torch.sub(pred, y).pow(2).mean()                 # line 11: torch.sub
+        pairs = (pred - pred.squeeze(-1)).mean()             # both need grad: deliberate
+        ok = F.mse_loss(pred.squeeze(-1), y) + (pred.squeeze(-1) - y).abs().mean()
+        with torch.no_grad():
+            metric = (model(x) - y).abs().mean()             # no gradient: not a loss
+        (a + b + c + pairs + ok).backward()
+    """)
+    report = trace_script(path).report
+    found = {(f.location.rsplit(":", 1)[-1], f.data["op"])
+             for f in report.findings if f.check == "loss-broadcast"}
+    assert found == {("9", "smooth_l1_loss"), ("10", "sub"), ("11", "sub")}
+    assert all(r["result"] == [6, 6] for r in report.trace.broadcasts)

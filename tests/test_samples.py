@@ -260,7 +260,24 @@ def expect_batchnorm_ok(d):
     assert bn["batch_stats"] == [{"batch": 32, "per_channel": 32 * 16 * 16, "calls": 2}]
 
 
+def expect_regression_shape_mismatch(d):
+    found = [f for f in d["findings"] if f["check"] == "loss-broadcast"]
+    assert sorted((f["location"].rsplit("/", 1)[-1], f["data"]["op"], f["data"]["calls"])
+                  for f in found) == [("regression_shape_mismatch.py:28", "mse_loss", 3),
+                                      ("regression_shape_mismatch.py:33", "sub", 2)]
+    assert all(f["data"]["prediction"] == [64, 1] and f["data"]["target"] == [64]
+               and f["data"]["result"] == [64, 64] for f in found)
+    assert all("squeeze(-1)" in f["hint"] and f["severity"] == "error" for f in found)
+
+
+def expect_regression_ok(d):
+    expect_nothing(d)
+    assert d["broadcasts"] == [] and d["backward_calls"] == 3
+
+
 EXPECT = {
+    "regression_shape_mismatch.py": expect_regression_shape_mismatch,
+    "regression_ok.py": expect_regression_ok,
     "device_mismatch.py": expect_device_mismatch,
     "device_attribute_not_moved.py": expect_device_attribute_not_moved,
     "device_buffer_registered.py": expect_nothing,

@@ -27,6 +27,7 @@ CHECK_MODULES = (
     "exploding_grad",
     "rank_divergence",
     "double_softmax",
+    "loss_broadcast",
     "builtin_sum",
     "device_copy",
     "device_mismatch",

@@ -1,9 +1,18 @@
-"""tied-weights: one Parameter under several names or used at several places (info)."""
+"""tied-weights: one Parameter under several names or used at several places (info).
+
+Several uses are reported once per module (a layer applied twice), or once per model when every
+parameter of it is used the same number of times (the whole model ran twice before one
+backward: siamese inputs, two views of a batch), not once per parameter."""
 from __future__ import annotations
 
 from ..findings import Finding
 from ..graph import module_path
+from ._common import names_list
 from .registry import Check
+
+_HINT_TIE = ("Nothing to fix if intended. When saving, load_state_dict restores the tie only if "
+             "the model re-ties in __init__.")
+_HINT_USES = "Nothing to fix if intended."
 
 
 def run(trace) -> list:
@@ -12,23 +21,49 @@ def run(trace) -> list:
     for e in trace.graph.edges:
         uses[e.src] = uses.get(e.src, 0) + 1
     leaf_of = {(n.model, n.param): n.id for n in trace.graph.nodes if n.param}
+    shared: dict = {}   # model -> [(parameter, node, uses)] used more than once
+    in_graph: dict = {}  # model -> parameters with a node in the graph
     for p in trace.parameters:
         node = leaf_of.get((p["model"], p["name"]))
         n_uses = uses.get(node, 0) if node else 0
-        if not p.get("aliases") and n_uses <= 1:
+        if node:
+            in_graph[p["model"]] = in_graph.get(p["model"], 0) + 1
+        if p.get("aliases"):
+            names = [p["name"]] + list(p["aliases"])
+            out.append(Finding(
+                "tied-weights", "info",
+                f"{' = '.join(names)} are one tensor (tied weights) in {p['model']}; the "
+                "gradients of all uses are summed into one .grad before the optimizer step.",
+                hint=_HINT_TIE, module=module_path(p["model"], p["module"]),
+                nodes=[node] if node else [], data={"names": names, "uses": n_uses}))
+        elif n_uses > 1:
+            shared.setdefault(p["model"], []).append((p, node, n_uses))
+    for model, rows in shared.items():
+        counts = {n for _, _, n in rows}
+        if len(rows) == in_graph.get(model) and len(rows) > 1 and len(counts) == 1:
+            k = counts.pop()
+            out.append(Finding(
+                "tied-weights", "info",
+                f"Every parameter of {model} ({len(rows)}) is used {k} times in the graph: "
+                f"the model ran {k} times before one backward, and each .grad is the sum "
+                f"over the {k} runs.",
+                hint=_HINT_USES, module=model, nodes=[node for _, node, _ in rows][:50],
+                data={"names": [p["name"] for p, _, _ in rows], "uses": k, "whole_model": True}))
             continue
-        names = [p["name"]] + list(p.get("aliases", []))
-        what = (f"{' = '.join(names)} are one tensor (tied weights)" if len(names) > 1
-                else f"{p['name']} is used at {n_uses} places in the graph (a shared module)")
-        out.append(Finding(
-            "tied-weights", "info",
-            f"{what} in {p['model']}; the gradients of all uses are summed into one .grad "
-            "before the optimizer step.",
-            hint="Nothing to fix if intended. When saving, load_state_dict restores the tie only "
-                 "if the model re-ties in __init__.",
-            module=module_path(p["model"], p["module"]),
-            nodes=[node] if node else [],
-            data={"names": names, "uses": n_uses}))
+        by_module: dict = {}
+        for p, node, n in rows:
+            by_module.setdefault(p["module"], []).append((p, node, n))
+        for module, group in by_module.items():
+            names = [p["name"] for p, _, _ in group]
+            most = max(n for _, _, n in group)
+            out.append(Finding(
+                "tied-weights", "info",
+                f"{names_list(names, 4)} {'is' if len(names) == 1 else 'are'} used at up to "
+                f"{most} places in the graph (a shared module) in {model}; the gradients of "
+                "all uses are summed into one .grad before the optimizer step.",
+                hint=_HINT_USES, module=module_path(model, module),
+                nodes=[node for _, node, _ in group],
+                data={"names": names, "uses": most}))
     return out
 
 

@@ -38,6 +38,13 @@ _NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream
 # Losses that apply (log-)softmax or sigmoid themselves: where they are called (double-softmax).
 _LOSSES = {"cross_entropy", "binary_cross_entropy_with_logits"}
 MAX_LOSS_SITES = 50
+# Losses that compare a prediction with a target element by element: different shapes are
+# broadcast against each other (torch only warns, for some), which is almost never meant.
+_SHAPE_LOSSES = {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "soft_margin_loss",
+                 "poisson_nll_loss", "kl_div"}
+# The hand-written form, ((pred - y) ** 2).mean(): (N, 1) - (N,) is an (N, N) matrix.
+_SUBTRACTIONS = {"sub", "__sub__", "__rsub__", "rsub", "subtract"}
+MAX_BROADCASTS = 50
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
@@ -65,6 +72,7 @@ class OpWatch(TorchFunctionMode):
         self.inplace: collections.deque = collections.deque(maxlen=MAX_INPLACE)
         self.errors: list = []
         self.loss_sites: dict = {}       # (loss function, file:line) -> calls
+        self.broadcasts: dict = {}       # (op, file:line, shapes) -> record
         self._active = True
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
@@ -86,12 +94,54 @@ class OpWatch(TorchFunctionMode):
             self._guarded(name, self._note_transfer, name, args, kwargs, result)
         elif name in _LOSSES:
             self._guarded(name, self._note_loss, name)
+        elif name in _SUBTRACTIONS or name in _SHAPE_LOSSES:
+            self._guarded(name, self._note_broadcast, name, args, kwargs, result)
         return result
 
     def _note_loss(self, name: str) -> None:
         key = (name, user_location())
         if key in self.loss_sites or len(self.loss_sites) < MAX_LOSS_SITES:
             self.loss_sites[key] = self.loss_sites.get(key, 0) + 1
+
+    def _note_broadcast(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:
+        if name in _SHAPE_LOSSES:
+            pred = args[0] if args else kwargs.get("input")
+            target = args[1] if len(args) > 1 else kwargs.get("target")
+            if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor) \
+                    or pred.shape == target.shape:
+                return
+            try:
+                shape = torch.broadcast_shapes(pred.shape, target.shape)
+            except RuntimeError:
+                return  # torch raises about it itself
+        else:
+            a = args[0] if args else None
+            b = args[1] if len(args) > 1 else kwargs.get("other")
+            if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) \
+                    or a.requires_grad == b.requires_grad or not isinstance(result, torch.Tensor):
+                return  # pairwise differences of one tensor with itself are deliberate
+            pred, target = (a, b) if a.requires_grad else (b, a)
+            column, flat = (pred, target) if pred.dim() == 2 else (target, pred)
+            if not (column.dim() == 2 and flat.dim() == 1 and column.shape[1] == 1
+                    and column.shape[0] == flat.shape[0] > 1):
+                return  # only the (N, 1) against (N,) mistake: an N x N matrix
+            shape = result.shape
+        location = user_location()
+        key = (name, location, tuple(pred.shape), tuple(target.shape))
+        rec = self.broadcasts.get(key)
+        if rec is None:
+            if len(self.broadcasts) >= MAX_BROADCASTS:
+                return
+            current = self.tracker.current() if self.tracker is not None else None
+            rec = self.broadcasts[key] = {
+                "op": name, "location": location, "prediction": list(pred.shape),
+                "target": list(target.shape), "result": list(shape),
+                "model": current[0] if current else None,
+                "module": current[1] if current else None, "calls": 0}
+        rec["calls"] += 1
+
+    def broadcast_records(self) -> list:
+        return [dict(rec) for rec in self.broadcasts.values()]
 
     def loss_site_records(self) -> list:
         return [{"op": op, "location": loc, "calls": n}
