@@ -146,3 +146,51 @@ def test_autocast_bf16_and_grad_scaler_on_cuda():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         report = gradscope.trace(model, x, loss_fn=lambda out: out.float().mean())
     assert "bfloat16" in {n.dtype for n in report.graph.nodes if n.op == "AddmmBackward0"}
+
+
+def test_ddp_over_nccl(tmp_path):
+    """Issue 8 on GPUs: the NCCL backend, one rank per GPU (NCCL refuses two ranks on one GPU,
+    so a one-GPU machine runs a world of one), through the same launcher and merge as gloo."""
+    import json
+
+    from click.testing import CliRunner
+
+    from gradscope_cli.main import main
+    ranks = min(2, torch.cuda.device_count())
+    path = _script(tmp_path, """
+        import os
+        import torch
+        import torch.distributed as dist
+        from torch import nn
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        dist.init_process_group("nccl")
+        rank = dist.get_rank()
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        torch.manual_seed(0)
+        model = DDP(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).to(device),
+                    device_ids=[device.index])
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        gen = torch.Generator().manual_seed(100 + rank)
+        for step in range(3):
+            opt.zero_grad()
+            x = torch.randn(8, 10, generator=gen).to(device)
+            y = torch.randint(0, 3, (8,), generator=gen).to(device)
+            with model.no_sync():
+                nn.functional.cross_entropy(model(x), y).backward()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        dist.destroy_process_group()
+    """)
+    out = tmp_path / "rep"
+    result = CliRunner().invoke(main, ["trace", "--nproc-per-node", str(ranks), path, "--out",
+                                       str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    with open(out / "trace.json") as f:
+        d = json.load(f)
+    assert d["run"]["world_size"] == ranks and d["run"]["ranks_reported"] == list(range(ranks))
+    assert {(f["check"], f["severity"]) for f in d["findings"]} == {("grad-accumulation", "info")}
+    assert all(p["device"] == "cuda:0" and not p["name"].startswith("module.")
+               for p in d["parameters"])
+    assert all(r["backward_calls"] == 6 and r["optimizer_steps"] == 3 for r in d["ranks"])
