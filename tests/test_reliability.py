@@ -218,6 +218,76 @@ def test_warnings_keep_the_users_location_and_filters(tmp_path):
     assert traced[2] == plain[2] and plain[2]
 
 
+class BufferOutsideCheckpoint(nn.Module):
+    """BERT's position_ids (an index buffer saved by the embedding's backward) and a BatchNorm
+    outside the checkpointed segment (its backward saves running_mean), one inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.register_buffer("position_ids", torch.arange(16).unsqueeze(0), persistent=False)
+        self.outer_bn = nn.BatchNorm1d(5)
+        self.inner = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(5), nn.ReLU())
+
+    def forward(self, x):
+        h = self.outer_bn(x + self.emb(self.position_ids[:, : x.shape[1]]))
+        return ckpt.checkpoint(self.inner, h, use_reentrant=False).sum()
+
+
+@pytest.mark.parametrize("how", ["plain", "watch", "trace"])
+def test_checkpoint_with_saved_buffers_outside_the_segment(how, tmp_path, no_leaks):
+    """The walk's checkpoint replay moves the inner BatchNorm's statistics and gradscope puts
+    them back; writing the other buffers too bumped their versions, and autograd then refused
+    the user's backward ("modified by an inplace operation")."""
+    def train():
+        torch.manual_seed(0)
+        model = BufferOutsideCheckpoint()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(2, 5, 8)
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).backward()
+            opt.step()
+        return model
+
+    if how == "trace":
+        from gradscope.runner import trace_script
+        path = tmp_path / "train.py"
+        path.write_text("import torch\n" + "from test_reliability import "
+                        "BufferOutsideCheckpoint as M\n" + """
+torch.manual_seed(0)
+model = M()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(2, 5, 8)
+for _ in range(3):
+    opt.zero_grad()
+    model(x).backward()
+    opt.step()
+torch.save(model.state_dict(), __file__ + ".pt")
+""")
+        outcome = trace_script(str(path))
+        assert outcome.error is None, outcome.error
+        assert outcome.report.findings_at_or_above("warning") == []
+        state = torch.load(str(path) + ".pt")
+    elif how == "watch":
+        torch.manual_seed(0)
+        model = BufferOutsideCheckpoint()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(2, 5, 8)
+        with gradscope.watch(model, opt) as scope:
+            for _ in range(3):
+                opt.zero_grad()
+                model(x).backward()
+                opt.step()
+        assert scope.report().findings_at_or_above("warning") == []
+        state = model.state_dict()
+    else:
+        state = train().state_dict()
+    reference = train().state_dict()
+    assert state.keys() == reference.keys()
+    assert all(torch.equal(state[k], reference[k]) for k in state)
+
+
 # -- no retention ------------------------------------------------------------------------------
 def test_model_optimizer_inputs_and_graph_are_collectable_after_a_session():
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))

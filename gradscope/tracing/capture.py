@@ -356,17 +356,24 @@ class Capture:
                                 describe_leaf=lambda t: self._describe_leaf(t, names))
         walker.forwards = lambda: self.tracker.replayed
         buffers = buffer_copies(m for m in self.tracker.models.values() if m is not None)
+        versions = [b._version for b, _ in buffers]
         self.tracker.paused = True
         try:
             graph = walker.walk(roots)
         finally:
             self.tracker.paused = False
         if walker.saved_incomplete:
-            # a saved-tensor read re-ran a checkpointed forward: put BatchNorm statistics (and
-            # any buffer it touched) back, so training is what it would have been without us
+            # A saved-tensor read re-ran a checkpointed forward: put the buffers it changed
+            # (BatchNorm statistics) back, so training is what it would have been without us.
+            # Only those, and through .data: a write to the buffer itself would move its
+            # version counter, and autograd would then refuse every node that saved it
+            # (BERT's position_ids, a BatchNorm's running_mean outside the segment). The
+            # values are compared: batch_norm updates running statistics inside its kernel,
+            # which moves no version counter.
             with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
+                for (b, saved), version in zip(buffers, versions):
+                    if b._version != version or not torch.equal(b, saved):
+                        b.data.copy_(saved)
         if walker.saved_incomplete and not any("checkpointed" in n for n in self.notes):
             self.notes.append(
                 "Saved-tensor memory is shown only up to the first checkpointed segment: "
