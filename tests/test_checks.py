@@ -4,6 +4,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+import torch.nn.functional as F
 
 import gradscope
 from gradscope.checks import all_checks, run_checks, select_checks
@@ -300,6 +301,50 @@ def test_mode_checks_units():
     # an eval-mode forward that no step follows (evaluation with grad, say) is not training
     trace.events = trace.events[:1]
     assert run_checks(trace, _check("eval-mode-train")) == []
+
+
+def test_mode_checks_spare_deliberate_recipes_and_count_every_module():
+    """Frozen BatchNorm while fine-tuning (model.train(), then the norms put in eval) and
+    Dropout(p=0) are not mistakes; a real one names the full number of modules."""
+    def net(p):
+        return nn.Sequential(*[m for _ in range(30) for m in (nn.Linear(4, 4), nn.Dropout(p))],
+                             nn.BatchNorm1d(4))
+
+    model = net(0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 4)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(2):
+            model.train()
+            model[-1].eval()  # the recipe: keep pretrained statistics
+            opt.zero_grad()
+            model(x).sum().backward()
+            opt.step()
+        with torch.no_grad():
+            net_zero = model  # evaluation without eval(): a real mistake
+            net_zero.train()
+            net_zero(x)
+    checks = {f.check: f for f in scope.report().findings}
+    assert "eval-mode-train" not in checks
+    assert "and 27 more" in checks["train-mode-eval"].message  # 31 modules, 4 named
+    zero = net(0.0)  # dropout that drops nothing, and BatchNorm in eval: nothing obeys .training
+    zero[-1].eval()
+    with gradscope.watch(zero) as scope:
+        with torch.no_grad():
+            zero(x)
+    assert [f.check for f in scope.report().findings] == []
+
+
+def test_double_softmax_ignores_a_sigmoid_target_of_bce_with_logits():
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    model = nn.ModuleDict({"a": a, "b": b})
+    x = torch.randn(16, 8)
+    with gradscope.watch(model) as scope:  # mutual learning: one head's probabilities as target
+        F.binary_cross_entropy_with_logits(a(x), torch.sigmoid(b(x))).backward()
+    assert scope.report().findings_at_or_above("warning") == []
+    with gradscope.watch(model) as scope:  # the mistake: a sigmoid on the input
+        F.binary_cross_entropy_with_logits(torch.sigmoid(a(x)), torch.rand(16, 4)).backward()
+    assert "double-softmax" in [f.check for f in scope.report().findings]
 
 
 def test_nonfinite_units():

@@ -15,9 +15,11 @@ def shape_str(shape: Optional[Iterable[int]]) -> str:
     return "x".join(str(d) for d in shape) if shape else "scalar"
 
 
-def names_list(names: list, limit: int = 6) -> str:
+def names_list(names: list, limit: int = 6, total: Optional[int] = None) -> str:
+    """``a, b, c and 4 more``; ``total`` when ``names`` is itself a cut of a longer list."""
+    total = max(total or 0, len(names))
     shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return shown + (f" and {total - min(limit, len(names))} more" if total > limit else "")
 
 
 def consumers(trace, node_ids: set) -> list:

@@ -15,10 +15,13 @@ class Adjacency:
             self.consumers.setdefault(src, []).append(dst)
         self.op = {n.id: n.op for n in graph.nodes}
 
-    def source_through_views(self, node_id: str, limit: int = 8) -> list:
+    def source_through_views(self, node_id: str, limit: int = 8, first: bool = False) -> list:
         """The non-view producers of ``node_id``'s inputs, looking through up to ``limit``
-        reshape/copy ops (views, transposes, clones, ...)."""
+        reshape/copy ops (views, transposes, clones, ...). ``first``: only the first input
+        that needs a gradient (edges keep autograd's input order)."""
         out, frontier = [], list(self.producers.get(node_id, []))
+        if first:
+            frontier = frontier[:1]
         for _ in range(limit):
             nxt = []
             for pid in frontier:

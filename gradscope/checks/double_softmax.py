@@ -31,7 +31,9 @@ def run(trace) -> list:
         if pair is None:
             continue
         bad_op, name, loss, _ = pair
-        for src in adj.source_through_views(n.id):
+        # BCE-with-logits' second input is the target: a sigmoid there (soft targets from
+        # another head, mutual learning) is correct; only the first input must be logits.
+        for src in adj.source_through_views(n.id, first=n.op.startswith("BinaryCross")):
             if adj.op.get(src) == bad_op:
                 act = trace.graph.node(src)
                 key = (act.module_path, n.module_path)

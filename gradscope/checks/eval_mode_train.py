@@ -27,7 +27,8 @@ def run(trace) -> list:
         out.append(Finding(
             "eval-mode-train", "warning",
             f"{len(pairs)} optimizer step(s) used gradients from forward passes of {model} in which "
-            f"{names_list([f'{model}.{m}' for m in modules], 4)} were in eval mode (first "
+            f"{names_list([f'{model}.{m}' for m in modules], 4, fwd.get('eval_mode_count'))} "
+            f"were in eval mode (first "
             f"forward at {fwd['location']}, step at {step['location']}): dropout is off and "
             "BatchNorm uses its running statistics, so the model trains differently from what "
             "you intended. Usually model.eval() was left on after an evaluation.",

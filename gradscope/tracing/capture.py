@@ -156,9 +156,12 @@ _PATCHES = _Patches()
 
 
 def _obeys_training(m: torch.nn.Module) -> bool:
-    """Modules whose forward depends on .training (dropout, batch norm, tracked instance norm)."""
+    """Modules whose forward depends on .training (dropout, batch norm, tracked instance norm).
+    Dropout with p=0 (common in LLM fine-tuning configs) is the identity in both modes."""
     nn = torch.nn.modules
-    if isinstance(m, (nn.dropout._DropoutNd, nn.batchnorm._BatchNorm)):
+    if isinstance(m, nn.dropout._DropoutNd):
+        return m.p > 0
+    if isinstance(m, nn.batchnorm._BatchNorm):
         return True
     return isinstance(m, nn.instancenorm._InstanceNorm) and m.track_running_stats
 
@@ -458,13 +461,18 @@ class Capture:
                 train_mode = [name for name, m in deps if m.training]
                 if train_mode:
                     event["train_mode"] = train_mode[:20]
+                    event["train_mode_count"] = len(train_mode)
                     event["bn_updated"] = any(
                         isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                         and m.training and m.track_running_stats for _, m in deps)
-            elif self._trainable.get(id(model)):  # a frozen loss network may run in eval mode
+            elif self._trainable.get(id(model)) and not model.training:
+                # A frozen loss network may run in eval mode; and a model in train mode with
+                # some layers put in eval on purpose (frozen BatchNorm when fine-tuning on small
+                # batches) is a recipe, not the forgotten model.train() this looks for.
                 eval_mode = [name for name, m in deps if not m.training]
                 if eval_mode:
                     event["eval_mode"] = eval_mode[:20]
+                    event["eval_mode_count"] = len(eval_mode)
             self._event("forward", **event)
         self._guard("a forward call", record)
 
