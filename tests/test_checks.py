@@ -347,6 +347,25 @@ def test_double_softmax_ignores_a_sigmoid_target_of_bce_with_logits():
     assert "double-softmax" in [f.check for f in scope.report().findings]
 
 
+def test_recurrent_weights_used_per_time_step_are_not_shared_modules():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 16, batch_first=True)
+            self.cell = nn.LSTMCell(16, 16)
+            self.head = nn.Linear(16, 2)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            h = c = torch.zeros(x.shape[0], 16)
+            for t in range(out.shape[1]):  # a cell unrolled by hand
+                h, c = self.cell(out[:, t], (h, c))
+            return self.head(h)
+
+    report = gradscope.trace(Net(), torch.randn(3, 6, 8))
+    assert [f.check for f in report.findings] == []
+
+
 def test_nonfinite_units():
     trace = Trace(accumulation=[_step(1, 1)],
                   gradients={"nonfinite_grads": [{"step": 1, "params": ["m.fc.weight"]}],

@@ -220,8 +220,8 @@ def test_inplace_on_weights_by_an_optimizer_step_under_watch():
 
 # -- bias-before-norm ----------------------------------------------------------------------------
 def _norm_trace(layer_op="ConvolutionBackward0", between=None, bias=True, trained=True,
-                bias_size=4):
-    nodes = [Node("n0", "NativeBatchNormBackward0", "bn", "m", shape=(8, 4, 5, 5))]
+                bias_size=4, norm_shape=(8, 4, 5, 5)):
+    nodes = [Node("n0", "NativeBatchNormBackward0", "bn", "m", shape=norm_shape)]
     edges = []
     layer = "n1"
     if between:
@@ -247,7 +247,13 @@ def test_bias_before_norm_unit():
     [f] = run_checks(_norm_trace(), only)
     assert (f.severity, f.module, f.data["pairs"]) == ("info", "m.conv", [["m.conv", "m.bn"]])
     assert set(f.nodes) == {"n0", "n1", "n3"}
-    [f] = run_checks(_norm_trace("AddmmBackward0", between="ViewBackward0"), only)  # Linear
+    [f] = run_checks(_norm_trace("AddmmBackward0", norm_shape=(8, 4)), only)  # Linear
+    [f] = run_checks(_norm_trace("AddmmBackward0", between="ViewBackward0",
+                                 norm_shape=(8, 4, 1)), only)
+    # a Linear on (N, L, C) before BatchNorm1d(L), L == C: the bias runs along C, inside
+    # each of the norm's channels, and is not cancelled
+    assert run_checks(_norm_trace("AddmmBackward0", between="ViewBackward0",
+                                  norm_shape=(8, 4, 4)), only) == []
     assert run_checks(_norm_trace(bias=False), only) == []
     assert run_checks(_norm_trace(between="ReluBackward0"), only) == []
     assert run_checks(_norm_trace(trained=False), only) == []  # a frozen, eval-mode norm

@@ -27,6 +27,12 @@ def run(trace) -> list:
             if not (layer.op or "").startswith(_LAYERS):
                 continue
             channels = n.shape[1] if n.shape and len(n.shape) >= 2 else None
+            if layer.op.startswith("AddmmBackward") and n.shape and \
+                    any(d != 1 for d in n.shape[2:]):
+                # A Linear's bias runs along its last dim; the norm's channels are dim 1. Only
+                # (N, C) (or (N, C, 1, ...)) lines them up: a Linear on (N, L, C) before
+                # BatchNorm1d(L) adds a bias that varies inside each norm channel.
+                continue
             # the bias must line up with the norm's channels: a Linear(16, 512) viewed as
             # (32, 4, 4) before BatchNorm2d(32) mixes channels, and its bias is not cancelled
             bias = [p for p in adj.producers.get(src, [])

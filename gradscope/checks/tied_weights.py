@@ -13,6 +13,13 @@ from .registry import Check
 _HINT_TIE = ("Nothing to fix if intended. When saving, load_state_dict restores the tie only if "
              "the model re-ties in __init__.")
 _HINT_USES = "Nothing to fix if intended."
+# nn.RNN/GRU/LSTM and their cells: the recurrent weights are used once per time step by design
+# (on CPU, and for packed sequences, the graph holds one node per step).
+_RECURRENT = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+
+def _recurrent(name: str) -> bool:
+    return name.rpartition(".")[2].startswith(_RECURRENT)
 
 
 def run(trace) -> list:
@@ -36,8 +43,10 @@ def run(trace) -> list:
                 "gradients of all uses are summed into one .grad before the optimizer step.",
                 hint=_HINT_TIE, module=module_path(p["model"], p["module"]),
                 nodes=[node] if node else [], data={"names": names, "uses": n_uses}))
-        elif n_uses > 1:
+        elif n_uses > 1 and not _recurrent(p["name"]):
             shared.setdefault(p["model"], []).append((p, node, n_uses))
+        elif n_uses > 1:
+            in_graph[p["model"]] -= 1  # not a sign that the whole model ran twice either
     for model, rows in shared.items():
         counts = {n for _, _, n in rows}
         if len(rows) == in_graph.get(model) and len(rows) > 1 and len(counts) == 1:
