@@ -72,6 +72,10 @@ def test_layer_in_forward_unit():
                                  has_parameters=False, location="net.py:9", parameters=None))
     [f] = run_checks(trace, _check("layer-in-forward"))
     assert f.severity == "info" and "ReLU" in f.message
+    # ... unless an installed library does it (transformers builds CrossEntropyLoss() so)
+    trace.modules[-1]["location"] = "/usr/lib/python3/dist-packages/transformers/bert.py:9"
+    assert run_checks(trace, _check("layer-in-forward")) == []
+    trace.modules[-1]["location"] = "net.py:9"
     trace.modules[-1]["rebuilt"] = False  # one shared object, called every time: fine
     assert run_checks(trace, _check("layer-in-forward")) == []
 
@@ -279,6 +283,12 @@ def test_missing_zero_grad_and_grad_accumulation_units():
     assert f.data["steps"] == [2, 3] and f.data["max_summed"] == 3
     assert "between step 1 (t.py:11) and the next backward (t.py:9)" in f.message
     assert "zero_grad() was called only at t.py:5" in f.message
+    assert f.module == "m"  # what holds every carried parameter, not the first one's module
+    trace.accumulation[1]["carried"] = ["m.bn1.weight", "m.layer1.0.conv1.weight"]
+    trace.accumulation[2]["carried"] = ["m.layer1.0.bn1.bias"]
+    assert run_checks(trace, _check("missing-zero-grad"))[0].module == "m"
+    trace.accumulation[1]["carried"] = ["m.layer1.0.conv1.weight", "m.layer1.1.conv1.weight"]
+    assert run_checks(trace, _check("missing-zero-grad"))[0].module == "m.layer1"
     assert run_checks(trace, _check("grad-accumulation")) == []
     # deliberate accumulation: 4 backward calls per step, reset each time
     trace = Trace(accumulation=[_step(k, 4, calls=4) for k in (1, 2, 3)])

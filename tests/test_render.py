@@ -115,6 +115,23 @@ def test_text_summary_lists_modules_and_findings_section():
     assert "findings: none" in clean.to_text()
 
 
+def test_text_summary_folds_weightless_models_of_one_type():
+    """``nn.CrossEntropyLoss()(out, y)`` in a loop makes a new object (a "model") per step."""
+    from gradscope.render.text import render_text
+    from gradscope.tracedata import Trace
+    models = [{"label": "net", "type": "Net", "parameters": 10}] + [
+        {"label": "CrossEntropyLoss" + (f"#{i}" if i > 1 else ""), "type": "CrossEntropyLoss",
+         "parameters": 0} for i in range(1, 31)] + [{"label": "mse", "type": "MSELoss",
+                                                    "parameters": 0}]
+    text = render_text(Trace(models=models))
+    model_lines = [line for line in text.splitlines() if line.startswith("  model")]
+    assert model_lines == [
+        "  model net: Net, 10 parameters",
+        "  models CrossEntropyLoss ... CrossEntropyLoss#30: 30 CrossEntropyLoss objects without "
+        "parameters",
+        "  model mse: MSELoss, 0 parameters"]
+
+
 def _gpt(layers=6):
     import sys
 

@@ -43,13 +43,14 @@ def run(trace) -> list:
         where = act_path or "code outside the model"
         site = _loss_site(trace, function)
         called = f" called at {site}" if site else ""
+        remove_from = "from the model's forward" if act_path else "before the loss"
         out.append(Finding(
             "double-softmax", "warning",
             f"The {name} output of {where} is fed to {loss} in {loss_path or 'the loss'}{called}: the "
             f"{name} is applied twice. The loss then sees squashed probabilities instead of "
             "logits, so gradients shrink and training stalls or converges to a worse model.",
-            hint=f"Remove the {name} from the model's forward and feed raw logits to the loss; "
-                 f"apply {name} only when you need probabilities (inference, metrics).",
+            hint=f"Remove the {name} {remove_from} and feed raw logits to the loss; apply "
+                 f"{name} only when you need probabilities (inference, metrics).",
             module=act_path, location=site, nodes=[act.id, loss_node.id],
             data={"activation": act.op, "loss_node": loss_node.op, "loss_module": loss_path,
                   "loss_call": site}))

@@ -66,6 +66,11 @@ def _init_typo(trace, c: dict):
     return None
 
 
+def _installed_package(location) -> bool:
+    path = (location or "").replace("\\", "/")
+    return "/site-packages/" in path or "/dist-packages/" in path
+
+
 def _parameter_free(trace) -> list:
     held = {(a["model"], a["module"]) for a in trace.attributes if a["kind"] == "container"}
     out = []
@@ -73,7 +78,8 @@ def _parameter_free(trace) -> list:
         if m["registered"] or m.get("has_parameters") or not m.get("rebuilt"):
             continue
         parent_name = m["name"].rsplit(".<", 1)[0] if ".<" in m["name"] else ""
-        if (m["model"], parent_name) in held:
+        if (m["model"], parent_name) in held or _installed_package(m.get("location")):
+            # Hugging Face models build CrossEntropyLoss() in forward: not the user's to fix
             continue
         out.append(Finding(
             "layer-in-forward", "info",

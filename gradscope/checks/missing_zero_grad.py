@@ -16,6 +16,21 @@ def _backward_after(trace, step_index: int):
     return None
 
 
+def _common_module(params: list):
+    """The innermost module holding all of ``params`` (the model when they span it): the
+    alphabetically first one's module would point the report at, say, ``model.bn1``."""
+    paths = [p.split(".")[:-1] for p in params]
+    if not paths:
+        return None
+    common = paths[0]
+    for path in paths[1:]:
+        n = 0
+        while n < min(len(common), len(path)) and common[n] == path[n]:
+            n += 1
+        common = common[:n]
+    return ".".join(common) or None
+
+
 def run(trace) -> list:
     bad = [s for s in trace.accumulation if s.get("carried")]
     if not bad:
@@ -26,7 +41,7 @@ def run(trace) -> list:
     params = sorted({p for s in bad for p in s["carried"]})
     between = (f"between step {prev['step']} ({prev['location']}) and the next backward "
                f"({_backward_after(trace, prev['step'])})") if prev else "before this step"
-    module = params[0].rsplit(".", 1)[0] if params else None
+    module = _common_module(params)
     sites = sorted({e["location"] for e in trace.events
                     if e.get("kind") == "zero_grad" and e.get("location")})
     where = (f" zero_grad() was called only at {', '.join(sites[:3])}." if sites else

@@ -61,6 +61,25 @@ def _accumulation_table(trace: Trace) -> list:
     return lines
 
 
+def _model_lines(models: list) -> list:
+    """One line per model; weightless ones of one type (``nn.CrossEntropyLoss()(out, y)``, a
+    new object every step) share a line."""
+    weightless: dict = {}
+    for m in models:
+        if not m.get("parameters"):
+            weightless.setdefault(m["type"], []).append(m["label"])
+    lines = []
+    for m in models:
+        group = weightless.get(m["type"], []) if not m.get("parameters") else []
+        if len(group) > 1:
+            if m["label"] == group[0]:
+                lines.append(f"  models {group[0]} ... {group[-1]}: {len(group)} {m['type']} "
+                             "objects without parameters")
+            continue
+        lines.append(f"  model {m['label']}: {m['type']}, {human_count(m['parameters'])} parameters")
+    return lines
+
+
 def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     run = trace.run
     s = trace.summary()
@@ -73,8 +92,7 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
                      f"{human_bytes(s['saved_bytes'])}")
     lines.append(f"  backward calls: {trace.backward_calls}   optimizer steps: "
                  f"{trace.optimizer_steps}")
-    for m in trace.models:
-        lines.append(f"  model {m['label']}: {m['type']}, {human_count(m['parameters'])} parameters")
+    lines += _model_lines(trace.models)
     rows = _module_rows(trace)
     if rows:
         lines.append("")
