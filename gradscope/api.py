@@ -218,6 +218,15 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
             "checks (zero_grad, accumulation, non-finite, vanishing/exploding, unused "
             "parameters) still see every parameter. Trace the model uncompiled for the full "
             "picture.")
+    segments = capture.graph is not None and sum(
+        n.op == "CheckpointFunctionBackward" for n in capture.graph.nodes)
+    if segments:
+        notes.append(
+            f"{segments} reentrant checkpoint segment(s) (torch.utils.checkpoint with "
+            "use_reentrant=True) appear as one CheckpointFunctionBackward node each: their ops, "
+            "shapes, saved tensors and parameters are rebuilt only inside backward, out of this "
+            "graph's sight, so the graph checks are blind there. Gradient checks still see every "
+            "parameter; use_reentrant=False (the recommended mode) shows the segments.")
     if capture.opwatch is not None and capture.opwatch.errors:
         capture.internal_errors.extend(capture.opwatch.errors)
     if capture.internal_errors:

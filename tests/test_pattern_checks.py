@@ -285,6 +285,11 @@ def test_batchnorm_small_batch_unit():
                                 world=4), only) == []
     assert run_checks(_bn_trace([{"batch": 8, "per_channel": 8, "calls": 1}], "BatchNorm1d",
                                 world=4), only) != []
+    # FILE.py:NAME: the batch is the --input shape, maybe not the training batch
+    trace = _bn_trace([{"batch": 2, "per_channel": 2, "calls": 1}])
+    trace.run["mode"] = "model"
+    [f] = run_checks(trace, only)
+    assert f.severity == "info" and "--input" in f.message and "--input" in f.hint
 
 
 def test_batchnorm_small_batch_fires_for_training_only():

@@ -47,13 +47,18 @@ def run(trace) -> list:
                    f"per channel (batch {worst['batch']}): the batch mean and variance are mostly "
                    "noise, and the running statistics used in eval drift away from them")
         some = "every call" if bad == total else f"{bad} of {total} calls"
+        # FILE.py:NAME runs the batch given with --input, not necessarily the training one
+        given = trace.run.get("mode") == "model"
         out.append(Finding(
-            "batchnorm-small-batch", "warning",
+            "batchnorm-small-batch", "info" if given else "warning",
             f"{names_list(paths, 4)} ({', '.join(types)}) normalised with batch statistics over "
-            f"{why} ({some}).",
-            hint="Train with a larger batch, drop a small last batch (DataLoader(..., "
-                 "drop_last=True)), keep these norms in eval() (frozen statistics), or use "
-                 "GroupNorm/LayerNorm, which do not depend on the batch.",
+            f"{why} ({some})." + (" The batch is the --input shape given to gradscope; this "
+                                 "matters only if you train with batches this small." if given
+                                 else ""),
+            hint=("Trace with the batch size you train with (--input)." if given else
+                  "Train with a larger batch, drop a small last batch (DataLoader(..., "
+                  "drop_last=True)), keep these norms in eval() (frozen statistics), or use "
+                  "GroupNorm/LayerNorm, which do not depend on the batch."),
             module=paths[0], data={"modules": paths, "small_calls": bad, "calls": total,
                                    "min_per_channel": worst["per_channel"],
                                    "batch": worst["batch"],
