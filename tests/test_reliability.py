@@ -446,3 +446,15 @@ def test_graph_walk_over_checkpointed_batchnorm_leaves_training_identical(no_lea
         assert torch.equal(a, b)
     calls = {m["name"]: m["calls"] for m in scope.report().trace.modules}
     assert calls["1"] == 6  # 3 forwards + 3 recomputes in the user's own backward, none of ours
+
+
+def test_changed_buffers_sees_new_versions_and_kernel_side_updates():
+    from gradscope.tracing.capture import buffer_copies, changed_buffers
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3))
+    model.register_buffer("ids", torch.arange(4))
+    buffers = buffer_copies([model])
+    versions = [b._version for b, _ in buffers]
+    model[0].running_mean.data.add_(1)   # like batch_norm's kernel: values, no version
+    model[1].num_batches_tracked += 1     # a version bump
+    changed = {id(b) for b, _ in changed_buffers(buffers, versions)}
+    assert changed == {id(model[0].running_mean), id(model[1].num_batches_tracked)}

@@ -178,6 +178,22 @@ def buffer_copies(models: Iterable[torch.nn.Module]) -> list:
             if not _uninitialized(b) and b.device.type != "meta"]
 
 
+def changed_buffers(buffers: list, versions: list) -> list:
+    """The ``(buffer, copy)`` pairs whose buffer moved on since the copy: a new version, or new
+    values. The values are compared on their device and read back once per device, not once
+    per buffer (each read is a synchronisation on a GPU)."""
+    out, pending = [], {}
+    for (b, saved), version in zip(buffers, versions):
+        if b._version != version:
+            out.append((b, saved))
+        else:
+            pending.setdefault(b.device, []).append((b, saved, torch.ne(b, saved).any()))
+    for rows in pending.values():
+        flags = torch.stack([flag for _, _, flag in rows]).tolist()
+        out.extend((b, saved) for (b, saved, _), moved in zip(rows, flags) if moved)
+    return out
+
+
 def _batch_rows(stats: dict) -> list:
     return [{"batch": b, "per_channel": v, "calls": n} for (b, v), n in sorted(stats.items())]
 
@@ -374,9 +390,8 @@ class Capture:
             # values are compared: batch_norm updates running statistics inside its kernel,
             # which moves no version counter.
             with torch.no_grad():
-                for (b, saved), version in zip(buffers, versions):
-                    if b._version != version or not torch.equal(b, saved):
-                        b.data.copy_(saved)
+                for b, saved in changed_buffers(buffers, versions):
+                    b.data.copy_(saved)
         if walker.saved_incomplete and not any("checkpointed" in n for n in self.notes):
             self.notes.append(
                 "Saved-tensor memory is shown only up to the first checkpointed segment: "
