@@ -170,7 +170,7 @@ class GradientRecorder:
         # The L2 norm is read every step (it also reveals NaN/Inf); the max-abs pass costs as
         # much again (a read of every gradient), so after the first steps it is sampled.
         want_max = step <= DENSE_MAXABS or step % SPARSE_MAXABS == 0
-        values = self._read_once(states, want_max)
+        values = self._read_once(states, want_max, _scaler_found_inf(optimizer))
         self._record_step(optimizer, step, states, values, keep_norms)
         for state, p in states:  # what the next backward calls are compared with
             if state.index is None or state.index.device != p.grad.device:
@@ -178,14 +178,20 @@ class GradientRecorder:
             with torch.no_grad():
                 state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index).clone()
 
-    def _read_once(self, states: list, want_max: bool) -> dict:
-        """Everything this step needs from the devices, in one transfer per device."""
+    def _read_once(self, states: list, want_max: bool,
+                   found_inf: Optional[torch.Tensor] = None) -> dict:
+        """Everything this step needs from the devices, in one transfer per device.
+
+        ``found_inf`` is GradScaler's flag on a fused optimizer: read with the gradients of its
+        device, so that a skipped step costs no second synchronisation."""
         by_device: dict = {}
         for k, (state, p) in enumerate(states):
             by_device.setdefault(p.grad.device, []).append(k)
         out = {"norm": [math.nan] * len(states), "max": [math.nan] * len(states),
-               "flags": [[] for _ in states]}
+               "flags": [[] for _ in states], "found_inf": None}
         for device, ks in by_device.items():
+            scaler_flag = found_inf if found_inf is not None and found_inf.device == device \
+                and out["found_inf"] is None else None
             grads = [states[k][1].grad.detach() for k in ks]
             with torch.no_grad():
                 norms = fused_norms(grads)
@@ -200,9 +206,13 @@ class GradientRecorder:
                     parts.extend(f.reshape(1).float() for f in flags)
                 losses = [ok for _, _, ok in self._pending_losses if ok.device == device]
                 parts.extend(ok.reshape(1).float() for ok in losses)
+                if scaler_flag is not None:
+                    parts.append(scaler_flag.reshape(-1)[:1].float())
                 flat = torch.cat(parts)
             host = flat.tolist()
             self.syncs += 1
+            if scaler_flag is not None:
+                out["found_inf"] = host.pop() > 0.5
             n = len(ks)
             pos = 2 * n
             for j, k in enumerate(ks):
@@ -259,7 +269,7 @@ class GradientRecorder:
             self.steps.append({"step": step, "truncated": True, "optimizer": record["optimizer"],
                                "location": record["location"], "parameters": 0,
                                "backward_calls": 0, "summed": {}, "carried": []})
-        if bad and not _skipped_by_scaler(optimizer):
+        if bad and not self._skipped_by_scaler(optimizer, values["found_inf"]):
             self.nonfinite.append({"step": step, "params": bad})
         if keep_norms:
             self.norm_steps.append(step)
@@ -272,6 +282,19 @@ class GradientRecorder:
                 self.norms = {k: v[::2] for k, v in self.norms.items()}
                 self.maxabs = {k: v[::2] for k, v in self.maxabs.items()}
                 self._norm_stride *= 2
+
+    def _skipped_by_scaler(self, optimizer: Any, read: Optional[bool]) -> bool:
+        """Did GradScaler find Inf/NaN and make this fused optimizer skip the step?"""
+        if read is not None:
+            return read
+        found_inf = _scaler_found_inf(optimizer)
+        if found_inf is None:
+            return False
+        try:  # the flag lives on a device none of this step's gradients are on: read it alone
+            self.syncs += 1
+            return bool(found_inf.item())
+        except Exception:  # noqa: BLE001
+            return False
 
     def finish_losses(self) -> None:
         """Read the pending loss checks (one transfer per device)."""
@@ -325,16 +348,11 @@ def _carried(state: _ParamState, flags: list) -> tuple:
     return False, state.since_step           # first step, or changed in place (scaled, say)
 
 
-def _skipped_by_scaler(optimizer: Any) -> bool:
-    """A fused optimizer stepped by GradScaler is always called, and skips the update itself
-    when the scaler found Inf/NaN (``optimizer.found_inf``). One extra read, only then."""
+def _scaler_found_inf(optimizer: Any) -> Optional[torch.Tensor]:
+    """GradScaler's Inf/NaN flag when it steps a fused optimizer (which is always called and
+    skips the update itself), else None."""
     found_inf = getattr(optimizer, "found_inf", None)
-    if not isinstance(found_inf, torch.Tensor):
-        return False
-    try:
-        return bool(found_inf.item())
-    except Exception:  # noqa: BLE001
-        return False
+    return found_inf if isinstance(found_inf, torch.Tensor) and found_inf.numel() else None
 
 
 def _display(name: tuple) -> str:

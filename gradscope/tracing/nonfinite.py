@@ -61,12 +61,11 @@ class NonfiniteFinder:
         flags, self._flags = self._flags, []
         if not flags or self._graph is None:
             return
-        values = [f for _, a, b in flags for f in (a, b) if f is not None]
-        host = torch.stack([v.to("cpu") for v in values]).tolist() if values else []
+        host = _read_per_device([f for _, a, b in flags for f in (a, b) if f is not None])
         it = iter(host)
         for node_id, incoming, outgoing in flags:
-            inc = True if incoming is None else bool(next(it))
-            out = True if outgoing is None else bool(next(it))
+            inc = True if incoming is None else next(it)
+            out = True if outgoing is None else next(it)
             if inc and out:
                 continue
             node = self._graph.node(node_id)
@@ -76,3 +75,16 @@ class NonfiniteFinder:
                           # already non-finite on arrival: the gradient fed to backward itself
                           "arrived_nonfinite": not inc}
             return
+
+
+def _read_per_device(flags: list) -> list:
+    """Device booleans to host bools, in order, with one transfer per device (a ``.to("cpu")``
+    per flag would be one synchronisation per autograd node on a GPU)."""
+    by_device: dict = {}
+    for k, f in enumerate(flags):
+        by_device.setdefault(f.device, []).append(k)
+    host: list = [True] * len(flags)
+    for ks in by_device.values():
+        for k, v in zip(ks, torch.stack([flags[k] for k in ks]).tolist()):
+            host[k] = bool(v)
+    return host
