@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up used by `make demo` and `make test`: creates .venv in the repo root, installs
-# torch (an already-installed one is kept), gradscope with its dependencies, and Graphviz's `dot`.
+# torch (an already-installed one is kept), gradscope with its dependencies, Graphviz's `dot`,
+# g++ (torch.compile on CPU) and chromium (the HTML report's browser test).
 # Safe to run again: every step checks first and does nothing when its work is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,8 @@ say() { printf '[gradscope setup] %s\n' "$*"; }
 STAMP=$VENV/.gradscope-setup
 # Fast path: everything was set up after the last change to the package metadata.
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt scripts/setup.sh ] \
-        && command -v dot >/dev/null 2>&1 && [ -x "$VENV/bin/gradscope" ] \
+        && command -v dot >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
+        && [ -x "$VENV/bin/gradscope" ] \
         && { [ -n "${GRADSCOPE_NO_BROWSER:-}" ] || command -v chromium >/dev/null 2>&1; }; then
     exit 0
 fi
@@ -62,6 +64,10 @@ say "installing gradscope (editable) and its dependencies"
 
 if ! command -v dot >/dev/null 2>&1; then
     apt_install graphviz
+fi
+# torch.compile's default backend (inductor) builds C++ kernels on CPU; the tests compile a model.
+if ! command -v g++ >/dev/null 2>&1; then
+    apt_install g++
 fi
 # Headless Chromium for the HTML report's browser test (skip with GRADSCOPE_NO_BROWSER=1).
 if [ -z "${GRADSCOPE_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1; then

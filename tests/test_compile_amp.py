@@ -172,3 +172,52 @@ def test_module_compile_in_place_still_gives_forward_events(no_leaks):
     f = next(f for f in scope.report().findings if f.check == "train-mode-eval")
     assert f.data["modules"] == ["1"]
     assert t.run["compiled"] == {"model": [""]}
+
+
+@pytest.mark.compiler
+@pytest.mark.slow
+def test_default_inductor_backend_watch_and_trace(no_leaks):
+    """What users run: ``torch.compile(model)`` with inductor (C++ kernels on CPU). Watching
+    it must not change a bit of training, nor add graphs or graph breaks; tracing it must show
+    the compiled region as one node and say so."""
+    from torch._dynamo.utils import counters
+
+    from models import TransformerBlock
+
+    def run(watched):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = TransformerBlock()
+        compiled = torch.compile(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randn(2, 5, 16)
+
+        def loop():
+            for _ in range(4):
+                opt.zero_grad()
+                compiled(x).float().pow(2).mean().backward()
+                opt.step()
+        scope = None
+        if watched:
+            with gradscope.watch(compiled, opt) as scope:
+                loop()
+        else:
+            loop()
+        graphs = (dict(counters["stats"]).get("unique_graphs"), sum(counters["graph_break"].values()))
+        return [p.detach().clone() for p in model.parameters()], graphs, scope
+
+    plain, plain_graphs, _ = run(False)
+    watched, watched_graphs, scope = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    assert watched_graphs == plain_graphs == (1, 0)
+    report = scope.report()
+    assert report.trace.optimizer_steps == 4 and report.findings == []
+    assert report.trace.run["compiled"] == {"compiled": [""]}  # named after the variable
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    traced = gradscope.trace(torch.compile(TransformerBlock()), torch.randn(2, 5, 16))
+    ops = {n.op for n in traced.trace.graph.nodes}
+    assert "CompiledFunctionBackward" in ops and "MmBackward0" not in ops
+    assert any("CompiledFunctionBackward" in note for note in traced.trace.notes)
