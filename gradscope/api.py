@@ -171,11 +171,10 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     by_device: dict = {}
     for n, p in unwrap(model).named_parameters():  # the names the report uses
         if p.grad is not None and p.grad.layout == torch.strided and p.grad.device.type != "meta":
-            by_device.setdefault((p.grad.device, p.grad.dtype), []).append((n, p.grad.detach()))
+            by_device.setdefault(p.grad.device, []).append((n, p.grad.detach()))
     out = {}
     for items in by_device.values():
-        norms = fused_norms([g for _, g in items])
-        values = torch.stack([v.float() for v in norms]).tolist()
+        values = torch.stack(fused_norms([g for _, g in items])).tolist()  # float32 norms
         out.update({(label, n): v for (n, _), v in zip(items, values)})
     return out
 

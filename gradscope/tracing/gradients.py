@@ -35,13 +35,20 @@ SPARSE_MAXABS = 8
 
 
 def fused_norms(grads: list, order: float = 2.0) -> list:
-    """Norms of many tensors of one device and dtype, in one fused kernel where torch has it."""
-    foreach_norm = getattr(torch, "_foreach_norm", None)
-    if foreach_norm is not None:
-        return list(foreach_norm(grads, order))
+    """Norms of many tensors of one device, in one fused kernel where torch has it.
+
+    L2 norms are computed and returned in float32: in the gradients' own dtype an fp16 norm
+    overflows to Inf above 65504 (a gradient of 100 elements of 10,000 would read as non-finite).
+    The max-abs norm is exact in any dtype."""
     if order == float("inf"):
+        foreach_norm = getattr(torch, "_foreach_norm", None)
+        if foreach_norm is not None:
+            return list(foreach_norm(grads, order))
         return [g.abs().max() for g in grads]
-    return [g.norm(order) for g in grads]
+    try:
+        return list(torch._foreach_norm(grads, order, dtype=torch.float32))
+    except (AttributeError, TypeError, RuntimeError):  # an older torch without dtype=
+        return [torch.linalg.vector_norm(g, order, dtype=torch.float32) for g in grads]
 
 
 def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
@@ -171,6 +178,11 @@ class GradientRecorder:
         # much again (a read of every gradient), so after the first steps it is sampled.
         want_max = step <= DENSE_MAXABS or step % SPARSE_MAXABS == 0
         values = self._read_once(states, want_max, _scaler_found_inf(optimizer))
+        if values["found_inf"]:
+            # GradScaler found Inf/NaN and the fused optimizer skipped this update: like a skipped
+            # step of any other optimizer (which is never called), it adds no gradient norms
+            # (partly Inf: filtering those out left a tiny total that seemed to explode later).
+            keep_norms = False
         self._record_step(optimizer, step, states, values, keep_norms)
         for state, p in states:  # what the next backward calls are compared with
             if state.index is None or state.index.device != p.grad.device:
@@ -183,7 +195,8 @@ class GradientRecorder:
         """Everything this step needs from the devices, in one transfer per device.
 
         ``found_inf`` is GradScaler's flag on a fused optimizer: read with the gradients of its
-        device, so that a skipped step costs no second synchronisation."""
+        device, so that a skipped step costs no second synchronisation. (This runs after the
+        step: a fused kernel has unscaled ``.grad`` in place by then, so norms are true ones.)"""
         by_device: dict = {}
         for k, (state, p) in enumerate(states):
             by_device.setdefault(p.grad.device, []).append(k)
@@ -263,6 +276,8 @@ class GradientRecorder:
                   "summed": {str(n): names if len(summed) > 1 else len(names)
                              for n, names in sorted(summed.items())},
                   "carried": carried_names}
+        if values.get("found_inf"):
+            record["skipped_by_scaler"] = True
         if len(self.steps) < MAX_STEP_RECORDS:
             self.steps.append(record)
         elif len(self.steps) == MAX_STEP_RECORDS:
