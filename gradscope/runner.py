@@ -17,7 +17,7 @@ from .errors import InputError
 from .report import Report
 from .tracing.capture import Capture
 from .tracing.modules import unwrap
-from .usercode import (build_target, load_module, make_inputs, parse_input_spec, read_source,
+from .usercode import (build_target, check_device, load_module, make_inputs, parse_input_spec, read_source,
                        resolve_name, run_script, split_target)
 
 
@@ -73,6 +73,8 @@ def trace_target(target: str, inputs: tuple = (), device: Optional[str] = None,
     assert name is not None, "trace_target needs FILE.py:NAME"
     checks = select_checks(only, disable)
     specs = [parse_input_spec(s) for s in inputs]
+    if device:
+        check_device(device)
     module = load_module(path)
     obj = resolve_name(module, name, path)
     run = {"mode": "model", "target": target, "inputs": list(inputs), "device": device}

@@ -25,6 +25,51 @@ from .errors import InputError, LoadError
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+def check_device(device: str) -> str:
+    """Validate a ``--device`` value before any user code runs: a typo, a CPU-only torch or a
+    missing GPU is the user's input to fix, not a failure of their program."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise InputError(
+            f"--device {device!r} is not a device torch knows. Use 'cpu', 'cuda', 'cuda:1', "
+            f"'mps' or another torch device string; leave --device out to trace on the "
+            f"CPU.") from None
+    if dev.type in ("cpu", "meta"):
+        return device
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise InputError(
+                f"--device {device}: this torch ({torch.__version__}) was built without CUDA, so "
+                f"it cannot use a GPU. Install a CUDA build of torch (pytorch.org lists the "
+                f"install command for your CUDA version), or leave --device out to trace on "
+                f"the CPU.")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InputError(
+                f"--device {device}: torch was built with CUDA but sees no GPU "
+                f"(torch.cuda.is_available() is False: no NVIDIA driver, or CUDA_VISIBLE_DEVICES "
+                f"hides the GPUs). Check 'nvidia-smi', or leave --device out to trace on the CPU.")
+        if dev.index is not None and dev.index >= count:
+            raise InputError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to "
+                f"cuda:{count - 1}. Use one of those.")
+        return device
+    try:  # mps, xpu, ...: can torch place a tensor there?
+        torch.empty(0, device=dev)
+    except Exception as e:  # noqa: BLE001 - the message is passed on to the user
+        raise InputError(
+            f"--device {device}: this torch ({torch.__version__}) cannot place a tensor there "
+            f"({_first_sentence(e)}). Leave --device out to trace on the CPU.") from None
+    return device
+
+
+def _first_sentence(e: BaseException, limit: int = 120) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def split_target(target: str) -> tuple:
     """``model.py:Net`` -> (``model.py``, ``Net``); ``train.py`` -> (``train.py``, None)."""
     path, sep, name = target.rpartition(":")

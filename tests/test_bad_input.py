@@ -5,6 +5,7 @@ import os
 import textwrap
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from gradscope_cli.main import main
@@ -96,3 +97,38 @@ def test_not_a_python_file(cwd):
     (cwd / "notes.txt").write_text("this is not python at all\n")
     r = run("trace", "notes.txt")
     assert r.exit_code == 2 and "notes.txt:1: syntax error" in r.output
+
+
+@pytest.mark.parametrize("device, says", [
+    ("gpu", "is not a device torch knows"),
+    ("cuda:99", "--device cuda:99: "),  # CPU-only torch, no GPU, or too few GPUs: all exit 2
+    ("mps", "cannot place a tensor there") if not torch.backends.mps.is_available() else
+    ("mps:99", "--device mps:99"),
+])
+def test_a_device_that_cannot_be_used_is_a_usage_error_before_the_model_runs(cwd, device, says):
+    (cwd / "model.py").write_text("import torch\nfrom torch import nn\n"
+                                  "class Net(nn.Linear):\n"
+                                  "    def __init__(self):\n"
+                                  "        super().__init__(4, 2)\n"
+                                  "        print('model built')\n")
+    r = run("trace", "model.py:Net", "--input", "2,4", "--device", device, "--json", "t.json")
+    assert r.exit_code == 2, r.output
+    assert says in r.output
+    assert "leave --device out" in r.output.lower() or "use one of those" in r.output.lower()
+    assert "model built" not in r.output and "Traceback" not in r.output
+
+
+def test_device_errors_for_cuda_builds_without_a_gpu_or_with_too_few(monkeypatch):
+    from gradscope.errors import InputError
+    from gradscope.usercode import check_device
+
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="built with CUDA but sees no GPU.*nvidia-smi"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1"):
+        check_device("cuda:2")
+    assert check_device("cuda:1") == "cuda:1"
+    assert check_device("cpu") == "cpu" and check_device("meta") == "meta"
