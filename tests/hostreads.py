@@ -9,7 +9,10 @@ Two layers are needed, because on CPU tensors some reads never reach torch's dis
 - a ``TorchDispatchMode`` sees ``.item()``/``float()``/``bool()`` (``_local_scalar_dense``),
   ``nonzero``, ``equal``, ``masked_select`` and other ops whose output size depends on values;
 - wrappers on ``torch.Tensor.tolist/.cpu/.numpy/.to`` see copies to the host, which on a CPU
-  tensor are no-ops that dispatch nothing (``.to`` counts only when it targets the CPU).
+  tensor are no-ops that dispatch nothing (``.to`` counts only when it targets the CPU);
+- wrappers on ``torch.tensor``/``torch.as_tensor`` with a ``device=`` and on
+  ``Tensor.new_tensor`` see copies of Python data to a device: on a GPU a blocking
+  host-to-device copy (``non_blocking=False``), which also synchronises.
 
 Each read is attributed by the Python stack: ``ours`` when a frame of the ``gradscope`` package
 is on it, and ``in_backward`` when autograd was executing a node at the time (a hook).
@@ -53,6 +56,7 @@ class HostReadCounter:
     reads: list = field(default_factory=list)
     _mode: Optional[TorchDispatchMode] = None
     _saved: dict = field(default_factory=dict)
+    _factories: dict = field(default_factory=dict)
 
     def ours(self, in_backward: Optional[bool] = None) -> list:
         return [r for r in self.reads
@@ -86,6 +90,11 @@ class HostReadCounter:
             setattr(torch.Tensor, name, self._wrap_copy(name, self._saved[name]))
         self._saved["to"] = torch.Tensor.to
         torch.Tensor.to = self._wrap_to(self._saved["to"])
+        self._saved["new_tensor"] = torch.Tensor.new_tensor
+        torch.Tensor.new_tensor = self._wrap_copy("new_tensor", self._saved["new_tensor"])
+        for name in ("tensor", "as_tensor"):
+            self._factories[name] = getattr(torch, name)
+            setattr(torch, name, self._wrap_factory(name, self._factories[name]))
         self._mode = _Mode()
         self._mode.__enter__()
         return self
@@ -94,7 +103,19 @@ class HostReadCounter:
         self._mode.__exit__(*exc)
         for name, original in self._saved.items():
             setattr(torch.Tensor, name, original)
+        for name, original in self._factories.items():
+            setattr(torch, name, original)
         self._saved.clear()
+        self._factories.clear()
+
+    def _wrap_factory(self, name: str, original: Any) -> Any:
+        counter = self
+
+        def factory(data, *args, **kwargs):
+            if kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
+                counter._note(f"{name}(device=)")
+            return original(data, *args, **kwargs)
+        return factory
 
     def _wrap_copy(self, name: str, original: Any) -> Any:
         counter = self

@@ -35,8 +35,12 @@ def test_the_counter_sees_each_kind_of_host_read_and_attributes_it():
         x.to(torch.float64)          # a dtype change on the device: not a read
         torch.nonzero(x > 0)
         bool(x.sum() > 0)
+        torch.tensor([1, 2], device=x.device)   # Python data to a device: host-to-device
+        x.new_tensor([3.0])
+        torch.tensor([1, 2])                     # stays on the host: not counted
     assert [r.what for r in reads.reads] == ["_local_scalar_dense", "tolist", "cpu", "to(cpu)",
-                                             "nonzero", "_local_scalar_dense"]
+                                             "nonzero", "_local_scalar_dense",
+                                             "tensor(device=)", "new_tensor"]
     assert reads.ours() == []        # all of them were the test's, none gradscope's
     assert all(r.where.startswith(__file__) for r in reads.reads)
 
@@ -67,6 +71,25 @@ def test_watch_reads_once_per_optimizer_step_and_never_in_a_hook(name):
                 opt.step()
     assert reads.ours(in_backward=True) == []
     assert len(reads.ours()) <= steps, reads.ours()
+
+
+def test_no_host_to_device_copy_in_hooks_even_with_gradient_accumulation():
+    """Fingerprints of .grad are taken inside backward hooks when gradients accumulate; their
+    index must be made on the device (a torch.tensor(list, device=cuda) per parameter would be
+    a blocking copy inside the user's backward)."""
+    model = _mlp(4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 16)
+    with HostReadCounter() as reads:
+        with gradscope.watch(model, opt) as scope:
+            for _ in range(3):
+                opt.zero_grad()
+                for _ in range(2):
+                    model(x).square().mean().backward()
+                opt.step()
+    assert [r for r in reads.ours() if r.what != "tolist"] == []
+    assert len(reads.ours()) <= 3
+    assert [s["backward_calls"] for s in scope.report().trace.accumulation] == [2, 2, 2]
 
 
 def test_watch_reads_do_not_grow_with_the_number_of_parameters():

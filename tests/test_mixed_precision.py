@@ -69,3 +69,23 @@ def test_an_fp16_gradient_beyond_fp16_range_has_a_finite_norm():
     assert "nonfinite-grad" not in {f.check for f in report.findings}
     assert report.trace.gradients["grad_norms"]["model.w"] == pytest.approx([100000.0] * 2,
                                                                            rel=1e-3)
+
+
+def test_float64_and_complex_gradients_have_norms_in_watch_and_trace():
+    """torch will not narrow float64 or complex tensors to a float32 norm: each dtype keeps
+    its own precision and only the result is cast (a float64 model must not lose its steps)."""
+    model = nn.Linear(4, 2).double()
+    model.phase = nn.Parameter(torch.ones(3, dtype=torch.complex64))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(2):
+            opt.zero_grad()
+            (model(x).sum() + model.phase.abs().sum()).backward()
+            opt.step()
+    assert scope._capture.internal_errors == []
+    norms = scope.report().trace.gradients["grad_norms"]
+    assert norms["model.phase"] == pytest.approx([3 ** 0.5] * 2, rel=1e-5)
+    assert len(norms["model.weight"]) == 2 and all(v > 0 for v in norms["model.weight"])
+    traced = gradscope.trace(nn.Linear(4, 2).double(), x)
+    assert all(p["grad_norm"] > 0 for p in traced.trace.parameters)

@@ -34,26 +34,46 @@ DENSE_MAXABS = 8          # max-abs read at every one of the first steps, then e
 SPARSE_MAXABS = 8
 
 
-def fused_norms(grads: list, order: float = 2.0) -> list:
-    """Norms of many tensors of one device, in one fused kernel where torch has it.
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-    L2 norms are computed and returned in float32: in the gradients' own dtype an fp16 norm
-    overflows to Inf above 65504 (a gradient of 100 elements of 10,000 would read as non-finite).
-    The max-abs norm is exact in any dtype."""
-    if order == float("inf"):
-        foreach_norm = getattr(torch, "_foreach_norm", None)
-        if foreach_norm is not None:
-            return list(foreach_norm(grads, order))
-        return [g.abs().max() for g in grads]
+
+def fused_norms(grads: list, order: float = 2.0) -> list:
+    """Norms of many tensors of one device as float32 scalars, one fused kernel per dtype.
+
+    fp16/bf16 L2 norms are accumulated and returned in float32: in fp16 a norm above 65504
+    overflows to Inf (a gradient of 100 elements of 10,000 would read as non-finite). float64
+    and complex gradients keep their own precision (torch refuses to narrow them) and only
+    the result is cast. The max-abs norm is exact in any dtype."""
+    by_dtype: dict = {}
+    for k, g in enumerate(grads):
+        by_dtype.setdefault(g.dtype, []).append(k)
+    out: list = [None] * len(grads)
+    for dtype, ks in by_dtype.items():
+        norms = _norms_of_one_dtype([grads[k] for k in ks], order,
+                                    dtype in _LOW_PRECISION and order != float("inf"))
+        for k, n in zip(ks, norms):
+            out[k] = n if n.dtype == torch.float32 else n.float()
+    return out
+
+
+def _norms_of_one_dtype(grads: list, order: float, upcast: bool) -> list:
     try:
-        return list(torch._foreach_norm(grads, order, dtype=torch.float32))
-    except (AttributeError, TypeError, RuntimeError):  # an older torch without dtype=
-        return [torch.linalg.vector_norm(g, order, dtype=torch.float32) for g in grads]
+        if upcast:
+            return list(torch._foreach_norm(grads, order, dtype=torch.float32))
+        return list(torch._foreach_norm(grads, order))
+    except (AttributeError, TypeError, RuntimeError):  # a torch without it, or without dtype=
+        if order == float("inf"):
+            return [g.abs().max() for g in grads]
+        return [torch.linalg.vector_norm(g, order, dtype=torch.float32 if upcast else None)
+                for g in grads]
 
 
 def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
-    picks = sorted({0, numel // 3, (2 * numel) // 3, max(numel - 1, 0)})
-    return torch.tensor(picks, dtype=torch.long, device=device)
+    """Positions 0, n/3, 2n/3 and n-1, made on the device: ``torch.tensor(list, device=cuda)``
+    would be a blocking host-to-device copy, one per parameter, inside the backward hooks."""
+    index = torch.arange(FINGERPRINT, dtype=torch.long, device=device).mul_(numel // 3)
+    index[-1] = max(numel - 1, 0)  # a scalar fill: a kernel argument, no copy
+    return index
 
 
 class _ParamState:
@@ -150,7 +170,7 @@ class GradientRecorder:
             if state.index is None or state.index.device != grad.device:
                 state.index = _fingerprint_index(grad.numel(), grad.device)
             with torch.no_grad():
-                fp = grad.detach().reshape(-1).index_select(0, state.index).clone()
+                fp = grad.detach().reshape(-1).index_select(0, state.index)  # a new tensor
             state.fps.append((fp, state.since_step))
 
     def note_loss(self, roots: Any, index: int) -> None:
@@ -188,7 +208,7 @@ class GradientRecorder:
             if state.index is None or state.index.device != p.grad.device:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
             with torch.no_grad():
-                state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index).clone()
+                state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index)
 
     def _read_once(self, states: list, want_max: bool,
                    found_inf: Optional[torch.Tensor] = None) -> dict:
@@ -209,16 +229,17 @@ class GradientRecorder:
             with torch.no_grad():
                 norms = fused_norms(grads)
                 maxes = fused_norms(grads, float("inf")) if want_max else norms
-                parts = [torch.stack([n.float() for n in norms]),
-                         torch.stack([m.float() for m in maxes])]
+                parts = [torch.stack(norms), torch.stack(maxes)]  # float32 already
                 layout = []  # per parameter: how many fingerprint flags follow
+                flags: list = []
+                unknown = torch.zeros((), dtype=torch.bool, device=device)  # one per device
                 for k in ks:
-                    state = states[k][0]
-                    flags = _fingerprint_flags(state, device)
-                    layout.append(len(flags))
-                    parts.extend(f.reshape(1).float() for f in flags)
+                    mine = _fingerprint_flags(states[k][0], device, unknown)
+                    layout.append(len(mine))
+                    flags.extend(mine)
                 losses = [ok for _, _, ok in self._pending_losses if ok.device == device]
-                parts.extend(ok.reshape(1).float() for ok in losses)
+                if flags or losses:  # one stack and one cast for all flags, not one per flag
+                    parts.append(torch.stack(flags + losses).float())
                 if scaler_flag is not None:
                     parts.append(scaler_flag.reshape(-1)[:1].float())
                 flat = torch.cat(parts)
@@ -335,9 +356,9 @@ class GradientRecorder:
                 "nonfinite_losses": list(self.losses_nonfinite)}
 
 
-def _fingerprint_flags(state: _ParamState, device: Any) -> list:
+def _fingerprint_flags(state: _ParamState, device: Any, unknown: torch.Tensor) -> list:
     """Device booleans for one parameter: [unchanged since the last step and non-zero, then one
-    "all zero" flag per fingerprint taken before a backward]."""
+    "all zero" flag per fingerprint taken before a backward]. ``unknown`` is a shared False."""
     fps = [(fp, c) for fp, c in state.fps if fp.device == device]
     if len(fps) != len(state.fps):
         return []
@@ -345,7 +366,7 @@ def _fingerprint_flags(state: _ParamState, device: Any) -> list:
             and state.fp_after.device == device:
         same = (fps[0][0] == state.fp_after).all() & fps[0][0].ne(0).any()
     else:
-        same = torch.zeros((), dtype=torch.bool, device=device)
+        same = unknown
     return [same] + [(fp == 0).all() for fp, _ in fps]
 
 
