@@ -221,3 +221,61 @@ def test_default_inductor_backend_watch_and_trace(no_leaks):
     ops = {n.op for n in traced.trace.graph.nodes}
     assert "CompiledFunctionBackward" in ops and "MmBackward0" not in ops
     assert any("CompiledFunctionBackward" in note for note in traced.trace.notes)
+
+
+def test_data_parallel_replicas_on_several_gpus_are_not_models(no_leaks, monkeypatch):
+    """On N GPUs DataParallel rebuilds N replicas per forward and runs each in its own thread.
+    torch's real replicate() runs here with only its CUDA broadcast swapped for CPU copies."""
+    import importlib
+    import threading
+
+    replicate_module = importlib.import_module("torch.nn.parallel.replicate")  # not the function
+
+    class Broadcast(torch.autograd.Function):  # like torch's: one node, a copy per device
+        @staticmethod
+        def forward(ctx, copies, *tensors):
+            ctx.n = len(tensors)
+            return tuple(t.clone() for _ in range(copies) for t in tensors)
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return (None, *(sum(grads[k::ctx.n]) for k in range(ctx.n)))
+
+    def broadcast(tensors, devices, detach=False):
+        if detach:
+            return [[t.detach().clone() for t in tensors] for _ in devices]
+        flat = Broadcast.apply(len(devices), *tensors)
+        return [list(flat[i * len(tensors):(i + 1) * len(tensors)]) for i in range(len(devices))]
+    monkeypatch.setattr(replicate_module, "_broadcast_coalesced_reshape", broadcast)
+
+    class FourGPUDataParallel(nn.DataParallel):  # torch's class; scatter/gather done by hand
+        def forward(self, x):
+            replicas = replicate_module.replicate(self.module, [0, 1, 2, 3])
+            outs = [None] * 4
+
+            def run(i, chunk):
+                with torch.enable_grad():
+                    outs[i] = replicas[i](chunk)
+            threads = [threading.Thread(target=run, args=(i, c)) for i, c in enumerate(x.chunk(4))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return torch.cat(outs)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 4))
+    model = FourGPUDataParallel(net)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(64, 16)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(6):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        kept = [m for m in scope._capture.tracker.models.values() if m is not None]
+    assert all(not getattr(m, "_is_replica", False) for m in kept)
+    report = scope.report()
+    assert [m["label"] for m in report.trace.models] == ["model"]
+    assert report.findings == [], [(f.check, f.message[:80]) for f in report.findings]
+    assert report.trace.optimizer_steps == 6

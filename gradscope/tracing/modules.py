@@ -282,8 +282,12 @@ class ModuleTracker:
     # -- hooks ---------------------------------------------------------------------------------
     def _compiler_internal(self, module: nn.Module) -> bool:
         # torch.compile's own fx GraphModules run through Module.__call__ at run time: not the
-        # user's modules (the same test in both hooks keeps the stack balanced).
-        return isinstance(module, _GraphModule) and id(module) not in self._names
+        # user's modules (the same test in both hooks keeps the stack balanced). Neither are
+        # DataParallel's per-GPU replicas, rebuilt on every forward and run one per thread:
+        # registering them as models kept every replica (and its weights) alive and ran the
+        # checks on them. Their work is the user's model's, which the wrapper's call records.
+        return (isinstance(module, _GraphModule) and id(module) not in self._names) \
+            or getattr(module, "_is_replica", False)
 
     @hook_of_ours
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
