@@ -390,3 +390,21 @@ def test_a_loss_module_built_every_step_is_not_kept(no_leaks):
             opt.step()
         assert len(scope._capture.tracker.models) <= 32
     assert scope.report().findings_at_or_above("warning") == []
+
+
+def test_find_nonfinite_with_gradients_on_two_devices_never_breaks_backward():
+    """One autograd node can return gradients on two devices (a CUDA op accepts a 0-d CPU
+    tensor; its gradient comes back on the CPU). The meta device stands in for the GPU."""
+    from gradscope.tracing.nonfinite import NonfiniteFinder, _all_finite
+
+    flags = _all_finite((torch.randn(4, device="meta"), torch.tensor(1.0), torch.ones(2)))
+    assert sorted(f.device.type for f in flags) == ["cpu", "meta"]
+
+    finder = NonfiniteFinder()
+    finder._flags = [("n0", [torch.tensor(True)], [torch.tensor(True), torch.tensor(False)])]
+    finder.errors = ["non-finite search at n1: RuntimeError('boom')"]
+    finder._graph = gradscope.graph_of(nn.Linear(2, 2)(torch.randn(1, 2)).sum())
+    finder._index, finder._location = 1, "train.py:3"
+    with pytest.raises(RuntimeError, match="boom"):  # raised after backward, for the report
+        finder.collect()
+    assert finder.found["node"] == "n0"  # the flags were still read: outgoing not finite

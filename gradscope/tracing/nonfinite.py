@@ -17,12 +17,16 @@ import torch
 from ..graph import Graph
 
 
-def _all_finite(grads: Any) -> Optional[torch.Tensor]:
-    flags = [torch.isfinite(g).all() for g in grads
-             if isinstance(g, torch.Tensor) and g.is_floating_point()]
-    if not flags:
-        return None
-    return torch.stack(flags).all()
+def _all_finite(grads: Any) -> list:
+    """One device boolean per device among ``grads``: are they all finite there? (One node's
+    gradients can sit on two devices: a CUDA op may take a 0-d CPU tensor, whose gradient
+    autograd returns on the CPU. Flags are never moved between devices.)"""
+    by_device: dict = {}
+    for g in grads:
+        if isinstance(g, torch.Tensor) and g.is_floating_point():
+            by_device.setdefault(g.device, []).append(torch.isfinite(g).all())
+    return [flags[0] if len(flags) == 1 else torch.stack(flags).all()
+            for flags in by_device.values()]
 
 
 class NonfiniteFinder:
@@ -31,6 +35,7 @@ class NonfiniteFinder:
         self._handles: list = []
         self._flags: list = []      # (node id, incoming finite, outgoing finite), exec order
         self._graph: Optional[Graph] = None
+        self.errors: list = []      # failures inside our node hooks (never raised in backward)
 
     @property
     def active(self) -> bool:
@@ -48,24 +53,36 @@ class NonfiniteFinder:
 
     def _make_hook(self, node_id: str) -> Callable:
         def check(grad_inputs: Any, grad_outputs: Any) -> None:
-            with torch.no_grad(), torch._C.DisableTorchFunction():
-                self._flags.append((node_id, _all_finite(grad_outputs), _all_finite(grad_inputs)))
+            try:
+                with torch.no_grad(), torch._C.DisableTorchFunction():
+                    self._flags.append((node_id, _all_finite(grad_outputs),
+                                        _all_finite(grad_inputs)))
+            except Exception as e:  # noqa: BLE001 - runs inside the user's backward
+                if len(self.errors) < 10:
+                    self.errors.append(f"non-finite search at {node_id}: {e!r}")
             return None  # a returned value would replace the gradients
         return check
 
     def collect(self) -> None:
-        """After the backward: one read of all flags, then the hooks go."""
+        """After the backward: one read of all flags, then the hooks go. A failure inside a
+        hook is raised here, after the user's backward, for the capture to report."""
         for h in self._handles:
             h.remove()
         self._handles = []
+        errors, self.errors = self.errors, []
+        self._evaluate()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def _evaluate(self) -> None:
         flags, self._flags = self._flags, []
         if not flags or self._graph is None:
             return
-        host = _read_per_device([f for _, a, b in flags for f in (a, b) if f is not None])
+        host = _read_per_device([f for _, a, b in flags for f in (*a, *b)])
         it = iter(host)
         for node_id, incoming, outgoing in flags:
-            inc = True if incoming is None else next(it)
-            out = True if outgoing is None else next(it)
+            inc = all([next(it) for _ in incoming])  # a list: every flag is consumed
+            out = all([next(it) for _ in outgoing])
             if inc and out:
                 continue
             node = self._graph.node(node_id)
