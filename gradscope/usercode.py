@@ -283,8 +283,11 @@ def parse_input_spec(spec: str) -> InputSpec:
 
 
 def make_inputs(specs: list, model: nn.Module, device: Optional[str] = None) -> tuple:
-    """Random tensors for the specs. Integer inputs stay below the smallest ``nn.Embedding``
-    size of the model (so token ids are always valid), else below 2."""
+    """Random tensors for the specs, on ``device``, else on the device of the model's weights
+    (a factory may return ``Net().cuda()``). Integer inputs stay below the smallest
+    ``nn.Embedding`` size of the model (so token ids are always valid), else below 2."""
+    if not device:
+        device = _weights_device(model)
     sizes = [m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)]
     safe_high = min(sizes) if sizes else 2
     gen = torch.Generator().manual_seed(0)  # our own generator: the user's RNG stream is untouched
@@ -298,3 +301,11 @@ def make_inputs(specs: list, model: nn.Module, device: Optional[str] = None) -> 
             t = torch.randint(0, s.high or safe_high, s.shape, generator=gen).to(s.dtype)
         out.append(t.to(device) if device else t)
     return tuple(out)
+
+
+def _weights_device(model: nn.Module) -> Optional[torch.device]:
+    """The device of the model's first parameter or buffer, when it is not the CPU."""
+    for tensors in (model.parameters(), model.buffers()):
+        for t in tensors:
+            return None if t.device.type == "cpu" else t.device
+    return None

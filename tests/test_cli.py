@@ -164,6 +164,21 @@ def test_model_targets(project, target, inputs, expect_op):
     assert all(p["in_graph"] for p in d["parameters"])
 
 
+def test_inputs_go_where_a_factory_put_the_model(tmp_path, monkeypatch):
+    """A factory may return Net().cuda(): without --device, --input tensors are made on the
+    device of the model's weights (meta stands in for the GPU here), not on the CPU."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.py").write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)).to('meta')\n")
+    r = run("trace", "model.py:build", "--input", "8,16", "--json", "t.json")
+    assert r.exit_code == 0, r.output
+    d = _json("t.json")
+    assert {n["device"] for n in d["graph"]["nodes"] if n["op"] != "AccumulateGrad"} == {"meta"}
+    assert d["findings"] == []
+
+
 def test_long_inputs_stay_below_the_embedding_size(project):
     r = run("trace", "model.py:GPT", "--input", "64,64:long", "--json", "t.json")
     assert r.exit_code == 0, r.output  # ids >= 50 would crash nn.Embedding(50, 8)

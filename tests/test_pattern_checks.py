@@ -130,6 +130,18 @@ def test_device_mismatch_in_a_module_on_the_meta_device():
     assert "Move the inputs" in f.hint
 
 
+def test_device_mismatch_in_an_lstm_and_in_indexing_is_explained(tmp_path, no_leaks):
+    """Two CUDA messages with their own wording: RNNs ('Input and parameter tensors are not at
+    the same device') and indexing a CPU tensor with a device index."""
+    with pytest.raises(TracedProgramError) as info:
+        gradscope.trace(nn.LSTM(4, 4).to("meta"), torch.randn(2, 3, 4))
+    [f] = [f for f in info.value.report.findings if f.check == "device-mismatch"]
+    assert f.module == "LSTM" and f.data["odd"][0]["name"] == "input 0"
+    from gradscope.tracing.failures import classify
+    assert classify(RuntimeError("indices should be either on cpu or on the same device as the "
+                                 "indexed tensor (cpu)")) == "device-mismatch"
+
+
 def _script(tmp_path, body):
     path = tmp_path / "train.py"
     path.write_text(textwrap.dedent(body))

@@ -17,7 +17,9 @@ from .locations import display_path, frame_locals, is_library_file
 
 DEVICE_MISMATCH = ("to be on the same device", "is not on the expected device",
                    "same device as tensor", "but expected it to be on", "found at least two devices",
-                   "Expected object of device type")
+                   "Expected object of device type",
+                   "not at the same device",                 # nn.LSTM/GRU/RNN, input vs weights
+                   "same device as the indexed tensor")      # cpu_tensor[cuda_index]
 CUDA_UNAVAILABLE = ("Torch not compiled with CUDA enabled", "Cannot initialize CUDA without",
                     "No CUDA GPUs are available", "Found no NVIDIA driver",
                     "CUDA driver version is insufficient", "no CUDA-capable device")
