@@ -279,3 +279,42 @@ def test_data_parallel_replicas_on_several_gpus_are_not_models(no_leaks, monkeyp
     assert [m["label"] for m in report.trace.models] == ["model"]
     assert report.findings == [], [(f.check, f.message[:80]) for f in report.findings]
     assert report.trace.optimizer_steps == 6
+
+
+def test_a_compiled_optimizer_step_is_not_recompiled_by_watch(no_leaks):
+    """PyTorch's compiled-optimizer recipe wraps opt.step() in torch.compile: gradscope's step
+    hook must run eagerly, not be traced into more graphs, breaks and recompiles."""
+    from torch._dynamo.utils import counters
+
+    def run(watched):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        @torch.compile(backend="eager")
+        def step():
+            opt.step()
+        x = torch.randn(8, 16)
+
+        def loop():
+            for _ in range(10):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                step()
+        scope = None
+        if watched:
+            with gradscope.watch(model, opt) as scope:
+                loop()
+        else:
+            loop()
+        graphs = (counters["stats"].get("unique_graphs"), sum(counters["graph_break"].values()))
+        return graphs, [p.detach().clone() for p in model.parameters()], scope
+
+    plain_graphs, plain, _ = run(False)
+    watched_graphs, watched, scope = run(True)
+    assert watched_graphs == plain_graphs
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    assert scope.report().trace.optimizer_steps == 10
+    assert scope._capture.gradients.norm_steps == list(range(1, 11))

@@ -202,6 +202,13 @@ def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
 
+
+def _not_compiled(fn: Callable) -> Callable:
+    """``fn`` run eagerly, never traced by torch.compile (``torch.compiler.disable``)."""
+    disable = getattr(getattr(torch, "compiler", None), "disable", None)
+    return disable(fn) if disable is not None else fn
+
+
 class Capture:
     """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
 
@@ -255,8 +262,10 @@ class Capture:
             self.handles.on_remove(quiet.remove)
             self.tracker.install(self.handles)
             self.registrations.install(self.handles)
+            # Run eagerly even when the user compiles opt.step(): traced, the hook's Python
+            # became graph breaks and recompiles (8 graphs instead of 1 in a reviewer's test).
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
-                self._on_optimizer_step))
+                _not_compiled(self._on_optimizer_step)))
             if self.intercept_backward:
                 _PATCHES.add(self)
                 self.handles.on_remove(lambda: _PATCHES.remove(self))
