@@ -226,6 +226,12 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
             "shapes, saved tensors and parameters are rebuilt only inside backward, out of this "
             "graph's sight, so the graph checks are blind there. Gradient checks still see every "
             "parameter; use_reentrant=False (the recommended mode) shows the segments.")
+    if capture.gradients.captured_steps:
+        notes.append(
+            f"{capture.gradients.captured_steps} optimizer step(s) ran while a CUDA graph was "
+            "being captured: gradscope recorded nothing there (a read would break the capture), "
+            "and replays of a CUDA graph run no Python hooks, so the steps they replay are not "
+            "seen either. Gradient checks cover only the steps that ran outside the graph.")
     if capture.opwatch is not None and capture.opwatch.errors:
         capture.internal_errors.extend(capture.opwatch.errors)
     if capture.internal_errors:

@@ -408,3 +408,35 @@ def test_find_nonfinite_with_gradients_on_two_devices_never_breaks_backward():
     with pytest.raises(RuntimeError, match="boom"):  # raised after backward, for the report
         finder.collect()
     assert finder.found["node"] == "n0"  # the flags were still read: outgoing not finite
+
+
+def test_steps_inside_cuda_graph_capture_are_not_read_and_the_report_says_so(monkeypatch):
+    """Capturing a whole training step in a CUDA graph (torch.cuda.graph) forbids any
+    synchronisation, and replays run no Python hooks. The capturing stream is simulated; the
+    host-read counter checks that nothing was read while it 'captured'."""
+    from gradscope.tracing import gradients
+
+    from hostreads import HostReadCounter
+
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+
+    def step():
+        opt.zero_grad()
+        for _ in range(2):  # accumulation: the before-accumulation hooks run too
+            nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    with gradscope.watch(model, opt, find_nonfinite=True) as scope:
+        step()                                     # warm-up outside the graph: recorded
+        monkeypatch.setattr(gradients, "stream_capturing", lambda: True)
+        with HostReadCounter() as reads:
+            step()                                 # "captured"
+        monkeypatch.setattr(gradients, "stream_capturing", lambda: False)
+    assert reads.ours() == []
+    report = scope.report()
+    assert scope._capture.gradients.captured_steps == 1
+    assert report.trace.gradients["norm_steps"] == [1]
+    assert any("CUDA graph" in n for n in report.trace.notes)
+    assert "missing-zero-grad" not in {f.check for f in report.findings}

@@ -22,6 +22,7 @@ from .handles import HandleGroup, ours
 from .locations import user_location
 from .attributes import scan_attributes
 from . import failures
+from . import gradients as _gradients
 from .gradients import GradientRecorder
 from .modules import ModuleTracker, init_typo
 from .nonfinite import NonfiniteFinder
@@ -447,8 +448,8 @@ class Capture:
 
     def _arm_nonfinite(self, roots: Any) -> bool:
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""
-        if self.nonfinite is None or not self.nonfinite.active:
-            return False
+        if self.nonfinite is None or not self.nonfinite.active or _gradients.stream_capturing():
+            return False  # (its read after the backward would break a CUDA graph capture)
         tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
         if not tensors:
             return False

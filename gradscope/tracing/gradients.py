@@ -35,6 +35,15 @@ SPARSE_MAXABS = 8
 
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_CUDA: list = []  # torch.cuda.is_available(), asked once
+
+
+def stream_capturing() -> bool:
+    """Is a CUDA graph being captured on the current stream? Then nothing may synchronise (the
+    capture would be invalidated), and replays of the graph run no Python hooks at all."""
+    if not _CUDA:
+        _CUDA.append(torch.cuda.is_available())
+    return _CUDA[0] and torch.cuda.is_current_stream_capturing()
 
 
 def fused_norms(grads: list, order: float = 2.0) -> list:
@@ -111,6 +120,7 @@ class GradientRecorder:
         self._norm_stride = 1
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
         self.syncs = 0                   # host reads performed (tests check: <= 1 per step)
+        self.captured_steps = 0          # steps inside CUDA graph capture: not recorded
         self.errors: list = []           # failures inside our hooks, for the report's notes
 
     # -- registration --------------------------------------------------------------------------
@@ -160,6 +170,8 @@ class GradientRecorder:
         once. A gradient zeroed in place (``zero_grad(set_to_none=False)``, ``.data.zero_()``)
         is only visible in its values, so a few elements are copied on the device and compared
         at the next optimizer step (no host read here)."""
+        if stream_capturing():
+            return
         param = state.ref()
         grad = None if param is None else param.grad
         last = state.last_grad() if state.last_grad is not None else None
@@ -176,7 +188,7 @@ class GradientRecorder:
     def note_loss(self, roots: Any, index: int) -> None:
         """Queue a finiteness check of a backward root (read at the next sync)."""
         if isinstance(roots, torch.Tensor) and roots.is_floating_point() \
-                and roots.device.type != "meta":
+                and roots.device.type != "meta" and not stream_capturing():
             with torch.no_grad():
                 ok = torch.isfinite(roots.detach()).all()
             self._pending_losses.append((index, user_location(), ok))
@@ -186,6 +198,9 @@ class GradientRecorder:
     # -- optimizer step ------------------------------------------------------------------------
     def on_step(self, optimizer: Any, step: int) -> None:
         """Record the step: accumulation per parameter, norms, non-finite values; one sync."""
+        if stream_capturing():
+            self.captured_steps += 1
+            return
         states = []
         for group in optimizer.param_groups:
             for p in group["params"]:
