@@ -458,3 +458,87 @@ def test_changed_buffers_sees_new_versions_and_kernel_side_updates():
     model[1].num_batches_tracked += 1     # a version bump
     changed = {id(b) for b, _ in changed_buffers(buffers, versions)}
     assert changed == {id(model[0].running_mean), id(model[1].num_batches_tracked)}
+
+
+def test_the_walk_never_runs_an_unpack_hook(no_leaks):
+    """Under saved-tensor hooks (save_on_cpu offloading on a GPU: every unpack is a copy back
+    to the device), gradscope sizes what the hooks packed without unpacking anything."""
+    counts = {"unpack": 0}
+
+    def pack(t):
+        return ("kept", t.detach().clone())
+
+    def unpack(packed):
+        counts["unpack"] += 1
+        return packed[1]
+
+    def run(watched):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        counts["unpack"] = 0
+
+        def loop():
+            for _ in range(2):
+                opt.zero_grad()
+                with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+                    loss = model(torch.randn(8, 16)).square().mean()
+                loss.backward()
+                opt.step()
+        if not watched:
+            loop()
+            return counts["unpack"], None
+        with gradscope.watch(model, opt) as scope:
+            loop()
+        return counts["unpack"], scope.report()
+
+    (plain, _), (watched, report) = run(False), run(True)
+    assert watched == plain
+    saved = [s for n in report.trace.graph.nodes for s in n.saved]
+    assert saved and all("(packed by a hook)" in s.name for s in saved)
+    assert report.trace.graph.saved_bytes > 0
+    assert any("saved-tensor hooks" in n for n in report.trace.notes)
+
+
+def test_checkpointed_segments_are_not_replayed_by_the_walk(no_leaks):
+    calls = [0]
+
+    class Seg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.bn = nn.Linear(8, 8), nn.BatchNorm1d(8)
+
+        def forward(self, x):
+            calls[0] += 1
+            return torch.tanh(self.bn(self.lin(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.segs = nn.ModuleList([Seg() for _ in range(3)])
+
+        def forward(self, x):
+            for seg in self.segs:
+                x = ckpt.checkpoint(seg, x, use_reentrant=False)
+            return x
+
+    def run(watched):
+        torch.manual_seed(0)
+        model = Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        calls[0] = 0
+
+        def step():
+            opt.zero_grad()
+            model(torch.randn(16, 8)).square().mean().backward()
+            opt.step()
+        if watched:
+            with gradscope.watch(model, opt):
+                step()
+        else:
+            step()
+        return calls[0], [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+    (plain_calls, plain), (watched_calls, watched) = run(False), run(True)
+    assert watched_calls == plain_calls == 6  # 3 forwards + 3 recomputes in backward, no more
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))

@@ -402,6 +402,14 @@ class Capture:
             with torch.no_grad():
                 for b, saved in changed_buffers(buffers, versions):
                     b.data.copy_(saved)
+        if walker.hooked and not any("saved-tensor hooks" in n for n in self.notes):
+            self.notes.append(
+                f"{walker.hooked} saved tensor(s) are held by saved-tensor hooks (activation "
+                "checkpointing, or offloading such as save_on_cpu): gradscope measured what the "
+                "hooks keep without unpacking them (unpacking would recompute a checkpointed "
+                "segment or copy the tensor back). A checkpointed segment keeps nothing until "
+                "backward recomputes it; offloaded copies are listed but not counted as device "
+                "memory.")
         if walker.saved_incomplete and not any("checkpointed" in n for n in self.notes):
             self.notes.append(
                 "Saved-tensor memory is shown only up to the first checkpointed segment: "

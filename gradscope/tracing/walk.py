@@ -63,6 +63,7 @@ class AutogradWalker:
         self.saved = saved
         self.forwards: Optional[Callable[[], int]] = None  # counts module forwards run so far
         self.saved_incomplete = False
+        self.hooked = 0  # saved tensors held by saved-tensor hooks: measured without unpacking
         self._types: dict = {}
         self._str_cache: dict = {}
         # Parameters are not activation memory: a saved weight is never counted.
@@ -120,7 +121,7 @@ class AutogradWalker:
                 if owner is not None:
                     node.model, node.module = owner
             if want_saved and info.has_saved:
-                node.saved = self._saved(fn, info, forwards_before)
+                node.saved = self._saved(fn, info, forwards_before, node.device)
                 if self.forwards is not None and self.forwards() != forwards_before:
                     # That read re-ran a forward: a checkpointed segment (non-reentrant
                     # checkpointing unpacks by recomputing). Stop reading saved tensors, so
@@ -193,7 +194,8 @@ class AutogradWalker:
                 self.unregistered[node.id] = self.describe_leaf(var)
 
     # -- saved tensors -------------------------------------------------------------------------
-    def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None) -> list:
+    def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
+               device: Optional[str] = None) -> list:
         out: list = []
         if info.python_function:
             try:
@@ -205,6 +207,14 @@ class AutogradWalker:
             return out
         for attr in info.saved_attrs:
             try:
+                raw = getattr(fn, "_raw" + attr)
+                if _hooked(raw):
+                    # Held by saved-tensor hooks (checkpointing, save_on_cpu offloading):
+                    # unpacking would recompute the segment or copy the tensor back to the
+                    # device. Measure what the hook packed instead, without unpacking.
+                    self.hooked += 1
+                    self._add_packed(out, attr[len("_saved_"):], raw, device)
+                    continue
                 value = getattr(fn, attr)
             except Exception:  # freed by an earlier backward: nothing left to measure
                 continue
@@ -218,11 +228,27 @@ class AutogradWalker:
                 self._add_saved(out, name, value)
         return out
 
-    def _add_saved(self, out: list, name: str, t: Any) -> None:
+    def _add_packed(self, out: list, name: str, raw: Any, device: Optional[str]) -> None:
+        """The tensors a saved-tensor hook packed (``SavedTensor.data``: no unpack hook runs).
+        A checkpoint keeps none; ``save_on_cpu`` keeps a host copy, which is listed but not
+        counted as memory of the node's device."""
+        for k, st in enumerate(raw if isinstance(raw, (list, tuple)) else (raw,)):
+            try:
+                packed = st.data
+            except Exception:  # noqa: BLE001 - released, or a torch without it
+                continue
+            items = packed if isinstance(packed, (list, tuple)) else (packed,)
+            label = f"{name}[{k}]" if isinstance(raw, (list, tuple)) else name
+            for t in items:
+                if isinstance(t, torch.Tensor):
+                    self._add_saved(out, f"{label} (packed by a hook)", t,
+                                    elsewhere=device is not None and str(t.device) != device)
+
+    def _add_saved(self, out: list, name: str, t: Any, elsewhere: bool = False) -> None:
         if not isinstance(t, torch.Tensor):
             return
         key, nbytes = storage_key(t)
-        counted = key not in self._storages
+        counted = key not in self._storages and not elsewhere
         self._storages.add(key)
         try:
             shape = tuple(t.shape)
@@ -231,6 +257,13 @@ class AutogradWalker:
         cache = self._str_cache
         dtype = cache.get(t.dtype) or self._str(t.dtype, _dtype_name)
         out.append(SavedTensor(name, shape, dtype, nbytes, counted))
+
+
+def _hooked(raw: Any) -> bool:
+    """Is this ``_raw_saved_*`` value (a SavedTensor, or a list of them) held by saved-tensor
+    hooks? Then reading ``_saved_*`` would run the unpack hook."""
+    items = raw if isinstance(raw, (list, tuple)) else (raw,)
+    return any(getattr(st, "unpack_hook", None) is not None for st in items)
 
 
 def storage_key(t: torch.Tensor) -> tuple:
