@@ -275,7 +275,21 @@ def expect_regression_ok(d):
     assert d["broadcasts"] == [] and d["backward_calls"] == 3
 
 
+def expect_temperature_outside_model(d):
+    [f] = [f for f in d["findings"] if f["check"] == "missing-zero-grad"]
+    assert f["data"]["parameters"] == ["logit_scale"]  # named after the user's variable
+    assert "model.zero_grad() leaves their gradients alone" in f["message"]
+    assert d["findings"] == [f]
+
+
+def expect_temperature_outside_model_ok(d):
+    expect_nothing(d)
+    assert all(s["carried"] == [] for s in d["accumulation"])
+
+
 EXPECT = {
+    "temperature_outside_model.py": expect_temperature_outside_model,
+    "temperature_outside_model_ok.py": expect_temperature_outside_model_ok,
     "regression_shape_mismatch.py": expect_regression_shape_mismatch,
     "regression_ok.py": expect_regression_ok,
     "device_mismatch.py": expect_device_mismatch,

@@ -46,6 +46,12 @@ def run(trace) -> list:
                     if e.get("kind") == "zero_grad" and e.get("location")})
     where = (f" zero_grad() was called only at {', '.join(sites[:3])}." if sites else
              " zero_grad() was never called.")
+    in_models = {f"{p['model']}.{p['name']}" for p in trace.parameters}
+    outside = [p for p in params if p not in in_models]
+    if outside and sites:
+        where += (f" {names_list(outside, 3)} belong(s) to no model: the optimizer trains "
+                  "them, so model.zero_grad() leaves their gradients alone; "
+                  "optimizer.zero_grad() clears every parameter it steps.")
     return [Finding(
         "missing-zero-grad", "error",
         f"At optimizer step {first['step']} ({first['location']}) the gradients of "

@@ -19,7 +19,7 @@ import torch.optim.optimizer as torch_optimizer
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
 from .handles import HandleGroup, ours
-from .locations import user_location
+from .locations import frame_locals, user_frame, user_location
 from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
@@ -202,6 +202,25 @@ def _batch_rows(stats: dict) -> list:
 def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
+
+
+
+def _variable_name(tensor: torch.Tensor) -> Optional[str]:
+    """The user's variable holding ``tensor`` in the innermost user frame (``logit_scale``,
+    ``self.temperature``), else None."""
+    frame = user_frame()
+    if frame is None:
+        return None
+    local_vars = frame_locals(frame)
+    for scope in (local_vars, frame.f_globals):
+        for var, value in list(scope.items()):
+            if value is tensor and not var.startswith("_"):
+                return var
+    owner = local_vars.get("self")
+    for attr, value in list(getattr(owner, "__dict__", {}).items()):
+        if value is tensor:
+            return f"self.{attr}"
+    return None
 
 
 def _not_compiled(fn: Callable) -> Callable:
@@ -453,6 +472,16 @@ class Capture:
             for name, p in model.named_parameters():
                 if p.requires_grad and not _uninitialized(p):
                     self.gradients.watch(p, (label, name), self.handles)
+        # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
+        # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
+        for opt in list(self._optimizers.values()):
+            for g, group in enumerate(opt.param_groups):
+                for k, p in enumerate(group["params"]):
+                    if isinstance(p, torch.Tensor) and p.requires_grad \
+                            and not self.gradients.watching(p) and not _uninitialized(p):
+                        name = _variable_name(p) or \
+                            f"{type(opt).__name__}.param_groups[{g}][{k}]"
+                        self.gradients.watch(p, (None, name), self.handles)
 
     def _arm_nonfinite(self, roots: Any) -> bool:
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""

@@ -135,6 +135,10 @@ class GradientRecorder:
         handles.add(param.register_hook(self._make_pre_hook(state)))
         handles.add(param.register_post_accumulate_grad_hook(self._make_post_hook(state)))
 
+    def watching(self, param: torch.Tensor) -> bool:
+        state = self._params.get(id(param))
+        return state is not None and state.ref() is param
+
     @ours
     def _safely(self, fn: Callable, state: _ParamState) -> None:
         # Hooks run inside the user's backward: a bug of ours must never surface there.
