@@ -15,6 +15,7 @@ from gradscope_cli.main import main
 from models import zoo
 
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
+       "attribute-keeps-graph",
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
        "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
@@ -129,6 +130,26 @@ def test_unregistered_tensor_unit():
     assert f.data["paths"] == ["m.bn1.moving_mean", "m.bn2.moving_mean"]
     assert "register_buffer('moving_mean'" in f.hint and f.location == "bn.py:12"
     assert "state_dict()" in f.message and ".to(device)" in f.message
+
+
+def test_attribute_keeps_graph_unit():
+    def rec(module, attr, history, kind="tensor"):
+        return {"kind": kind, "model": "m", "module": module, "attr": attr, "type": "BN",
+                "shape": [1, 4], "dtype": "float32", "device": "cpu",
+                "requires_grad": history > 0, "is_leaf": history == 0, "history": history,
+                "grad_fn": "AddBackward0" if history else None, "location": "bn.py:12"}
+    only = _check("attribute-keeps-graph")
+    assert run_checks(Trace(attributes=[rec("bn1", "moving_mean", 0)]), only) == []
+    trace = Trace(attributes=[rec("bn1", "moving_mean", 40), rec("bn1", "moving_var", 0),
+                              rec("ema", "shadow", 90, kind="buffer")], optimizer_steps=6)
+    [f] = run_checks(trace, only)
+    assert f.data["paths"] == ["m.bn1.moving_mean", "m.ema.shadow"]  # the history-free one not
+    assert "90 autograd nodes after 6 training step(s)" in f.message
+    assert "grad_fn=AddBackward0" in f.message and ".detach()" in f.hint
+    # unregistered-tensor must not call history a tensor to train
+    [g] = run_checks(Trace(attributes=[rec("bn1", "moving_mean", 40)]),
+                     _check("unregistered-tensor"))
+    assert "register_buffer" in g.hint and "nn.Parameter" not in g.hint
 
 
 def test_unused_parameter_unit():
@@ -524,3 +545,32 @@ def test_unregistered_parameter_respects_optimizers_and_inputs():
     [f] = run(Weighted(), log_var, False, torch.randn(3, 4), log_var * 1.0 + 1)
     assert f.severity == "error" and f.data["shapes"] == [[1]]
     assert run(Saliency(), None, False, torch.randn(3, 4)) == []
+
+
+def test_a_buffer_reassigned_with_history_is_found_and_a_detached_one_is_not(no_leaks):
+    class EMA(nn.Module):
+        def __init__(self, detach):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.detach = detach
+            self.register_buffer("ema", torch.zeros(4))
+
+        def forward(self, x):
+            h = self.fc(x)
+            new = 0.9 * self.ema + 0.1 * h.mean(0)
+            self.ema = new.detach() if self.detach else new  # still a registered buffer
+            return h
+
+    found = {}
+    for detach in (False, True):
+        model = EMA(detach)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt) as scope:
+            for _ in range(4):
+                opt.zero_grad()
+                model(torch.randn(8, 4)).square().mean().backward()
+                opt.step()
+        found[detach] = [f for f in scope.report().findings if f.check == "attribute-keeps-graph"]
+    [f] = found[False]
+    assert f.data["paths"] == ["model.ema"] and f.data["history"]["model.ema"] >= 4 * 3
+    assert found[True] == []

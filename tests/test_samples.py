@@ -63,6 +63,18 @@ def expect_handwritten_batchnorm(d):
     assert "MeanBackward1" in _ops(d, "bn1")
 
 
+def expect_handwritten_batchnorm_no_detach(d):
+    [f] = [f for f in d["findings"] if f["check"] == "attribute-keeps-graph"]
+    assert sorted(f["data"]["paths"]) == ["model.bn1.moving_mean", "model.bn1.moving_var",
+                                          "model.bn2.moving_mean", "model.bn2.moving_var"]
+    assert ".detach()" in f["hint"] and "register_buffer" in f["hint"]
+    # the chain grows with each of the 3 steps: more nodes than one step's graph holds
+    assert max(f["data"]["history"].values()) > 3 * 5
+    for g in d["findings"]:
+        if g["check"] == "unregistered-tensor":
+            assert "register_buffer" in g["hint"] and "nn.Parameter" not in g["hint"]
+
+
 def expect_forgot_zero_grad(d):
     assert d["backward_calls"] == 6 and d["optimizer_steps"] == 4
     # the gradient at step k holds k backward calls: 1, 2, 3, 4
@@ -320,6 +332,7 @@ EXPECT = {
     "clean_registration.py": expect_clean_registration,
     "layers_in_forward.py": expect_layers_in_forward,
     "handwritten_batchnorm.py": expect_handwritten_batchnorm,
+    "handwritten_batchnorm_no_detach.py": expect_handwritten_batchnorm_no_detach,
     "forgot_zero_grad.py": expect_forgot_zero_grad,
     "builtin_sum.py": expect_builtin_sum,
     "softmax_cross_entropy.py": expect_softmax_cross_entropy,

@@ -14,6 +14,7 @@ CHECK_MODULES = (
     "unregistered_parameter",
     "plain_container",
     "unregistered_tensor",
+    "attribute_keeps_graph",
     "unused_parameter",
     "param_not_in_optimizer",
     "tied_weights",

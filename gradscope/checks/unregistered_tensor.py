@@ -22,7 +22,9 @@ def run(trace) -> list:
         paths = [f"{module_path(a['model'], a['module'])}.{attr}" for a in items]
         first = items[0]
         shapes = ", ".join(dict.fromkeys(str(tuple(a["shape"])) for a in items))
-        trainable = any(a["requires_grad"] for a in items)
+        # requires_grad on a non-leaf is autograd history (attribute-keeps-graph), not a
+        # tensor to train: making it a Parameter would train running statistics
+        trainable = any(a["requires_grad"] and a.get("is_leaf", True) for a in items)
         fix = ("self.{0} = nn.Parameter(...)" if trainable else
                "self.register_buffer('{0}', tensor) (persistent=False if it should not be saved)")
         many = len(paths) > 1

@@ -68,6 +68,11 @@ def scan_attributes(models: dict) -> tuple:
                              if p is not None}
         for qual, mod in tree:
             prefix = f"{qual}." if qual else ""
+            for attr, value in list(mod._buffers.items()):
+                if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                    # a registered buffer re-assigned a value with autograd history
+                    records.append({**_tensor_record(label, qual, mod, attr, value),
+                                    "kind": "buffer"})
             for attr, value in list(vars(mod).items()):
                 if attr in _MODULE_INTERNALS:
                     continue
@@ -97,7 +102,28 @@ def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Te
             "type": type(mod).__name__, "shape": list(t.shape),
             "dtype": str(t.dtype).replace("torch.", ""), "device": str(t.device),
             "requires_grad": bool(t.requires_grad), "is_leaf": bool(t.is_leaf),
+            "history": history_size(t),
+            "grad_fn": type(t.grad_fn).__name__ if t.grad_fn is not None else None,
             "location": assignment_location(mod, attr)}
+
+
+MAX_HISTORY = 100_000
+
+
+def history_size(t: torch.Tensor) -> int:
+    """How many autograd nodes a tensor keeps alive through its ``grad_fn`` (iterative, capped
+    at MAX_HISTORY): 0 for a leaf or a detached tensor."""
+    fn = t.grad_fn
+    if fn is None:
+        return 0
+    seen = {id(fn)}
+    todo = [fn]
+    while todo and len(seen) < MAX_HISTORY:
+        for nxt, _ in todo.pop().next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                todo.append(nxt)
+    return len(seen)
 
 
 def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: Any, path: str,
