@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from .api import build_report, describe_exception, report_from, run_model
 from .checks import select_checks
-from .errors import InputError
+from .errors import InputError, LoadError
 from .report import Report
 from .tracing.capture import Capture
 from .tracing.modules import unwrap
@@ -99,4 +99,8 @@ def trace_target(target: str, inputs: tuple = (), device: Optional[str] = None,
             run_model(capture, model, args, kwargs, loss_fn)
         except BaseException as e:  # noqa: BLE001 - reported with the partial report
             error = e
+    if isinstance(error, (InputError, LoadError)) and not capture.tracker.root_calls:
+        # Our own usage error (a constructor that needs arguments, no example inputs) before
+        # the model ran: nothing was captured, so no report; one clear error, exit 2.
+        raise error
     return _finish(capture, run, checks, error)

@@ -132,3 +132,25 @@ def test_device_errors_for_cuda_builds_without_a_gpu_or_with_too_few(monkeypatch
         check_device("cuda:2")
     assert check_device("cuda:1") == "cuda:1"
     assert check_device("cpu") == "cpu" and check_device("meta") == "meta"
+
+
+@pytest.mark.parametrize("target, inputs, says", [
+    ("model.py:Net", ["--input", "4,8:long"], "its constructor needs arguments (vocab)"),
+    ("model.py:Square", [], "no example inputs"),
+])
+def test_a_target_that_cannot_be_run_is_one_usage_error_and_writes_nothing(
+        cwd, target, inputs, says):
+    (cwd / "model.py").write_text(textwrap.dedent('''
+        from torch import nn
+        class Net(nn.Module):
+            def __init__(self, vocab):
+                super().__init__()
+                self.emb = nn.Embedding(vocab, 4)
+        class Square(nn.Linear):
+            def __init__(self):
+                super().__init__(4, 4)
+    '''))
+    r = run("trace", target, *inputs)
+    assert r.exit_code == 2, r.output
+    assert r.output.count(says) == 1 and "gradscope.errors" not in r.output
+    assert not os.path.exists("gradscope-report")  # nothing captured: no empty report
