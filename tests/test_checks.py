@@ -574,3 +574,19 @@ def test_a_buffer_reassigned_with_history_is_found_and_a_detached_one_is_not(no_
     [f] = found[False]
     assert f.data["paths"] == ["model.ema"] and f.data["history"]["model.ema"] >= 4 * 3
     assert found[True] == []
+
+
+def test_weightless_layer_rebuilt_in_library_code_is_not_the_users_to_fix():
+    def module(location):
+        return {"model": "model", "name": "<CrossEntropyLoss#0>", "type": "CrossEntropyLoss",
+                "registered": False, "has_parameters": False, "rebuilt": True, "calls": 3,
+                "location": location}
+    only = _check("layer-in-forward")
+
+    def found(location, target="train.py"):
+        return run_checks(Trace(modules=[module(location)], run={"target": target}), only)
+    assert found("/opt/libs/transformers/models/bert/modeling_bert.py:1131") == []  # --target
+    assert found("/usr/lib/python3/dist-packages/lib/m.py:9") == []
+    [f] = found("train.py:20")                                   # the user's own file
+    assert f.severity == "info" and f.location == "train.py:20"
+    assert len(found("/home/u/proj/model.py:9", target="/home/u/proj/train.py")) == 1

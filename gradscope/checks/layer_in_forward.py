@@ -66,9 +66,18 @@ def _init_typo(trace, c: dict):
     return None
 
 
-def _installed_package(location) -> bool:
-    path = (location or "").replace("\\", "/")
-    return "/site-packages/" in path or "/dist-packages/" in path
+def _not_the_users(location, trace) -> bool:
+    """Library code: an installed package, or a file outside both the working directory
+    (locations inside it are stored relative) and the traced file's folder (a library on
+    PYTHONPATH, installed with pip --target or in editable mode elsewhere)."""
+    path = (location or "").replace("\\", "/").rsplit(":", 1)[0]
+    if "/site-packages/" in path or "/dist-packages/" in path:
+        return True
+    if not path.startswith("/"):
+        return False  # relative: inside the working directory
+    target = str(trace.run.get("target") or "").replace("\\", "/").rsplit(":", 1)[0]
+    folder = target.rsplit("/", 1)[0] + "/" if target.startswith("/") and "/" in target else None
+    return folder is None or not path.startswith(folder)
 
 
 def _parameter_free(trace) -> list:
@@ -78,7 +87,7 @@ def _parameter_free(trace) -> list:
         if m["registered"] or m.get("has_parameters") or not m.get("rebuilt"):
             continue
         parent_name = m["name"].rsplit(".<", 1)[0] if ".<" in m["name"] else ""
-        if (m["model"], parent_name) in held or _installed_package(m.get("location")):
+        if (m["model"], parent_name) in held or _not_the_users(m.get("location"), trace):
             # Hugging Face models build CrossEntropyLoss() in forward: not the user's to fix
             continue
         out.append(Finding(
