@@ -246,6 +246,7 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
                   gradients=gradients, transfers=snap.get("transfers") or [],
                   loss_sites=snap.get("loss_sites") or [],
                   broadcasts=snap.get("broadcasts") or [],
+                  iterations=snap.get("iterations") or [],
                   failure=capture.failure or {}, torch_version=torch.__version__)
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location

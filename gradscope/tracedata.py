@@ -39,6 +39,7 @@ class Trace:
     transfers: list = dataclasses.field(default_factory=list)    # device copies in forwards
     loss_sites: list = dataclasses.field(default_factory=list)   # where losses were called
     broadcasts: list = dataclasses.field(default_factory=list)   # prediction/target mismatches
+    iterations: list = dataclasses.field(default_factory=list)   # where tensors were iterated
     failure: dict = dataclasses.field(default_factory=dict)      # the run's error, explained
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
@@ -70,6 +71,7 @@ class Trace:
             "transfers": list(self.transfers),
             "loss_sites": list(self.loss_sites),
             "broadcasts": list(self.broadcasts),
+            "iterations": list(self.iterations),
             "failure": dict(self.failure),
         }
         if with_graph:
@@ -103,6 +105,7 @@ class Trace:
             ranks=list(d.get("ranks", [])),
             transfers=list(d.get("transfers", [])), failure=dict(d.get("failure") or {}),
             loss_sites=list(d.get("loss_sites", [])), broadcasts=list(d.get("broadcasts", [])),
+            iterations=list(d.get("iterations", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

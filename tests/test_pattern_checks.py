@@ -541,3 +541,17 @@ def test_loss_broadcast_sees_each_form_and_spares_deliberate_pairs(tmp_path, no_
              for f in report.findings if f.check == "loss-broadcast"}
     assert found == {("9", "smooth_l1_loss"), ("10", "sub"), ("11", "sub")}
     assert all(r["result"] == [6, 6] for r in report.trace.broadcasts)
+
+
+def test_builtin_sum_names_the_line_that_iterated_a_tensor_of_as_many_rows():
+    nodes = [Node("n0", "UnbindBackward0", outputs=20)]
+    nodes += [Node(f"n{k}", "AddBackward0") for k in range(1, 21)]
+    edges = [Edge("n0", f"n{k}") for k in range(1, 21)]
+    graph = Graph(nodes, edges, ["n20"])
+    only = _only("builtin-sum")
+    iterations = [{"location": "train.py:9", "rows": 64, "calls": 1},   # another tensor
+                  {"location": "train.py:34", "rows": 20, "calls": 5}]
+    [f] = run_checks(Trace(graph=graph, iterations=iterations), only)
+    assert f.location == "train.py:34" and "at train.py:34" in f.message
+    [f] = run_checks(Trace(graph=graph), only)  # watch, or a saved trace from before: no line
+    assert f.location is None

@@ -88,6 +88,8 @@ def expect_builtin_sum(d):
     unbind = [n for n in d["graph"]["nodes"] if n["op"] == "UnbindBackward0"]
     # iterating a tensor unbinds it once into 64 one-element views, then 64 Python additions
     assert len(adds) == 64 and len(unbind) == 1 and unbind[0]["outputs"] == 64
+    [f] = [f for f in d["findings"] if f["check"] == "builtin-sum"]
+    assert f["location"].endswith("builtin_sum.py:25")  # the sum(...) line, from the op watch
 
 
 def expect_softmax_cross_entropy(d):

@@ -32,6 +32,11 @@ def run(trace) -> list:
             continue
         first = trace.graph.node(adds[0])
         where = first.module_path or "code outside the model"
+        # the line that iterated a tensor of as many rows (recorded by gradscope trace)
+        location = next((it["location"] for it in trace.iterations
+                         if n.op == "UnbindBackward0" and it["rows"] == n.outputs), None)
+        if location:
+            where += f" at {location}"
         out.append(Finding(
             "builtin-sum", "warning",
             f"{len(adds)} AddBackward0 nodes in {where} add up the elements of one tensor one by "
@@ -39,7 +44,7 @@ def run(trace) -> list:
             f"replace {len(adds)} graph nodes (and as many kernel launches and Python steps) "
             "with one, and also works along any dimension.",
             hint="Use t.sum() (or t.sum(dim=...)) instead of sum(t).",
-            module=first.module_path, nodes=[n.id] + adds[:50],
+            module=first.module_path, location=location, nodes=[n.id] + adds[:50],
             data={"adds": len(adds), "source": n.op}))
     return out
 

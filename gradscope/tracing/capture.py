@@ -656,6 +656,7 @@ class Capture:
                 "transfers": self.opwatch.transfer_records() if self.opwatch else None,
                 "loss_sites": self.opwatch.loss_site_records() if self.opwatch else None,
                 "broadcasts": self.opwatch.broadcast_records() if self.opwatch else None,
+                "iterations": self.opwatch.iteration_records() if self.opwatch else None,
                 "gradients": {**self.gradients.snapshot(),
                               "nonfinite_origin": self.nonfinite.found if self.nonfinite else None,
                               "nonfinite_search": self.nonfinite is not None}}

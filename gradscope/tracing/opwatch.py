@@ -45,6 +45,11 @@ _SHAPE_LOSSES = {"mse_loss", "l1_loss", "smooth_l1_loss", "huber_loss", "soft_ma
 # The hand-written form, ((pred - y) ** 2).mean(): (N, 1) - (N,) is an (N, N) matrix.
 _SUBTRACTIONS = {"sub", "__sub__", "__rsub__", "rsub", "subtract"}
 MAX_BROADCASTS = 50
+# Iterating a tensor (``for x in t``, builtin ``sum(t)``) unbinds it into one tensor per row:
+# where that happens to a grad-requiring tensor of many rows (builtin-sum names the line).
+_ITERATIONS = {"__iter__", "unbind"}
+MIN_ITERATED_ROWS = 16
+MAX_ITERATION_SITES = 50
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
@@ -73,6 +78,7 @@ class OpWatch(TorchFunctionMode):
         self.errors: list = []
         self.loss_sites: dict = {}       # (loss function, file:line) -> calls
         self.broadcasts: dict = {}       # (op, file:line, shapes) -> record
+        self.iterations: dict = {}       # (file:line, rows) -> calls
         self._active = True
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
@@ -96,7 +102,22 @@ class OpWatch(TorchFunctionMode):
             self._guarded(name, self._note_loss, name)
         elif name in _SUBTRACTIONS or name in _SHAPE_LOSSES:
             self._guarded(name, self._note_broadcast, name, args, kwargs, result)
+        elif name in _ITERATIONS:
+            self._guarded(name, self._note_iteration, args)
         return result
+
+    def _note_iteration(self, args: tuple) -> None:
+        t = args[0] if args else None
+        if not isinstance(t, torch.Tensor) or not t.requires_grad or t.dim() == 0 \
+                or t.shape[0] < MIN_ITERATED_ROWS:
+            return
+        key = (user_location(), int(t.shape[0]))
+        if key in self.iterations or len(self.iterations) < MAX_ITERATION_SITES:
+            self.iterations[key] = self.iterations.get(key, 0) + 1
+
+    def iteration_records(self) -> list:
+        return [{"location": loc, "rows": rows, "calls": n}
+                for (loc, rows), n in self.iterations.items()]
 
     def _note_loss(self, name: str) -> None:
         key = (name, user_location())
