@@ -17,6 +17,7 @@ from models import zoo
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
        "attribute-keeps-graph",
        "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
+       "zero-grad-before-step",
        "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
        "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
        "double-softmax", "loss-broadcast", "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
@@ -590,3 +591,34 @@ def test_weightless_layer_rebuilt_in_library_code_is_not_the_users_to_fix():
     [f] = found("train.py:20")                                   # the user's own file
     assert f.severity == "info" and f.location == "train.py:20"
     assert len(found("/home/u/proj/model.py:9", target="/home/u/proj/train.py")) == 1
+
+
+def test_zero_grad_before_step_unit():
+    only = _check("zero-grad-before-step")
+    events = [{"kind": "backward", "index": 1, "location": "t.py:8"},
+              {"kind": "zero_grad", "location": "t.py:9"},
+              {"kind": "step", "index": 1, "location": "t.py:10"}]
+    step = {"step": 1, "location": "t.py:10", "parameters": 0, "backward_calls": 0,
+            "summed": {}, "carried": []}
+    [f] = run_checks(Trace(events=events, accumulation=[{**step, "cleared": 4,
+                                                         "contributed": 4}]), only)
+    assert f.location == "t.py:9" and "between loss.backward() and optimizer.step()" in f.message
+    # only some of the step's parameters cleared (another model's, say): silent
+    assert run_checks(Trace(events=events, accumulation=[{**step, "cleared": 2,
+                                                         "contributed": 4}]), only) == []
+    assert run_checks(Trace(events=events, accumulation=[step]), only) == []
+
+
+def test_a_gan_zeroing_the_other_optimizer_between_backward_and_step_is_fine(no_leaks):
+    G, D = nn.Linear(4, 4), nn.Linear(4, 1)
+    opt_g, opt_d = torch.optim.SGD(G.parameters(), lr=0.1), torch.optim.SGD(D.parameters(), lr=0.1)
+    with gradscope.watch(G, D, opt_g, opt_d) as scope:
+        for _ in range(3):
+            opt_d.zero_grad()
+            D(G(torch.randn(8, 4)).detach()).mean().backward()
+            opt_g.zero_grad()                  # the other optimizer: D's gradients stay
+            opt_d.step()
+            G_loss = -D(G(torch.randn(8, 4))).mean()
+            G_loss.backward()
+            opt_g.step()
+    assert "zero-grad-before-step" not in {f.check for f in scope.report().findings}

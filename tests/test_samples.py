@@ -301,7 +301,15 @@ def expect_temperature_outside_model_ok(d):
     assert all(s["carried"] == [] for s in d["accumulation"])
 
 
+def expect_zero_grad_after_backward(d):
+    [f] = [f for f in d["findings"] if f["check"] == "zero-grad-before-step"]
+    assert f["location"].endswith("zero_grad_after_backward.py:25")
+    assert f["data"]["steps"] == [1, 2, 3, 4] and f["data"]["parameters"] == 4
+    assert d["findings"] == [f]
+
+
 EXPECT = {
+    "zero_grad_after_backward.py": expect_zero_grad_after_backward,
     "temperature_outside_model.py": expect_temperature_outside_model,
     "temperature_outside_model_ok.py": expect_temperature_outside_model_ok,
     "regression_shape_mismatch.py": expect_regression_shape_mismatch,

@@ -19,6 +19,7 @@ CHECK_MODULES = (
     "param_not_in_optimizer",
     "tied_weights",
     "missing_zero_grad",
+    "zero_grad_before_step",
     "grad_accumulation",
     "train_mode_eval",
     "eval_mode_train",

@@ -206,11 +206,17 @@ class GradientRecorder:
             self.captured_steps += 1
             return
         states = []
+        cleared = 0  # parameters that got gradients since the last step, and have none now
         for group in optimizer.param_groups:
             for p in group["params"]:
                 state = self._params.get(id(p))
-                if state is not None and state.ref() is p and p.grad is not None \
-                        and p.grad.layout == torch.strided:
+                if state is None or state.ref() is not p:
+                    continue
+                if p.grad is None:
+                    if state.since_step > 0:  # zero_grad() between backward() and step()
+                        cleared += 1
+                        state.since_step, state.reset_at, state.fps = 0, None, []
+                elif p.grad.layout == torch.strided:
                     states.append((state, p))
         keep_norms = (step - 1) % self._norm_stride == 0
         # The L2 norm is read every step (it also reveals NaN/Inf); the max-abs pass costs as
@@ -222,7 +228,7 @@ class GradientRecorder:
             # step of any other optimizer (which is never called), it adds no gradient norms
             # (partly Inf: filtering those out left a tiny total that seemed to explode later).
             keep_norms = False
-        self._record_step(optimizer, step, states, values, keep_norms)
+        self._record_step(optimizer, step, states, values, keep_norms, cleared)
         for state, p in states:  # what the next backward calls are compared with
             if state.index is None or state.index.device != p.grad.device:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
@@ -289,13 +295,18 @@ class GradientRecorder:
         self._pending_losses = rest
 
     def _record_step(self, optimizer: Any, step: int, states: list, values: dict,
-                     keep_norms: bool) -> None:
+                     keep_norms: bool, cleared: int = 0) -> None:
         summed: dict = {}
         fresh: dict = {}
         carried_names = []
         bad = []
+        contributed = cleared
         for k, (state, p) in enumerate(states):
             carried, new = _carried(state, values["flags"][k])
+            if new > 0:
+                contributed += 1
+                if values["norm"][k] == 0.0:  # zeroed in place (set_to_none=False) since
+                    cleared += 1
             state.summed = new + (state.summed if carried else 0)
             name = _display(state.name)
             if carried:
@@ -318,6 +329,10 @@ class GradientRecorder:
                   "carried": carried_names}
         if values.get("found_inf"):
             record["skipped_by_scaler"] = True
+        if cleared:
+            # of the parameters that received gradients since the previous step, how many had
+            # them cleared (None, or all zeros) when this step ran
+            record["cleared"], record["contributed"] = cleared, contributed
         if len(self.steps) < MAX_STEP_RECORDS:
             self.steps.append(record)
         elif len(self.steps) == MAX_STEP_RECORDS:
