@@ -607,6 +607,13 @@ def test_zero_grad_before_step_unit():
     assert run_checks(Trace(events=events, accumulation=[{**step, "cleared": 2,
                                                          "contributed": 4}]), only) == []
     assert run_checks(Trace(events=events, accumulation=[step]), only) == []
+    # zero_grad(set_to_none=False) in between: all zeros, and the timeline shows the call
+    [f] = run_checks(Trace(events=events, accumulation=[{**step, "zeros": 4,
+                                                         "contributed": 4}]), only)
+    # all zeros without a zero_grad() in between: a dead network, not a reset
+    no_call = [e for e in events if e["kind"] != "zero_grad"]
+    assert run_checks(Trace(events=no_call, accumulation=[{**step, "zeros": 4,
+                                                          "contributed": 4}]), only) == []
 
 
 def test_a_gan_zeroing_the_other_optimizer_between_backward_and_step_is_fine(no_leaks):
@@ -622,3 +629,42 @@ def test_a_gan_zeroing_the_other_optimizer_between_backward_and_step_is_fine(no_
             G_loss.backward()
             opt_g.step()
     assert "zero-grad-before-step" not in {f.check for f in scope.report().findings}
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_between_backward_and_step_is_found_either_way(set_to_none, no_leaks):
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(3):
+            model(torch.randn(8, 4)).square().mean().backward()
+            opt.zero_grad(set_to_none=set_to_none)
+            opt.step()
+    [f] = [f for f in scope.report().findings if f.check == "zero-grad-before-step"]
+    assert f.data["steps"] == [1, 2, 3] and f.location.startswith("tests/test_checks.py:")
+
+
+def test_spectral_norm_and_a_weight_penalty_are_not_tied_weights(tmp_path, no_leaks):
+    """spectral_norm's parametrization uses its 'original' twice by design, and runs once at
+    registration outside any forward (it was registered as a model of its own); an explicit L2
+    penalty over model.parameters() is not a second run of the model."""
+    from gradscope.runner import trace_script
+
+    path = tmp_path / "train.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\n"
+        "from torch.nn.utils.parametrizations import spectral_norm\n"
+        "torch.manual_seed(0)\n"
+        "C = nn.Sequential(spectral_norm(nn.Linear(8, 16)), nn.LeakyReLU(0.2),\n"
+        "                  spectral_norm(nn.Linear(16, 1)))\n"
+        "opt = torch.optim.Adam(C.parameters(), lr=1e-3)\n"
+        "for _ in range(3):\n"
+        "    opt.zero_grad()\n"
+        "    loss = C(torch.randn(16, 8)).mean()\n"
+        "    loss = loss + 1e-4 * sum(p.pow(2).sum() for p in C.parameters())\n"
+        "    loss.backward()\n"
+        "    opt.step()\n")
+    outcome = trace_script(str(path))
+    assert outcome.error is None
+    assert [m["label"] for m in outcome.report.trace.models] == ["C"]
+    assert outcome.report.findings == [], [(f.check, f.message) for f in outcome.report.findings]

@@ -22,11 +22,22 @@ def _recurrent(name: str) -> bool:
     return name.rpartition(".")[2].startswith(_RECURRENT)
 
 
+def _by_design(name: str) -> bool:
+    """Recurrent weights (one use per time step) and a parametrization's ``original``
+    (spectral_norm uses it in its power iteration and again to scale it): several uses by
+    construction, not a shared module."""
+    return _recurrent(name) or ".parametrizations." in f".{name}"
+
+
 def run(trace) -> list:
     out = []
     uses: dict = {}
+    model_of = {n.id: n.model for n in trace.graph.nodes}
     for e in trace.graph.edges:
-        uses[e.src] = uses.get(e.src, 0) + 1
+        # Uses by the model's own ops only: a weight penalty computed outside the model
+        # (sum(p.pow(2).sum() for p in model.parameters())) is not a second run of it.
+        if model_of.get(e.dst) is not None:
+            uses[e.src] = uses.get(e.src, 0) + 1
     leaf_of = {(n.model, n.param): n.id for n in trace.graph.nodes if n.param}
     shared: dict = {}   # model -> [(parameter, node, uses)] used more than once
     in_graph: dict = {}  # model -> parameters with a node in the graph
@@ -43,7 +54,7 @@ def run(trace) -> list:
                 "gradients of all uses are summed into one .grad before the optimizer step.",
                 hint=_HINT_TIE, module=module_path(p["model"], p["module"]),
                 nodes=[node] if node else [], data={"names": names, "uses": n_uses}))
-        elif n_uses > 1 and not _recurrent(p["name"]):
+        elif n_uses > 1 and not _by_design(p["name"]):
             shared.setdefault(p["model"], []).append((p, node, n_uses))
         elif n_uses > 1:
             in_graph[p["model"]] -= 1  # not a sign that the whole model ran twice either

@@ -26,9 +26,17 @@ def _zero_grad_between(trace, step: int):
     return None
 
 
+def _emptied(trace, s: dict) -> bool:
+    """Every parameter that got a gradient has none at the step, or all zeros and a
+    zero_grad() ran in between (all zeros alone can be a dead network, not a reset)."""
+    cleared, zeros = s.get("cleared", 0), s.get("zeros", 0)
+    if not s.get("contributed") or cleared + zeros != s["contributed"]:
+        return False
+    return zeros == 0 or _zero_grad_between(trace, s["step"]) is not None
+
+
 def run(trace) -> list:
-    bad = [s for s in trace.accumulation
-           if s.get("cleared") and s["cleared"] == s.get("contributed")]
+    bad = [s for s in trace.accumulation if _emptied(trace, s)]
     if not bad:
         return []
     first = bad[0]

@@ -300,13 +300,13 @@ class GradientRecorder:
         fresh: dict = {}
         carried_names = []
         bad = []
-        contributed = cleared
+        contributed, zeros = cleared, 0
         for k, (state, p) in enumerate(states):
             carried, new = _carried(state, values["flags"][k])
             if new > 0:
                 contributed += 1
-                if values["norm"][k] == 0.0:  # zeroed in place (set_to_none=False) since
-                    cleared += 1
+                if values["norm"][k] == 0.0:  # zeroed in place, or truly zero (dead units)
+                    zeros += 1
             state.summed = new + (state.summed if carried else 0)
             name = _display(state.name)
             if carried:
@@ -329,10 +329,11 @@ class GradientRecorder:
                   "carried": carried_names}
         if values.get("found_inf"):
             record["skipped_by_scaler"] = True
-        if cleared:
-            # of the parameters that received gradients since the previous step, how many had
-            # them cleared (None, or all zeros) when this step ran
-            record["cleared"], record["contributed"] = cleared, contributed
+        if cleared or zeros:
+            # of the parameters that received gradients since the previous step, how many have
+            # none (.grad is None) and how many all zeros when this step runs
+            record["cleared"], record["zeros"] = cleared, zeros
+            record["contributed"] = contributed
         if len(self.steps) < MAX_STEP_RECORDS:
             self.steps.append(record)
         elif len(self.steps) == MAX_STEP_RECORDS:

@@ -27,6 +27,10 @@ from .handles import HandleGroup, hook_of_ours
 from .locations import frame_locals, user_frame, user_location
 
 _GraphModule = torch.fx.GraphModule
+try:  # parametrizations (spectral_norm, orthogonal, weight_norm's new form) run on .weight reads
+    from torch.nn.utils.parametrize import ParametrizationList as _ParametrizationList
+except ImportError:  # pragma: no cover - older torch
+    _ParametrizationList = ()
 _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
     getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
@@ -94,6 +98,7 @@ class ModuleTracker:
         self._transient: dict = {}    # same, for modules not registered anywhere (this root call)
         # Per thread: [module, model, name, start_seq, unregistered_counter] of running forwards.
         self._stacks: dict = {}
+        self._muted_depth: dict = {}  # thread -> depth inside a parametrization run outside forward
         # Sequence numbers are per thread: ranges are only recorded in the thread that owns the
         # capture (the one running the script or the watch block).
         self._owner = threading.get_ident()
@@ -137,6 +142,7 @@ class ModuleTracker:
         self._failure_exc_id = id(self.failure_exc) if self.failure_exc is not None else None
         self.failure_exc = None
         self._stacks.clear()
+        self._muted_depth.clear()
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
 
@@ -286,15 +292,33 @@ class ModuleTracker:
         # DataParallel's per-GPU replicas, rebuilt on every forward and run one per thread:
         # registering them as models kept every replica (and its weights) alive and ran the
         # checks on them. Their work is the user's model's, which the wrapper's call records.
+        # Nor is a parametrization computing ``module.weight`` outside any forward (when
+        # spectral_norm registers it, or other code reads the weight): it is part of its
+        # model, named through it once that model runs, never a model of its own.
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
             or getattr(module, "_is_replica", False)
+
+    def _muted(self, module: nn.Module, entering: bool) -> bool:
+        """Inside a parametrization computing ``module.weight`` outside any forward (when
+        spectral_norm registers it, or other code reads the weight): part of its model, named
+        through it once that model runs, never a model of its own; nor are the modules it
+        calls. A per-thread depth, kept balanced by the always-called post hook."""
+        key = threading.get_ident()
+        depth = self._muted_depth.get(key, 0)
+        if depth:
+            self._muted_depth[key] = depth + (1 if entering else -1)
+            return True
+        if entering and isinstance(module, _ParametrizationList) and not self._stack:
+            self._muted_depth[key] = 1
+            return True
+        return False
 
     @hook_of_ours
     def _pre_hook(self, module: nn.Module, args: Any) -> None:
         if self.paused:  # a forward re-run by our own graph walk (checkpointing): not the user's
             self.replayed += 1
             return
-        if self._compiler_internal(module):
+        if self._compiler_internal(module) or self._muted(module, True):
             return
         stack = self._stack
         entry = self._names.get(id(module))
@@ -324,6 +348,8 @@ class ModuleTracker:
 
     @hook_of_ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._muted(module, False):
+            return
         stack = self._stack
         if not stack or self.paused or self._compiler_internal(module):
             return
