@@ -58,18 +58,23 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
     was only implied by --out is skipped with a note.
     """
     written = []
+    problem = None
     if json_path:
         report.save(json_path, format="json")
         written.append(json_path)
+    if focus and (dot_path or svg_path or html_path):
+        try:  # once, before any drawing: an unknown module is the user's to fix (exit 2)
+            report.to_dot(depth=depth, focus=focus)
+        except GradscopeError as e:
+            problem, focus = str(e), None  # the drawings are still written, whole
     if dot_path:
-        text = report.to_dot(depth=depth)
+        text = report.to_dot(depth=depth, focus=focus, fold=fold)
         write_atomically(dot_path, lambda f: f.write(text))
         written.append(dot_path)
     chart = report.to_gradflow_svg() if gradflow_path else None
     if chart is not None:
         write_atomically(gradflow_path, lambda f: f.write(chart))
         written.append(gradflow_path)
-    problem = None
     if svg_path:
         try:
             text = report.to_svg(depth=depth, max_nodes=max_nodes, focus=focus, fold=fold)
@@ -77,7 +82,7 @@ def write_outputs(report: Report, json_path: Optional[str], dot_path: Optional[s
             written.append(svg_path)
         except GradscopeError as e:
             if svg_required or not isinstance(e, GraphvizNotFound):
-                problem = str(e)
+                problem = problem or str(e)
             else:
                 click.echo(f"gradscope: SVG skipped: {e}", err=True)
     if html_path:

@@ -32,5 +32,6 @@ def render_command(trace_json: str, out: Optional[str], dot_path: Optional[str],
                                                                None, html_path)
     problem = write_outputs(report, None, dot_path, svg_path, required, depth, max_nodes,
                             html_path=html_path, focus=focus, fold=fold)
-    if problem:
-        raise click.ClickException(problem)
+    if problem:  # a usage problem, as in `gradscope trace`: exit 2
+        click.echo(f"gradscope: error: {problem}", err=True)
+        click.get_current_context().exit(2)

@@ -186,3 +186,26 @@ def test_cli_focus_and_fold(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["trace", target, "--input", "2,8:long", "--focus", "nope",
                                   "--svg", "g.svg", "--json", "t.json", "-q"])
     assert r.exit_code == 2 and "--focus 'nope'" in r.output and os.path.exists("t.json")
+
+
+def test_dot_honours_fold_and_focus_and_render_exits_2_on_an_unknown_module(tmp_path,
+                                                                              monkeypatch):
+    from click.testing import CliRunner
+
+    from conftest import REPO
+    from gradscope_cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    target = REPO + "/samples/clean_transformer.py:TinyGPT"
+    r = CliRunner().invoke(main, ["trace", target, "--input", "2,8:long", "--json", "t.json",
+                                  "--dot", "full.dot", "-q"])
+    assert r.exit_code == 0, r.output
+    full = open("full.dot").read()
+    for flags, name in ((["--fold"], "fold.dot"), (["--focus", "blocks.1.attn"], "focus.dot")):
+        r = CliRunner().invoke(main, ["render", "t.json", "--dot", name, *flags])
+        assert r.exit_code == 0, r.output
+        assert full.count(" -> ") > open(name).read().count(" -> ")  # a smaller drawing
+    assert "x1" in open("fold.dot").read()
+    r = CliRunner().invoke(main, ["render", "t.json", "--dot", "bad.dot", "--focus", "nope"])
+    assert r.exit_code == 2 and "--focus 'nope'" in r.output
+    assert open("bad.dot").read() == full  # still written, whole

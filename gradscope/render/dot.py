@@ -55,10 +55,18 @@ def _label(lines: Iterable[str], cache: Optional[_Quoted] = None) -> str:
 
 
 def render_dot(trace: Trace, depth: Optional[int] = None, view: Optional[View] = None,
-               highlight: Optional[set] = None, title: Optional[str] = None) -> str:
-    """DOT text: op level by default (complete at any size), or collapsed at ``depth``."""
+               highlight: Optional[set] = None, title: Optional[str] = None,
+               focus: Optional[str] = None, fold: bool = False) -> str:
+    """DOT text: op level by default (complete at any size: no size guard), or collapsed at
+    ``depth``; ``focus`` and ``fold`` shape it as they shape the drawing."""
     if view is None:
+        from .view import focus_view, fold_view
+
         view = op_view(trace) if depth is None else collapsed_view(trace, depth)
+        if focus:
+            view = focus_view(view, focus)
+        if fold:
+            view = fold_view(view)
     if highlight is None:  # info findings (tied weights, ...) are not problems: no red
         highlight = {nid for f in trace.findings if f.severity != "info" for nid in f.nodes}
     modules = {f.module for f in trace.findings if f.module and f.severity != "info"}

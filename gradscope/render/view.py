@@ -287,7 +287,9 @@ def focus_view(view: View, module: str) -> View:
         known = sorted({".".join(v.cluster) for v in view.nodes if v.cluster})
         import difflib
 
-        close = difflib.get_close_matches(module, known, n=5, cutoff=0.4) or known[:5]
+        close = difflib.get_close_matches(module, known, n=5, cutoff=0.4)
+        shallow = sorted(known, key=lambda k: (k.count("."), k))  # then the top-level ones
+        close += [k for k in shallow if k not in close][: max(0, 6 - len(close))]
         from ..errors import InputError
 
         raise InputError(f"--focus {module!r}: no node of the graph belongs to that module. "
