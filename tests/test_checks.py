@@ -668,3 +668,22 @@ def test_spectral_norm_and_a_weight_penalty_are_not_tied_weights(tmp_path, no_le
     assert outcome.error is None
     assert [m["label"] for m in outcome.report.trace.models] == ["C"]
     assert outcome.report.findings == [], [(f.check, f.message) for f in outcome.report.findings]
+
+
+def test_grad_accumulation_counts_the_partial_group_apart():
+    def step(i, calls):
+        return {"step": i, "location": "t.py:9", "parameters": 2, "backward_calls": calls,
+                "summed": {str(calls): 2}, "carried": []}
+    trace = Trace(accumulation=[step(1, 3), step(2, 3), step(3, 2)])
+    [f] = run_checks(trace, _check("grad-accumulation"))
+    assert "2 of 3 optimizer steps summed 3 backward calls each (1 summed 2" in f.message
+
+
+def test_unused_parameter_in_model_mode_says_the_training_loss_is_not_seen():
+    params = [_param("a.w"), _param("log_vars", grad_seen=False)]
+    [f] = run_checks(Trace(parameters=params, backward_calls=1, run={"mode": "model"}),
+                     _check("unused-parameter"))
+    assert "FILE.py:NAME run" in f.hint
+    [g] = run_checks(Trace(parameters=params, backward_calls=1, run={"mode": "script"}),
+                     _check("unused-parameter"))
+    assert "FILE.py:NAME" not in g.hint

@@ -12,11 +12,15 @@ def run(trace) -> list:
         return []
     factors = sorted({s["backward_calls"] for s in multi})
     factor = max(factors, key=lambda f: sum(1 for s in multi if s["backward_calls"] == f))
+    usual = sum(1 for s in multi if s["backward_calls"] == factor)
+    others = [f"{sum(1 for s in steps if s.get('backward_calls') == f)} summed {f}"
+              for f in sorted({s.get("backward_calls", 0) for s in steps} - {factor})]
+    rest = f" ({', '.join(others)}: a partial group, say)" if others else ""
     return [Finding(
         "grad-accumulation", "info",
-        f"Gradient accumulation: {len(multi)} of {len(trace.accumulation)} optimizer steps summed "
-        f"{factor} backward calls each (factors seen: {', '.join(map(str, factors))}), and the "
-        "gradients were reset after every step. The effective batch is that many batches.",
+        f"Gradient accumulation: {usual} of {len(trace.accumulation)} optimizer steps summed "
+        f"{factor} backward calls each{rest}, and the gradients were reset after every step. "
+        "The effective batch is that many batches.",
         hint="Nothing to fix if intended; divide the loss by the accumulation factor to keep the "
              "gradient scale of one batch.",
         location=multi[0]["location"], data={"factor": factor, "factors": factors,

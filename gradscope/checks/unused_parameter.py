@@ -7,6 +7,12 @@ from ._common import names_list, numel
 from .registry import Check
 
 
+_MODEL_MODE_NOTE = {"model": (
+    " This was a FILE.py:NAME run, where the loss is the model's output: a parameter that only "
+    "your training loss uses (a learned loss weight, say) looks unused here; trace the training "
+    "script to see it train.")}
+
+
 def run(trace) -> list:
     if (trace.failure or {}).get("kind") == "inplace-modified":
         return []  # a backward stopped half way: the parameters it did not reach say nothing
@@ -34,7 +40,7 @@ def run(trace) -> list:
                 "DistributedDataParallel this is an error unless you pass "
                 "find_unused_parameters=True (which costs an extra graph walk per step).",
                 hint="Use the module in forward(), remove it, or freeze it on purpose with "
-                     "requires_grad_(False).",
+                     "requires_grad_(False)." + _MODEL_MODE_NOTE.get(trace.run.get("mode"), ""),
                 module=module_path(model, module), location=None,
                 data={"parameters": names, "values": count}))
     return out
