@@ -138,6 +138,7 @@ def test_attribute_keeps_graph_unit():
         return {"kind": kind, "model": "m", "module": module, "attr": attr, "type": "BN",
                 "shape": [1, 4], "dtype": "float32", "device": "cpu",
                 "requires_grad": history > 0, "is_leaf": history == 0, "history": history,
+                "backwards_crossed": 5 if history else 0,
                 "grad_fn": "AddBackward0" if history else None, "location": "bn.py:12"}
     only = _check("attribute-keeps-graph")
     assert run_checks(Trace(attributes=[rec("bn1", "moving_mean", 0)]), only) == []
@@ -145,7 +146,10 @@ def test_attribute_keeps_graph_unit():
                               rec("ema", "shadow", 90, kind="buffer")], optimizer_steps=6)
     [f] = run_checks(trace, only)
     assert f.data["paths"] == ["m.bn1.moving_mean", "m.ema.shadow"]  # the history-free one not
-    assert "90 autograd nodes after 6 training step(s)" in f.message
+    assert "90 autograd nodes, built across 6 backward calls" in f.message
+    # one step's history (kept for the loss, or for a plot): not carried over, silent
+    one_step = {**rec("head", "aux_logits", 12), "backwards_crossed": 0}
+    assert run_checks(Trace(attributes=[one_step]), only) == []
     assert "grad_fn=AddBackward0" in f.message and ".detach()" in f.hint
     # unregistered-tensor must not call history a tensor to train
     [g] = run_checks(Trace(attributes=[rec("bn1", "moving_mean", 40)]),
@@ -687,3 +691,33 @@ def test_unused_parameter_in_model_mode_says_the_training_loss_is_not_seen():
     [g] = run_checks(Trace(parameters=params, backward_calls=1, run={"mode": "script"}),
                      _check("unused-parameter"))
     assert "FILE.py:NAME" not in g.hint
+
+
+def test_attribute_keeps_graph_is_silent_on_one_steps_history(no_leaks):
+    """Patterns a reviewer found it firing on: a GRU state detached at the start of each
+    forward (truncated BPTT), auxiliary logits kept for the training loss, attention weights
+    kept for plotting. Each holds only the current step's graph."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru, self.head, self.aux = nn.GRU(4, 8, batch_first=True), nn.Linear(8, 2), \
+                nn.Linear(8, 2)
+            self.hidden = None
+
+        def forward(self, x):
+            h0 = None if self.hidden is None else self.hidden.detach()
+            out, self.hidden = self.gru(x, h0)
+            self.attn = torch.softmax(out @ out.transpose(1, 2), -1)   # kept for a plot
+            self.aux_logits = self.aux(out[:, -1])                       # used by the loss
+            return self.head(out[:, -1])
+
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(4):
+            opt.zero_grad()
+            y = torch.randint(0, 2, (3,))
+            out = model(torch.randn(3, 5, 4))
+            (F.cross_entropy(out, y) + 0.3 * F.cross_entropy(model.aux_logits, y)).backward()
+            opt.step()
+    assert "attribute-keeps-graph" not in {f.check for f in scope.report().findings}

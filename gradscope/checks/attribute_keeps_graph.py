@@ -13,15 +13,16 @@ from .registry import Check
 
 
 def run(trace) -> list:
+    # history that survived a backward call: built before it and extended after it (a
+    # tensor kept for the loss or for plotting holds one step's graph, and is fine)
     items = [a for a in trace.attributes
-             if a["kind"] in ("tensor", "buffer") and a.get("history", 0) > 0]
+             if a["kind"] in ("tensor", "buffer") and a.get("backwards_crossed", 0) > 0]
     if not items:
         return []
     paths = [f"{module_path(a['model'], a['module'])}.{a['attr']}" for a in items]
     worst = max(items, key=lambda a: a["history"])
     many = len(items) > 1
-    steps = trace.optimizer_steps or trace.backward_calls
-    after = f" after {steps} training step(s)" if steps else ""
+    after = f", built across {worst['backwards_crossed'] + 1} backward calls"
     attr = items[0]["attr"]
     return [Finding(
         "attribute-keeps-graph", "warning",

@@ -8,6 +8,8 @@ attributes (``heads[0].weight``) so that unregistered graph leaves get a readabl
 """
 from __future__ import annotations
 
+import bisect
+
 import functools
 import inspect
 import re
@@ -54,9 +56,10 @@ def container_items(value: Any) -> list:
     return [(f"[{i}]", v) for i, v in enumerate(list(value)[:MAX_ITEMS])]
 
 
-def scan_attributes(models: dict) -> tuple:
+def scan_attributes(models: dict, backward_seqs: Any = ()) -> tuple:
     """Returns (records, names): plain tensor and container attributes of every model's
-    modules, and ``id(tensor) -> attribute path`` for tensors reachable through them."""
+    modules, and ``id(tensor) -> attribute path`` for tensors reachable through them.
+    ``backward_seqs``: the autograd sequence number at each backward call, ascending."""
     records: list = []
     names: dict = {}
     for label, model in models.items():
@@ -71,8 +74,8 @@ def scan_attributes(models: dict) -> tuple:
             for attr, value in list(mod._buffers.items()):
                 if isinstance(value, torch.Tensor) and value.grad_fn is not None:
                     # a registered buffer re-assigned a value with autograd history
-                    records.append({**_tensor_record(label, qual, mod, attr, value),
-                                    "kind": "buffer"})
+                    records.append({**_tensor_record(label, qual, mod, attr, value,
+                                                     backward_seqs), "kind": "buffer"})
             for attr, value in list(vars(mod).items()):
                 if attr in _MODULE_INTERNALS:
                     continue
@@ -81,7 +84,8 @@ def scan_attributes(models: dict) -> tuple:
                     continue
                 if isinstance(value, torch.Tensor):
                     names.setdefault(id(value), path)
-                    records.append(_tensor_record(label, qual, mod, attr, value))
+                    records.append(_tensor_record(label, qual, mod, attr, value,
+                                                  backward_seqs))
                 elif isinstance(value, (list, tuple, dict, set)) and value:
                     rec = _container_record(label, qual, mod, attr, value, path, names,
                                             registered_modules, registered_params)
@@ -97,12 +101,14 @@ def _derived_by_torch(mod: nn.Module, attr: str) -> bool:
     return f"{attr}_orig" in own or (f"{attr}_g" in own and f"{attr}_v" in own)
 
 
-def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Tensor) -> dict:
+def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Tensor,
+                   backward_seqs: Any = ()) -> dict:
+    nodes, crossed = history_size(t, backward_seqs)
     return {"kind": "tensor", "model": label, "module": qual, "attr": attr,
             "type": type(mod).__name__, "shape": list(t.shape),
             "dtype": str(t.dtype).replace("torch.", ""), "device": str(t.device),
             "requires_grad": bool(t.requires_grad), "is_leaf": bool(t.is_leaf),
-            "history": history_size(t),
+            "history": nodes, "backwards_crossed": crossed,
             "grad_fn": type(t.grad_fn).__name__ if t.grad_fn is not None else None,
             "location": assignment_location(mod, attr)}
 
@@ -110,20 +116,39 @@ def _tensor_record(label: str, qual: str, mod: nn.Module, attr: str, t: torch.Te
 MAX_HISTORY = 100_000
 
 
-def history_size(t: torch.Tensor) -> int:
-    """How many autograd nodes a tensor keeps alive through its ``grad_fn`` (iterative, capped
-    at MAX_HISTORY): 0 for a leaf or a detached tensor."""
+def history_size(t: torch.Tensor, backward_seqs: Any = ()) -> tuple:
+    """(autograd nodes a tensor keeps alive through its ``grad_fn``, how many backward calls
+    its history spans): iterative, capped at MAX_HISTORY; (0, 0) for a leaf or a detached
+    tensor. A history spanning a backward was built on both sides of it: carried over."""
     fn = t.grad_fn
     if fn is None:
-        return 0
+        return 0, 0
     seen = {id(fn)}
     todo = [fn]
+    lo = hi = None
     while todo and len(seen) < MAX_HISTORY:
-        for nxt, _ in todo.pop().next_functions:
+        node = todo.pop()
+        seq = _sequence_nr(node)
+        if seq is not None:
+            lo = seq if lo is None else min(lo, seq)
+            hi = seq if hi is None else max(hi, seq)
+        for nxt, _ in node.next_functions:
             if nxt is not None and id(nxt) not in seen:
                 seen.add(id(nxt))
                 todo.append(nxt)
-    return len(seen)
+    crossed = 0 if lo is None else \
+        bisect.bisect_right(backward_seqs, hi) - bisect.bisect_right(backward_seqs, lo)
+    return len(seen), crossed
+
+
+def _sequence_nr(node: Any) -> Optional[int]:
+    """Creation order of an autograd node; None for leaves (AccumulateGrad nodes carry the
+    largest number, so that they run first, whatever their age)."""
+    try:
+        seq = node._sequence_nr()
+    except Exception:  # noqa: BLE001 - a node type without it
+        return None
+    return None if seq >= 2 ** 62 else seq
 
 
 def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: Any, path: str,

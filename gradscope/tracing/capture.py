@@ -25,7 +25,7 @@ from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
 from .gradients import GradientRecorder
-from .modules import ModuleTracker, init_typo
+from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .opwatch import OpWatch
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
@@ -271,6 +271,9 @@ class Capture:
         self.graph_location: Optional[str] = None
         self._graph_has_model = False
         self.backward_calls = 0
+        # the autograd sequence number at each backward call: a tensor whose history has nodes
+        # on both sides of one survived that backward (attribute-keeps-graph)
+        self.backward_seqs: list = []
         self.grad_calls = 0
         self.optimizer_steps = 0
         self.events: list = []
@@ -605,6 +608,8 @@ class Capture:
                         root=type(roots_[0].grad_fn).__name__ if roots_ else None)
             if kind == "backward":
                 self.gradients.note_loss(roots, index)
+                if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
+                    self.backward_seqs.append(_peek_sequence_nr())
             if self._wants_graph():
                 tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
                 if tensors:
@@ -658,7 +663,7 @@ class Capture:
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
-        attributes = scan_attributes(self.tracker.models)[0]
+        attributes = scan_attributes(self.tracker.models, self.backward_seqs)[0]
         for leaf in self.leaves:  # is the leaf trained after all, by an optimizer given it?
             ref = self._leaf_refs.get(leaf["node"])
             tensor = ref() if ref is not None else None
