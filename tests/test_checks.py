@@ -721,3 +721,33 @@ def test_attribute_keeps_graph_is_silent_on_one_steps_history(no_leaks):
             (F.cross_entropy(out, y) + 0.3 * F.cross_entropy(model.aux_logits, y)).backward()
             opt.step()
     assert "attribute-keeps-graph" not in {f.check for f in scope.report().findings}
+
+
+def test_optimizer_parameters_take_their_models_name_once_it_runs_and_fallbacks_are_unique(
+        tmp_path, no_leaks):
+    from gradscope.runner import trace_script
+
+    path = tmp_path / "train.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+        "enc, head = nn.Linear(10, 8), nn.Linear(8, 1)\n"
+        "opt = torch.optim.SGD([*enc.parameters(), *head.parameters()], lr=0.01)\n"
+        "weights = {'a': nn.Parameter(torch.ones(())), 'b': nn.Parameter(torch.ones(()))}\n"
+        "extra = [torch.optim.Adam([w], lr=0.1) for w in weights.values()]\n"
+        "for step in range(6):\n"
+        "    enc.zero_grad()\n"
+        "    [o.zero_grad() for o in extra]\n"
+        "    z = enc(torch.randn(16, 10))\n"
+        "    loss = z.pow(2).mean() if step < 2 else head(z).pow(2).mean()\n"
+        "    (loss * weights['a'] + weights['b']).backward()\n"
+        "    opt.step()\n"
+        "    [o.step() for o in extra]\n")
+    outcome = trace_script(str(path))
+    assert outcome.error is None
+    norms = outcome.report.trace.gradients["grad_norms"]
+    assert {"head.weight", "head.bias", "Adam#2.param_groups[0][0]",
+            "Adam#3.param_groups[0][0]"} <= set(norms)
+    assert not any(k.startswith("SGD.") for k in norms)
+    [f] = [f for f in outcome.report.findings if f.check == "missing-zero-grad"]
+    assert sorted(f.data["parameters"]) == ["head.bias", "head.weight"]
+    assert "belong(s) to no model" not in f.message

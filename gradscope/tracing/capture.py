@@ -490,13 +490,13 @@ class Capture:
                     self.gradients.watch(p, (label, name), self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
-        for opt in list(self._optimizers.values()):
+        for o, opt in enumerate(list(self._optimizers.values())):
+            kind = type(opt).__name__ + (f"#{o + 1}" if o else "")  # unique per optimizer
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
                     if isinstance(p, torch.Tensor) and p.requires_grad \
                             and not self.gradients.watching(p) and not _uninitialized(p):
-                        name = _variable_name(p) or \
-                            f"{type(opt).__name__}.param_groups[{g}][{k}]"
+                        name = _variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
                         self.gradients.watch(p, (None, name), self.handles)
 
     def _arm_nonfinite(self, roots: Any) -> bool:

@@ -130,10 +130,22 @@ class GradientRecorder:
             # used for shape runs, have no values to read)
             return
         if id(param) in self._params and self._params[id(param)].ref() is param:
+            state = self._params[id(param)]
+            if state.name[0] is None and name[0] is not None:
+                self._rename(state, name)  # watched as an optimizer's, then its model ran
             return
         state = self._params[id(param)] = _ParamState(param, name)
         handles.add(param.register_hook(self._make_pre_hook(state)))
         handles.add(param.register_post_accumulate_grad_hook(self._make_post_hook(state)))
+
+    def _rename(self, state: _ParamState, name: tuple) -> None:
+        old, new = _display(state.name), _display(name)
+        state.name = name
+        for series in (self.norms, self.maxabs):
+            if old in series:
+                series[new] = series.pop(old) + series.pop(new, [])
+        for record in self.steps:
+            record["carried"] = [new if n == old else n for n in record.get("carried", [])]
 
     def watching(self, param: torch.Tensor) -> bool:
         state = self._params.get(id(param))
