@@ -542,3 +542,42 @@ def test_checkpointed_segments_are_not_replayed_by_the_walk(no_leaks):
     (plain_calls, plain), (watched_calls, watched) = run(False), run(True)
     assert watched_calls == plain_calls == 6  # 3 forwards + 3 recomputes in backward, no more
     assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+
+
+def test_custom_function_saved_tensors_are_not_unpacked_by_the_walk(no_leaks):
+    class Square(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 2 * x * g
+
+    unpacks = [0]
+
+    def unpack(t):
+        unpacks[0] += 1
+        return t
+
+    def run(watched):
+        torch.manual_seed(0)
+        lin = nn.Linear(4, 4)
+        opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+        unpacks[0] = 0
+
+        def step():
+            opt.zero_grad()
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t, unpack):
+                loss = Square.apply(lin(torch.randn(2, 4))).sum()
+            loss.backward()
+            opt.step()
+        if watched:
+            with gradscope.watch(lin, opt):
+                step()
+        else:
+            step()
+        return unpacks[0]
+    assert run(True) == run(False)

@@ -199,6 +199,14 @@ class AutogradWalker:
         out: list = []
         if info.python_function:
             try:
+                raw = fn._raw_saved_tensors
+            except Exception:  # noqa: BLE001 - older torch, or already freed
+                raw = None
+            if raw and _hooked(raw):  # same as built-in nodes: measure, never unpack
+                self.hooked += 1
+                self._add_packed(out, "saved_tensors", raw, device)
+                return out
+            try:
                 values = fn.saved_tensors
             except Exception:
                 return out
