@@ -1,4 +1,5 @@
 """Issue 9: gradscope never changes, breaks or leaks into the user's program."""
+import textwrap
 import gc
 import json
 import random
@@ -581,3 +582,45 @@ def test_custom_function_saved_tensors_are_not_unpacked_by_the_walk(no_leaks):
             step()
         return unpacks[0]
     assert run(True) == run(False)
+
+
+def test_an_interrupt_inside_a_parametrization_does_not_mute_the_rest_of_the_run(tmp_path):
+    """Ctrl-C (a BaseException, for which torch skips the always-called post hooks) while a
+    parametrized weight is read outside forward: later forwards must still be seen."""
+    from gradscope.runner import trace_script
+
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+        from torch.nn.utils import parametrize
+        class Sym(nn.Module):
+            interrupt = False
+            def forward(self, w):
+                if Sym.interrupt:
+                    Sym.interrupt = False
+                    raise KeyboardInterrupt
+                return (w + w.t()) / 2
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+        parametrize.register_parametrization(model[0], "weight", Sym())
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for it in range(4):
+            if it == 1:
+                Sym.interrupt = True
+                try:
+                    model[0].weight.norm()   # logging, interrupted
+                except KeyboardInterrupt:
+                    pass
+            opt.zero_grad()
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            opt.step()
+        class Net2(nn.Module):
+            def forward(self, x):
+                return nn.Linear(8, 1)(x)
+        Net2()(torch.randn(2, 8)).sum().backward()
+    '''))
+    outcome = trace_script(str(path))
+    assert outcome.error is None
+    calls = {(m["model"], m["name"]): m["calls"] for m in outcome.report.trace.modules}
+    assert calls[("model", "")] >= 3  # at most the forward right after the interrupt is lost
+    assert "layer-in-forward" in {f.check for f in outcome.report.findings}

@@ -606,6 +606,7 @@ class Capture:
             roots_ = [t for t in _tensors_in(roots) if t.grad_fn is not None]
             self._event(kind, index=index, location=location,
                         root=type(roots_[0].grad_fn).__name__ if roots_ else None)
+            self.tracker.unmute()
             if kind == "backward":
                 self.gradients.note_loss(roots, index)
                 if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
@@ -618,6 +619,7 @@ class Capture:
 
     def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         def record() -> None:
+            self.tracker.unmute()
             self.optimizer_steps += 1
             self._optimizers[id(optimizer)] = optimizer
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,

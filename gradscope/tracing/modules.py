@@ -298,6 +298,12 @@ class ModuleTracker:
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
             or getattr(module, "_is_replica", False)
 
+    def unmute(self) -> None:
+        """Backward calls and optimizer steps never run inside a parametrization: a muting
+        left over by an exception that skipped the post hooks (KeyboardInterrupt, SystemExit
+        are not Exceptions) ends here."""
+        self._muted_depth.pop(threading.get_ident(), None)
+
     def _muted(self, module: nn.Module, entering: bool) -> bool:
         """Inside a parametrization computing ``module.weight`` outside any forward (when
         spectral_norm registers it, or other code reads the weight): part of its model, named
@@ -318,8 +324,8 @@ class ModuleTracker:
         if self.paused:  # a forward re-run by our own graph walk (checkpointing): not the user's
             self.replayed += 1
             return
-        if self._compiler_internal(module) or self._muted(module, True):
-            return
+        if self._muted(module, True) or self._compiler_internal(module):
+            return  # (the same order as in the post hook: the muting depth stays balanced)
         stack = self._stack
         entry = self._names.get(id(module))
         if entry is None or entry[0] is not module:
