@@ -80,6 +80,7 @@ def trace_target(target: str, inputs: tuple = (), device: Optional[str] = None,
     run = {"mode": "model", "target": target, "inputs": list(inputs), "device": device}
     capture = Capture(mode="model")
     error: Optional[BaseException] = None
+    started = False  # the traced forward began (a factory may run forwards of its own)
     with capture:
         try:
             built = build_target(obj, name, path)
@@ -96,10 +97,11 @@ def trace_target(target: str, inputs: tuple = (), device: Optional[str] = None,
                 args = tuple(a.to(device) if hasattr(a, "to") else a for a in args)
                 kwargs = {k: v.to(device) if hasattr(v, "to") else v for k, v in kwargs.items()}
             capture.add_model(model, type(unwrap(model)).__name__)
+            started = True
             run_model(capture, model, args, kwargs, loss_fn)
         except BaseException as e:  # noqa: BLE001 - reported with the partial report
             error = e
-    if isinstance(error, (InputError, LoadError)) and not capture.tracker.root_calls:
+    if isinstance(error, (InputError, LoadError)) and not started:
         # Our own usage error (a constructor that needs arguments, no example inputs) before
         # the model ran: nothing was captured, so no report; one clear error, exit 2.
         raise error

@@ -555,3 +555,19 @@ def test_builtin_sum_names_the_line_that_iterated_a_tensor_of_as_many_rows():
     assert f.location == "train.py:34" and "at train.py:34" in f.message
     [f] = run_checks(Trace(graph=graph), only)  # watch, or a saved trace from before: no line
     assert f.location is None
+
+
+def test_builtin_sum_names_a_line_only_when_one_iteration_fits():
+    nodes = [Node("n0", "UnbindBackward0", outputs=20, shape=())]
+    nodes += [Node(f"n{k}", "AddBackward0") for k in range(1, 21)]
+    graph = Graph(nodes, [Edge("n0", f"n{k}") for k in range(1, 21)], ["n20"])
+    only = _only("builtin-sum")
+    rows_of_vectors = {"location": "m.py:9", "rows": 20, "piece": [8], "model": "model",
+                       "module": "", "calls": 2}       # a per-row loop inside the model
+    scalars = {"location": "train.py:16", "rows": 20, "piece": [], "model": None,
+               "module": None, "calls": 2}            # sum() over a vector outside it
+    [f] = run_checks(Trace(graph=graph, iterations=[rows_of_vectors, scalars]), only)
+    assert f.location == "train.py:16"
+    twin = {**scalars, "location": "train.py:30"}     # two lines that fit: name neither
+    [f] = run_checks(Trace(graph=graph, iterations=[scalars, twin]), only)
+    assert f.location is None

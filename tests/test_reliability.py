@@ -1,8 +1,8 @@
 """Issue 9: gradscope never changes, breaks or leaks into the user's program."""
-import textwrap
 import gc
 import json
 import random
+import textwrap
 import weakref
 
 import pytest

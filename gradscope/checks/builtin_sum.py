@@ -32,9 +32,13 @@ def run(trace) -> list:
             continue
         first = trace.graph.node(adds[0])
         where = first.module_path or "code outside the model"
-        # the line that iterated a tensor of as many rows (recorded by gradscope trace)
-        location = next((it["location"] for it in trace.iterations
-                         if n.op == "UnbindBackward0" and it["rows"] == n.outputs), None)
+        # the line that iterated this tensor (recorded by gradscope trace): as many rows of
+        # the same shape, in the same module; named only when exactly one line fits
+        fits = {it["location"] for it in trace.iterations
+                if n.op == "UnbindBackward0" and it["rows"] == n.outputs
+                and (n.shape is None or tuple(it.get("piece", ())) == tuple(n.shape))
+                and (it.get("model"), it.get("module") or "") == (n.model, n.module or "")}
+        location = fits.pop() if len(fits) == 1 else None
         if location:
             where += f" at {location}"
         out.append(Finding(

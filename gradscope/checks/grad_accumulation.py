@@ -14,7 +14,7 @@ def run(trace) -> list:
     factor = max(factors, key=lambda f: sum(1 for s in multi if s["backward_calls"] == f))
     usual = sum(1 for s in multi if s["backward_calls"] == factor)
     others = [f"{sum(1 for s in steps if s.get('backward_calls') == f)} summed {f}"
-              for f in sorted({s.get("backward_calls", 0) for s in steps} - {factor})]
+              for f in sorted({s.get("backward_calls", 0) for s in steps} - {factor, 0})]
     rest = f" ({', '.join(others)}: a partial group, say)" if others else ""
     return [Finding(
         "grad-accumulation", "info",

@@ -1,6 +1,8 @@
 """layer-in-forward: a layer constructed while the model's forward runs (seed 003)."""
 from __future__ import annotations
 
+import os
+
 from ..findings import Finding
 from ..graph import module_path
 from ._common import calls_of, consumers, numel, plural, shape_str
@@ -75,9 +77,11 @@ def _not_the_users(location, trace) -> bool:
         return True
     if not path.startswith("/"):
         return False  # relative: inside the working directory
-    target = str(trace.run.get("target") or "").replace("\\", "/").rsplit(":", 1)[0]
-    folder = target.rsplit("/", 1)[0] + "/" if target.startswith("/") and "/" in target else None
-    return folder is None or not path.startswith(folder)
+    target = str(trace.run.get("target") or "").rsplit(":", 1)[0]
+    if not target:
+        return True
+    folder = os.path.dirname(os.path.abspath(target)).replace("\\", "/").rstrip("/") + "/"
+    return not path.startswith(folder)
 
 
 def _parameter_free(trace) -> list:

@@ -111,13 +111,16 @@ class OpWatch(TorchFunctionMode):
         if not isinstance(t, torch.Tensor) or not t.requires_grad or t.dim() == 0 \
                 or t.shape[0] < MIN_ITERATED_ROWS:
             return
-        key = (user_location(), int(t.shape[0]))
+        current = self.tracker.current() if self.tracker is not None else None
+        key = (user_location(), int(t.shape[0]), tuple(t.shape[1:]),
+               current[0] if current else None, current[1] if current else None)
         if key in self.iterations or len(self.iterations) < MAX_ITERATION_SITES:
             self.iterations[key] = self.iterations.get(key, 0) + 1
 
     def iteration_records(self) -> list:
-        return [{"location": loc, "rows": rows, "calls": n}
-                for (loc, rows), n in self.iterations.items()]
+        return [{"location": loc, "rows": rows, "piece": list(piece), "model": model,
+                 "module": module, "calls": n}
+                for (loc, rows, piece, model, module), n in self.iterations.items()]
 
     def _note_loss(self, name: str) -> None:
         key = (name, user_location())
