@@ -154,3 +154,17 @@ def test_a_target_that_cannot_be_run_is_one_usage_error_and_writes_nothing(
     assert r.exit_code == 2, r.output
     assert r.output.count(says) == 1 and "gradscope.errors" not in r.output
     assert not os.path.exists("gradscope-report")  # nothing captured: no empty report
+
+
+def test_a_factory_that_runs_a_forward_then_lacks_inputs_writes_no_report(cwd):
+    (cwd / "lazy.py").write_text(textwrap.dedent('''
+        import torch
+        from torch import nn
+        def build():
+            model = nn.Sequential(nn.LazyLinear(4), nn.ReLU())
+            model(torch.randn(2, 8))   # materialises the lazy weights
+            return model
+    '''))
+    r = run("trace", "lazy.py:build", "--out", "out")
+    assert r.exit_code == 2 and "no example inputs" in r.output
+    assert not os.path.exists("out")

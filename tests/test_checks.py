@@ -751,3 +751,26 @@ def test_optimizer_parameters_take_their_models_name_once_it_runs_and_fallbacks_
     [f] = [f for f in outcome.report.findings if f.check == "missing-zero-grad"]
     assert sorted(f.data["parameters"]) == ["head.bias", "head.weight"]
     assert "belong(s) to no model" not in f.message
+
+
+def test_review_fixes_for_small_false_findings(tmp_path, monkeypatch):
+    def step(i, calls, **kw):
+        return {"step": i, "location": "t.py:10", "parameters": 2, "backward_calls": calls,
+                "summed": {str(calls): 2}, "carried": [], **kw}
+    # one emptied step in 20 (a guard dropping a non-finite batch): not zero-grad-before-step
+    steps = [step(i, 1) for i in range(1, 21)]
+    steps[7] = {**steps[7], "cleared": 2, "contributed": 2}
+    assert run_checks(Trace(accumulation=steps), _check("zero-grad-before-step")) == []
+    # a second optimizer's steps without gradients are not a partial accumulation group
+    acc = [step(1, 4), step(2, 4), step(3, 0), step(4, 0)]
+    [f] = run_checks(Trace(accumulation=acc), _check("grad-accumulation"))
+    assert "summed 0" not in f.message
+    # the traced file given as ../proj/lif.py: its folder is the user's, not a library's
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    module = {"model": "model", "name": "<ReLU#0>", "type": "ReLU", "registered": False,
+              "has_parameters": False, "rebuilt": True, "calls": 3,
+              "location": f"{tmp_path}/proj/lif.py:7"}
+    found = run_checks(Trace(modules=[module], run={"target": "../proj/lif.py"}),
+                       _check("layer-in-forward"))
+    assert [f.severity for f in found] == ["info"]
