@@ -20,7 +20,7 @@ import torch.optim.optimizer as torch_optimizer
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
 from .handles import HandleGroup, ours
-from .locations import frame_locals, user_frame, user_location
+from .locations import user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
@@ -204,24 +204,6 @@ def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
 
-
-
-def _variable_name(tensor: torch.Tensor) -> Optional[str]:
-    """The user's variable holding ``tensor`` in the innermost user frame (``logit_scale``,
-    ``self.temperature``), else None."""
-    frame = user_frame()
-    if frame is None:
-        return None
-    local_vars = frame_locals(frame)
-    for scope in (local_vars, frame.f_globals):
-        for var, value in list(scope.items()):
-            if value is tensor and not var.startswith("_"):
-                return var
-    owner = local_vars.get("self")
-    for attr, value in list(getattr(owner, "__dict__", {}).items()):
-        if value is tensor:
-            return f"self.{attr}"
-    return None
 
 
 def _not_compiled(fn: Callable) -> Callable:
@@ -496,7 +478,7 @@ class Capture:
                 for k, p in enumerate(group["params"]):
                     if isinstance(p, torch.Tensor) and p.requires_grad \
                             and not self.gradients.watching(p) and not _uninitialized(p):
-                        name = _variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
+                        name = user_variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
                         self.gradients.watch(p, (None, name), self.handles)
 
     def _arm_nonfinite(self, roots: Any) -> bool:

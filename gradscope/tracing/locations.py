@@ -46,6 +46,25 @@ def display_path(path: str) -> str:
     return path if rel.startswith("..") else rel
 
 
+def user_variable_name(obj: object) -> Optional[str]:
+    """The user's variable holding ``obj`` in the innermost user frame (``model``,
+    ``logit_scale``, ``self.encoder``), else None."""
+    frame = user_frame()
+    if frame is None:
+        return None
+    local_vars = frame_locals(frame)
+    for scope in (local_vars, frame.f_globals):
+        for var, value in list(scope.items()):
+            if value is obj and not var.startswith("_"):
+                return var
+    owner = local_vars.get("self")
+    if owner is not None and not isinstance(owner, torch.nn.Module):  # a trainer object
+        for attr, value in list(getattr(owner, "__dict__", {}).items()):
+            if value is obj:
+                return f"self.{attr}"
+    return None
+
+
 def frame_locals(frame: FrameType) -> dict:
     """A copy of a frame's local variables that leaves no reference behind.
 

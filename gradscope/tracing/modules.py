@@ -24,7 +24,7 @@ from torch import nn
 from .attributes import container_items
 from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
-from .locations import frame_locals, user_frame, user_location
+from .locations import user_location, user_variable_name
 
 _GraphModule = torch.fx.GraphModule
 try:  # parametrizations (spectral_norm, orthogonal, weight_norm's new form) run on .weight reads
@@ -501,19 +501,7 @@ def flatten_ranges(ranges: list) -> tuple:
 
 def _guess_label(module: nn.Module) -> str:
     """The user's variable name for a model (``model``, ``net``, ``self.encoder``), else its class."""
-    frame = user_frame()
-    if frame is not None:
-        local_vars = frame_locals(frame)
-        for scope in (local_vars, frame.f_globals):
-            for var, value in list(scope.items()):
-                if value is module and not var.startswith("_"):
-                    return var
-        owner = local_vars.get("self")
-        if owner is not None and not isinstance(owner, nn.Module):
-            for attr, value in list(getattr(owner, "__dict__", {}).items()):
-                if value is module:
-                    return f"self.{attr}"
-    return type(module).__name__
+    return user_variable_name(module) or type(module).__name__
 
 
 # Wrapper class -> the attribute holding the user's model.
