@@ -9,7 +9,6 @@ attributes (``heads[0].weight``) so that unregistered graph leaves get a readabl
 from __future__ import annotations
 
 import bisect
-
 import functools
 import inspect
 import re
@@ -18,6 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .failures import sequence_nr
 from .locations import display_path
 
 # Attributes every nn.Module has: torch's own bookkeeping, never user state.
@@ -128,7 +128,7 @@ def history_size(t: torch.Tensor, backward_seqs: Any = ()) -> tuple:
     lo = hi = None
     while todo and len(seen) < MAX_HISTORY:
         node = todo.pop()
-        seq = _sequence_nr(node)
+        seq = sequence_nr(node)
         if seq is not None:
             lo = seq if lo is None else min(lo, seq)
             hi = seq if hi is None else max(hi, seq)
@@ -139,16 +139,6 @@ def history_size(t: torch.Tensor, backward_seqs: Any = ()) -> tuple:
     crossed = 0 if lo is None else \
         bisect.bisect_right(backward_seqs, hi) - bisect.bisect_right(backward_seqs, lo)
     return len(seen), crossed
-
-
-def _sequence_nr(node: Any) -> Optional[int]:
-    """Creation order of an autograd node; None for leaves (AccumulateGrad nodes carry the
-    largest number, so that they run first, whatever their age)."""
-    try:
-        seq = node._sequence_nr()
-    except Exception:  # noqa: BLE001 - a node type without it
-        return None
-    return None if seq >= 2 ** 62 else seq
 
 
 def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: Any, path: str,

@@ -24,7 +24,7 @@ from .locations import user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
-from .gradients import GradientRecorder
+from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .opwatch import OpWatch
@@ -184,15 +184,14 @@ def changed_buffers(buffers: list, versions: list) -> list:
     """The ``(buffer, copy)`` pairs whose buffer moved on since the copy: a new version, or new
     values. The values are compared on their device and read back once per device, not once
     per buffer (each read is a synchronisation on a GPU)."""
-    out, pending = [], {}
+    out, pending = [], []
     for (b, saved), version in zip(buffers, versions):
         if b._version != version:
             out.append((b, saved))
         else:
-            pending.setdefault(b.device, []).append((b, saved, torch.ne(b, saved).any()))
-    for rows in pending.values():
-        flags = torch.stack([flag for _, _, flag in rows]).tolist()
-        out.extend((b, saved) for (b, saved, _), moved in zip(rows, flags) if moved)
+            pending.append((b, saved, torch.ne(b, saved).any()))
+    moved = read_per_device([flag for _, _, flag in pending])
+    out.extend((b, saved) for (b, saved, _), m in zip(pending, moved) if m)
     return out
 
 
@@ -202,8 +201,6 @@ def _batch_rows(stats: dict) -> list:
 
 def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
-
-
 
 
 def _not_compiled(fn: Callable) -> Callable:

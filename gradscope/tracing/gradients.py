@@ -65,6 +65,19 @@ def fused_norms(grads: list, order: float = 2.0) -> list:
     return out
 
 
+def read_per_device(values: list) -> list:
+    """The Python values of 0-d device tensors, in order, with one transfer per device: a read
+    per tensor would be one synchronisation each on a GPU."""
+    by_device: dict = {}
+    for k, v in enumerate(values):
+        by_device.setdefault(v.device, []).append(k)
+    host: list = [None] * len(values)
+    for ks in by_device.values():
+        for k, v in zip(ks, torch.stack([values[k] for k in ks]).tolist()):
+            host[k] = v
+    return host
+
+
 def _norms_of_one_dtype(grads: list, order: float, upcast: bool) -> list:
     try:
         if upcast:

@@ -292,9 +292,7 @@ class ModuleTracker:
         # DataParallel's per-GPU replicas, rebuilt on every forward and run one per thread:
         # registering them as models kept every replica (and its weights) alive and ran the
         # checks on them. Their work is the user's model's, which the wrapper's call records.
-        # Nor is a parametrization computing ``module.weight`` outside any forward (when
-        # spectral_norm registers it, or other code reads the weight): it is part of its
-        # model, named through it once that model runs, never a model of its own.
+        # (Parametrizations run outside any forward are muted instead: see _muted.)
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
             or getattr(module, "_is_replica", False)
 

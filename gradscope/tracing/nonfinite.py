@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..graph import Graph
+from .gradients import read_per_device
 
 
 def _all_finite(grads: Any) -> list:
@@ -78,7 +79,7 @@ class NonfiniteFinder:
         flags, self._flags = self._flags, []
         if not flags or self._graph is None:
             return
-        host = _read_per_device([f for _, a, b in flags for f in (*a, *b)])
+        host = read_per_device([f for _, a, b in flags for f in (*a, *b)])
         it = iter(host)
         for node_id, incoming, outgoing in flags:
             inc = all([next(it) for _ in incoming])  # a list: every flag is consumed
@@ -93,15 +94,3 @@ class NonfiniteFinder:
                           "arrived_nonfinite": not inc}
             return
 
-
-def _read_per_device(flags: list) -> list:
-    """Device booleans to host bools, in order, with one transfer per device (a ``.to("cpu")``
-    per flag would be one synchronisation per autograd node on a GPU)."""
-    by_device: dict = {}
-    for k, f in enumerate(flags):
-        by_device.setdefault(f.device, []).append(k)
-    host: list = [True] * len(flags)
-    for ks in by_device.values():
-        for k, v in zip(ks, torch.stack([flags[k] for k in ks]).tolist()):
-            host[k] = bool(v)
-    return host
