@@ -16,8 +16,20 @@ _SKIP_DIRS = tuple(
 _SKIP_FILES = ("runpy.py", "contextlib.py", "functools.py")
 
 
+# Looked up on every recorded event (each backward, step and zero_grad of a watched loop):
+# both answers are cached, per file name and per (working directory, path).
+_LIBRARY: dict = {}
+_DISPLAY: dict = {}
+
+
 def is_library_file(filename: str) -> bool:
-    return filename.startswith(_SKIP_DIRS) or os.path.basename(filename) in _SKIP_FILES
+    known = _LIBRARY.get(filename)
+    if known is None:
+        if len(_LIBRARY) > 10_000:
+            _LIBRARY.clear()
+        known = _LIBRARY[filename] = (filename.startswith(_SKIP_DIRS)
+                                      or os.path.basename(filename) in _SKIP_FILES)
+    return known
 
 
 def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
@@ -40,10 +52,19 @@ def user_location(start: Optional[FrameType] = None) -> Optional[str]:
 
 def display_path(path: str) -> str:
     try:
-        rel = os.path.relpath(path)
-    except ValueError:
+        key = (os.getcwd(), path)  # a quarter of a microsecond; relpath alone takes 3.6
+    except OSError:  # the working directory was removed
         return path
-    return path if rel.startswith("..") else rel
+    shown = _DISPLAY.get(key)
+    if shown is None:
+        if len(_DISPLAY) > 10_000:
+            _DISPLAY.clear()
+        try:
+            rel = os.path.relpath(path)
+        except ValueError:
+            rel = ".."
+        shown = _DISPLAY[key] = path if rel.startswith("..") else rel
+    return shown
 
 
 def user_variable_name(obj: object) -> Optional[str]:
