@@ -77,6 +77,9 @@ def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
             if not capture.intercept_backward:  # else the patched backward already saw it
                 capture.on_backward_error([loss], e)
             raise
+        finally:
+            if not capture.intercept_backward:
+                capture.after_backward()
         capture.grad_norms.update(gradient_norms(model, capture))
 
 

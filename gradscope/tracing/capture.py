@@ -99,6 +99,9 @@ class _Patches:
                 raise
             finally:
                 patches.local.depth = depth
+                if not nested and kind == "backward":
+                    for cap in patches._open():
+                        cap.after_backward()
             for cap in armed:
                 cap._guard("the non-finite search", cap.nonfinite.collect)
             return result
@@ -260,6 +263,7 @@ class Capture:
         self.internal_errors: list = []
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self._optimizers: dict = {}          # id -> optimizer, while open
+        self._watch_key: Any = None          # what the watched parameter set was made from
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -461,6 +465,15 @@ class Capture:
     def _watch_gradients(self) -> None:
         # Checked before each backward, so heads added late and lazy parameters (materialised in
         # the first forward) are watched too; the recorder ignores parameters it already has.
+        # The walk over every parameter is skipped while nothing it depends on changed (after
+        # the first backward calls; every 64th still walks, for requires_grad switched on).
+        key = (self.registrations.generation, len(self.tracker.models),
+               [(id(o), [len(g["params"]) for g in o.param_groups])
+                for o in self._optimizers.values()])
+        calls = self.backward_calls + self.grad_calls
+        if key == self._watch_key and calls > 8 and calls % 64:
+            return
+        self._watch_key = key
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
@@ -587,7 +600,8 @@ class Capture:
                         root=type(roots_[0].grad_fn).__name__ if roots_ else None)
             self.tracker.unmute()
             if kind == "backward":
-                self.gradients.note_loss(roots, index)
+                self.gradients.before_backward()
+                self.gradients.note_loss(roots, index, location)
                 if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
                     self.backward_seqs.append(_peek_sequence_nr())
             if self._wants_graph():
@@ -595,6 +609,10 @@ class Capture:
                 if tensors:
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
+
+    def after_backward(self) -> None:
+        """Called just after a backward call returned (or raised): which gradients it wrote."""
+        self._guard("a backward call", self.gradients.after_backward)
 
     def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         def record() -> None:
