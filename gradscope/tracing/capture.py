@@ -26,6 +26,7 @@ from . import failures
 from . import gradients as _gradients
 from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
+from .lightmode import LightForwards
 from .nonfinite import NonfiniteFinder
 from .opwatch import OpWatch
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
@@ -240,6 +241,8 @@ class Capture:
         self.tracker = ModuleTracker()
         if mode != "watch":
             self.opwatch = OpWatch(self.tracker)
+        # watch: after the first steps, module calls recorded without a hook per call
+        self.light = LightForwards(self.tracker) if mode == "watch" else None
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
         self._backward_failure: Optional[dict] = None
         self.registrations = RegistrationRecorder(self.tracker)
@@ -280,6 +283,8 @@ class Capture:
             quiet.install()  # before our hooks exist: it looks for the program's own
             self.handles.on_remove(quiet.remove)
             self.tracker.install(self.handles)
+            if self.light is not None:
+                self.handles.on_remove(self.light.stop)  # before the tracker's hooks go
             self.registrations.install(self.handles)
             # Run eagerly even when the user compiles opt.step(): traced, the hook's Python
             # became graph breaks and recompiles (8 graphs instead of 1 in a reviewer's test).
@@ -622,6 +627,9 @@ class Capture:
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
                         location=user_location())
             self.gradients.on_step(optimizer, self.optimizer_steps)
+            if self.light is not None:
+                self.light.on_step(self.optimizer_steps, self._graph_has_model
+                                   and self.nonfinite is None and not self.tracker.compiled)
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)
