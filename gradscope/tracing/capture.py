@@ -19,7 +19,7 @@ import torch.optim.optimizer as torch_optimizer
 
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
-from .handles import HandleGroup, ours
+from .handles import HandleGroup, ours, pass_through
 from .locations import user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
@@ -27,7 +27,10 @@ from . import gradients as _gradients
 from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
+from .keepalive import KeepAliveWatch
 from .opwatch import OpWatch
+from .optimizers import OptimizerRegistry
+from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
@@ -78,6 +81,7 @@ class _Patches:
                      "mod_zero": torch.nn.Module.__dict__["zero_grad"]}
         patches = self
 
+        @pass_through
         def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
             depth = getattr(patches.local, "depth", 0)
             # torch's own calls: inside a backward (reentrant checkpointing), or AOTAutograd
@@ -85,8 +89,9 @@ class _Patches:
             nested = depth > 0 or _inside_backward() or torch.compiler.is_compiling()
             armed = []
             if not nested:
+                retain = _retains_graph(kind, args, kwargs)
                 for cap in patches._open():
-                    cap.on_backward(roots, kind)
+                    cap.on_backward(roots, kind, retain)
                     if kind == "backward" and cap._arm_nonfinite(roots):
                         armed.append(cap)
             patches.local.depth = depth + 1
@@ -103,15 +108,18 @@ class _Patches:
                 cap._guard("the non-finite search", cap.nonfinite.collect)
             return result
 
+        @pass_through
         @functools.wraps(originals["backward"])
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             return call(originals["backward"], tensors, "backward", args, kwargs)
 
+        @pass_through
         @functools.wraps(originals["grad"])
         def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
             return call(originals["grad"], outputs, "grad", args, kwargs)
 
         def zero_grad_of(original: Any) -> Any:
+            @pass_through
             @functools.wraps(original)
             def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
                 for cap in patches._open():
@@ -142,6 +150,16 @@ class _Patches:
             torch.optim.Optimizer.zero_grad = originals["opt_zero"]
         if torch.nn.Module.__dict__.get("zero_grad") is wrappers["mod_zero"]:
             torch.nn.Module.zero_grad = originals["mod_zero"]
+
+
+def _retains_graph(kind: str, args: tuple, kwargs: dict) -> bool:
+    """Did this backward (or autograd.grad) call ask to keep its graph (``retain_graph=True``,
+    or ``create_graph=True``, which implies it)?"""
+    at = 1 if kind == "backward" else 2  # backward(t, grad, retain) / grad(out, in, go, retain)
+    retain = kwargs.get("retain_graph", args[at] if len(args) > at else None)
+    if retain is None:
+        retain = kwargs.get("create_graph", args[at + 1] if len(args) > at + 1 else False)
+    return bool(retain)
 
 
 def _inside_backward() -> bool:
@@ -199,6 +217,32 @@ def _batch_rows(stats: dict) -> list:
     return [{"batch": b, "per_channel": v, "calls": n} for (b, v), n in sorted(stats.items())]
 
 
+# Autograd nodes whose scalar arguments a check needs (softmax-batch-dim: over which dim).
+_ARG_OPS = {"SoftmaxBackward0": ("dim",), "LogSoftmaxBackward0": ("dim",)}
+
+
+def _node_args(graph: Graph, fns: Optional[list]) -> dict:
+    """``node id -> {"dim": d}`` for the graph's softmax nodes: ``_saved_dim`` is a plain
+    integer, so reading it unpacks nothing."""
+    out: dict = {}
+    if not fns:
+        return out
+    for node in graph.nodes:
+        names = _ARG_OPS.get(node.op)
+        if not names:
+            continue
+        fn = fns[int(node.id[1:])]
+        values = {}
+        for name in names:
+            try:
+                values[name] = int(getattr(fn, "_saved_" + name))
+            except Exception:  # noqa: BLE001 - a torch that names it differently
+                continue
+        if values:
+            out[node.id] = values
+    return out
+
+
 def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
@@ -221,7 +265,7 @@ def _not_compiled(fn: Callable) -> Callable:
     return call
 
 
-class Capture:
+class Capture(steporder.StepOrderEvents):
     """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
 
     def __init__(self, mode: str = "api", intercept_backward: bool = False,
@@ -237,6 +281,7 @@ class Capture:
         self.tracker = ModuleTracker()
         if mode != "watch":
             self.opwatch = OpWatch(self.tracker)
+            self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
         self._backward_failure: Optional[dict] = None
         self.registrations = RegistrationRecorder(self.tracker)
@@ -248,18 +293,22 @@ class Capture:
         self._trainable: dict = {}           # id(model) -> has parameters that require grad
         self.graph: Optional[Graph] = None
         self.graph_location: Optional[str] = None
+        self.node_args: dict = {}            # node id -> scalar arguments (softmax dim)
         self._graph_has_model = False
         self.backward_calls = 0
         # the autograd sequence number at each backward call: a tensor whose history has nodes
         # on both sides of one survived that backward (attribute-keeps-graph)
         self.backward_seqs: list = []
         self.grad_calls = 0
+        # variables and forward inputs that keep autograd history across backward calls
+        self.keepalive = KeepAliveWatch(self.backward_seqs,
+                                        lambda: (self.backward_calls, self.optimizer_steps))
         self.optimizer_steps = 0
         self.events: list = []
         self.notes: list = []
         self.internal_errors: list = []
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
-        self._optimizers: dict = {}          # id -> optimizer, while open
+        self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -284,6 +333,8 @@ class Capture:
             if self.intercept_backward:
                 _PATCHES.add(self)
                 self.handles.on_remove(lambda: _PATCHES.remove(self))
+            steporder.PATCHES.add(self)
+            self.handles.on_remove(lambda: steporder.PATCHES.remove(self))
             if self.opwatch is not None:
                 self.opwatch.__enter__()
                 self.handles.on_remove(self._leave_opwatch)
@@ -312,7 +363,7 @@ class Capture:
                 self._snapshot = self._take_snapshot()
             finally:
                 self.tracker.clear_references()
-                self._optimizers.clear()
+                self.optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
                 self._leaf_refs.clear()
@@ -436,9 +487,14 @@ class Capture:
                     f"graph shown is from the first backward through one ({location}).")
             self.graph = graph
             self.graph_location = location
+            self.node_args = _node_args(graph, getattr(walker, "fns", None))
             self.leaves = []
             for nid, info in walker.unregistered.items():
-                self._leaf_refs[nid] = info.pop("_ref", None)
+                ref = info.pop("_ref", None)
+                # the id too: optimizers are held weakly, and a leaf only an optimizer kept
+                # alive (CLIP's logit_scale) may be gone by the end of a script
+                self._leaf_refs[nid] = (ref, id(ref()) if ref is not None and ref() is not None
+                                        else None)
                 self.leaves.append({"node": nid, **info})
             self._graph_has_model = _has_model(graph)
             if self._graph_has_model:
@@ -469,7 +525,7 @@ class Capture:
                     self.gradients.watch(p, (label, name), self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
-        for o, opt in enumerate(list(self._optimizers.values())):
+        for o, opt in enumerate(list(self.optimizers.live())):
             kind = type(opt).__name__ + (f"#{o + 1}" if o else "")  # unique per optimizer
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
@@ -501,19 +557,25 @@ class Capture:
 
     def add_optimizer(self, optimizer: Any) -> None:
         """An optimizer the user handed us: its parameters count as optimized before it steps."""
-        self._optimizers[id(optimizer)] = optimizer
+        self.optimizers.give(optimizer)
 
-    def _on_root_call(self, model: torch.nn.Module, label: str) -> None:
-        """A forward of a whole model starts: note its mode and whether grad is enabled."""
+    def _on_root_call(self, model: torch.nn.Module, label: str, args: Any = ()) -> None:
+        """A forward of a whole model starts: note its mode and whether grad is enabled, and
+        look for history carried into it (keepalive)."""
+        grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
         def record() -> None:
             deps = self._mode_modules.get(id(model))
             if deps is None:
                 deps = self._mode_modules[id(model)] = [
                     (name, m) for name, m in model.named_modules() if _obeys_training(m)]
                 self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
-            grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            if grad and self._trainable[id(model)]:  # a model's forward, not a loss module's
+                self.keepalive.on_forward(label, args, self.tracker.attribution)
             event = {"model": label, "training": model.training, "grad": grad,
                      "location": user_location()}
+            if torch.is_inference_mode_enabled():
+                event["inference"] = True
             if not grad:
                 train_mode = [name for name, m in deps if m.training]
                 if train_mode:
@@ -570,7 +632,7 @@ class Capture:
             self.notes.append(f"Only the first {MAX_EVENTS} events are kept in the timeline.")
             self.events.append({"kind": "truncated"})
 
-    def on_backward(self, roots: Any, kind: str = "backward") -> None:
+    def on_backward(self, roots: Any, kind: str = "backward", retain: bool = False) -> None:
         """Called just before a backward (or ``autograd.grad``) call runs."""
         def record() -> None:
             self._watch_gradients()
@@ -582,9 +644,17 @@ class Capture:
                 else:
                     self.grad_calls += 1
                     index = self.grad_calls
-            roots_ = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            given = _tensors_in(roots)
+            roots_ = [t for t in given if t.grad_fn is not None]
+            extra: dict = {}
+            if retain:
+                extra["retain_graph"] = True
+            if given and not roots_ and any(t.requires_grad for t in given):
+                # backward() on a tensor with no history: requires_grad was switched on after
+                # the graph was lost (loss.requires_grad = True), so no parameter gets anything
+                extra["leaf_root"] = True
             self._event(kind, index=index, location=location,
-                        root=type(roots_[0].grad_fn).__name__ if roots_ else None)
+                        root=type(roots_[0].grad_fn).__name__ if roots_ else None, **extra)
             self.tracker.unmute()
             if kind == "backward":
                 self.gradients.note_loss(roots, index)
@@ -600,10 +670,10 @@ class Capture:
         def record() -> None:
             self.tracker.unmute()
             self.optimizer_steps += 1
-            self._optimizers[id(optimizer)] = optimizer
+            serial = self.optimizers.stepped(optimizer)
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
-                        location=user_location())
-            self.gradients.on_step(optimizer, self.optimizer_steps)
+                        optimizer_id=serial, location=user_location())
+            self.gradients.on_step(optimizer, self.optimizer_steps, serial)
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)
@@ -614,10 +684,8 @@ class Capture:
         in_graph = set()
         if self.graph is not None:
             in_graph = {(n.model, n.param) for n in self.graph.nodes if n.param is not None}
-        optimized = set()
-        for opt in self._optimizers.values():
-            for group in opt.param_groups:
-                optimized.update(id(p) for p in group["params"])
+        optimized = self.optimizers.optimized
+        any_optimizer = self.optimizers.active
         models, parameters = [], []
         backward_ran = (self.backward_calls + self.grad_calls) > 0
         for label, model in self.tracker.models.items():
@@ -637,7 +705,7 @@ class Capture:
                     "dtype": str(p.dtype).replace("torch.", ""),
                     "device": str(p.device), "numel": numel,
                     "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
-                    "in_optimizer": (id(p) in optimized) if self._optimizers else None,
+                    "in_optimizer": (id(p) in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
                     "grad_seen": (id(p) in self.gradients.seen) if backward_ran else None,
                     "aliases": aliases[id(p)][1:],
@@ -646,11 +714,21 @@ class Capture:
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models, self.backward_seqs)[0]
         for leaf in self.leaves:  # is the leaf trained after all, by an optimizer given it?
-            ref = self._leaf_refs.get(leaf["node"])
+            ref, leaf_id = self._leaf_refs.get(leaf["node"], (None, None))
             tensor = ref() if ref is not None else None
-            leaf["in_optimizer"] = (id(tensor) in optimized) if (
-                tensor is not None and self._optimizers) else None
+            if tensor is not None:
+                leaf_id = id(tensor)
+            leaf["in_optimizer"] = (leaf_id in optimized) if (
+                leaf_id is not None and any_optimizer) else None
+        history = self.opwatch.history.records() if self.opwatch else {}
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
+                "optimizers": list(self.optimizers.records.values()),
+                "node_args": dict(self.node_args),
+                "kept_graphs": self.keepalive.records(),
+                "direct_calls": self.tracker.direct.records_list(),
+                "cuts": history.get("cuts"), "grad_switches": history.get("switches"),
+                "dropout_calls": history.get("dropouts"),
+                "softmax_calls": history.get("softmaxes"),
                 "attributes": attributes, "constructions": self.registrations.records(),
                 "transfers": self.opwatch.transfer_records() if self.opwatch else None,
                 "loss_sites": self.opwatch.loss_site_records() if self.opwatch else None,

@@ -134,6 +134,7 @@ class GradientRecorder:
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
         self.syncs = 0                   # host reads performed (tests check: <= 1 per step)
         self.captured_steps = 0          # steps inside CUDA graph capture: not recorded
+        self.dead_steps_past_records = 0  # steps after MAX_STEP_RECORDS that updated nothing
         self.errors: list = []           # failures inside our hooks, for the report's notes
 
     # -- registration --------------------------------------------------------------------------
@@ -225,18 +226,31 @@ class GradientRecorder:
                 self.finish_losses()
 
     # -- optimizer step ------------------------------------------------------------------------
-    def on_step(self, optimizer: Any, step: int) -> None:
+    def on_step(self, optimizer: Any, step: int, serial: Optional[int] = None) -> None:
         """Record the step: accumulation per parameter, norms, non-finite values; one sync."""
         if stream_capturing():
             self.captured_steps += 1
             return
         states = []
         cleared = 0  # parameters that got gradients since the last step, and have none now
+        # dead-training: of the trainable parameters this step updates, how many received a
+        # gradient from backward since the last step, and how many hold one written by other
+        # code (torch.autograd.grad results assigned to .grad, say)
+        trainable = received = assigned = 0
         for group in optimizer.param_groups:
             for p in group["params"]:
+                if not isinstance(p, torch.Tensor):
+                    continue
+                trainable += p.requires_grad
                 state = self._params.get(id(p))
                 if state is None or state.ref() is not p:
+                    assigned += p.grad is not None
                     continue
+                if state.since_step > 0:
+                    received += 1
+                elif p.grad is not None and (state.last_grad is None
+                                             or state.last_grad() is not p.grad):
+                    assigned += 1
                 if p.grad is None:
                     if state.since_step > 0:  # zero_grad() between backward() and step()
                         cleared += 1
@@ -254,6 +268,11 @@ class GradientRecorder:
             # (partly Inf: filtering those out left a tiny total that seemed to explode later).
             keep_norms = False
         self._record_step(optimizer, step, states, values, keep_norms, cleared)
+        if len(self.steps) <= MAX_STEP_RECORDS and self.steps[-1]["step"] == step:
+            self.steps[-1].update(optimizer_id=serial, trainable=trainable, received=received,
+                                  assigned=assigned)
+        elif trainable and not received and not assigned:
+            self.dead_steps_past_records += 1
         for state, p in states:  # what the next backward calls are compared with
             if state.index is None or state.index.device != p.grad.device:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
@@ -413,7 +432,8 @@ class GradientRecorder:
                 "grad_norms": {k: list(v) for k, v in self.norms.items()},
                 "grad_maxabs": {k: list(v) for k, v in self.maxabs.items()},
                 "nonfinite_grads": list(self.nonfinite),
-                "nonfinite_losses": list(self.losses_nonfinite)}
+                "nonfinite_losses": list(self.losses_nonfinite),
+                "dead_steps_past_records": self.dead_steps_past_records}
 
 
 def _fingerprint_flags(state: _ParamState, device: Any, unknown: torch.Tensor) -> list:

@@ -77,3 +77,15 @@ def hook_of_ours(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
     return hook
 
+
+
+# Code objects of wrappers that only pass the user's own call through (backward, zero_grad,
+# clip_grad_norm_, scheduler and GradScaler steps): what runs beneath them is the user's work,
+# not ours (tests/hostreads.py attributes device reads by these).
+PASS_THROUGH_CODES: set = set()
+
+
+def pass_through(fn: Callable) -> Callable:
+    """Mark a wrapper around the user's own torch call (see PASS_THROUGH_CODES)."""
+    PASS_THROUGH_CODES.add(fn.__code__)
+    return fn

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .attributes import container_items
+from .directcall import DirectCalls, holder_in_frames
 from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
 from .locations import user_location, user_variable_name
@@ -116,7 +117,8 @@ class ModuleTracker:
         self._norm_types: dict = {}   # type -> is a batch norm
         self._handles: Optional[HandleGroup] = None
         self._wrapped: set = set()    # ids of modules whose compiled call we wrapped
-        self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
+        self.on_root_call: Optional[Callable[..., None]] = None
+        self.direct = DirectCalls(self, _peek_sequence_nr)  # model.forward(x) called directly
 
     # -- set-up --------------------------------------------------------------------------------
     def add_model(self, model: nn.Module, label: Optional[str] = None) -> str:
@@ -135,6 +137,7 @@ class ModuleTracker:
 
     def clear_references(self) -> None:
         """Drop every strong reference to user objects (called when the session ends)."""
+        self.direct.flush()
         self._names.clear()
         self._transient.clear()
         # The error (and its traceback's frames) is let go; its id stays to be compared with
@@ -159,6 +162,18 @@ class ModuleTracker:
     def in_forward(self) -> bool:
         return bool(self._stack)
 
+    def count_call(self, model: str, name: str, module: nn.Module) -> None:
+        """A call the hooks did not see (a forward called directly): counted all the same."""
+        rec = self.records.get((model, name))
+        if rec is None:
+            rec = self.records[(model, name)] = ModuleRecord(model, name, type(module).__name__,
+                                                              True)
+        rec.calls += 1
+
+    def current_module(self) -> Optional[nn.Module]:
+        """The innermost module whose forward is running now, or None."""
+        return self._stack[-1][0] if self._stack else None
+
     def current(self) -> Optional[tuple]:
         """``(model, name)`` of the innermost forward running now, or None."""
         return (self._stack[-1][1], self._stack[-1][2]) if self._stack else None
@@ -177,7 +192,16 @@ class ModuleTracker:
             # loop) would otherwise become a new model, kept alive, each step.
             self._overflow += 1
             return (module, f"<{type(module).__name__}>", "")
-        label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
+        explicit = self._explicit_labels.get(id(module))
+        if explicit is None and user_variable_name(module) is None:
+            # ``model.encoder(x)`` from the loop: name it inside the model the loop holds
+            _, container = holder_in_frames(module, sys._getframe(1))
+            if container is not None and id(container[1]) not in self._names:
+                self.add_model(container[1], container[0])
+                known = self._names.get(id(module))
+                if known is not None and known[0] is module:
+                    return known
+        label = self._unique_label(explicit or _guess_label(module))
         inner = unwrap(module)
         compiled = compiled_parts(module)
         if compiled:
@@ -299,8 +323,13 @@ class ModuleTracker:
     def unmute(self) -> None:
         """Backward calls and optimizer steps never run inside a parametrization: a muting
         left over by an exception that skipped the post hooks (KeyboardInterrupt, SystemExit
-        are not Exceptions) ends here."""
+        are not Exceptions) ends here. Nor inside a forward called directly: its range ends."""
         self._muted_depth.pop(threading.get_ident(), None)
+        self.direct.flush()
+
+    def muted(self) -> bool:
+        """Inside a parametrization run outside any forward (see _muted), or our own walk."""
+        return self.paused or bool(self._muted_depth.get(threading.get_ident(), 0))
 
     def _muted(self, module: nn.Module, entering: bool) -> bool:
         """Inside a parametrization computing ``module.weight`` outside any forward (when
@@ -328,9 +357,15 @@ class ModuleTracker:
         entry = self._names.get(id(module))
         if entry is None or entry[0] is not module:
             entry = self._transient.get(id(module))
-            if entry is None or entry[0] is not module:
-                entry = (self._name_unregistered(module, stack[-1]) if stack
-                         else self._register_root(module))
+            if entry is not None and entry[0] is not module:
+                entry = None
+        if not stack and (entry is None or not (entry[2] == "" or entry[2].startswith("<"))):
+            # No forward is running, and this is not a whole model: is a module's forward (or
+            # other method) running without __call__ (model.forward(x))? Then it is a part.
+            entry = self.direct.enter(module, sys._getframe(1)) or entry
+        if entry is None:
+            entry = (self._name_unregistered(module, stack[-1]) if stack
+                     else self._register_root(module))
         if self._is_batchnorm(type(module)) and (
                 module.training or (module.running_mean is None and module.running_var is None)):
             # batch statistics: training mode, or a norm that tracks no running statistics
@@ -346,7 +381,7 @@ class ModuleTracker:
             model = self.models.get(entry[1])
             if self.on_root_call is not None and model is not None \
                     and (entry[2] == "" or entry[2].startswith("<")):
-                self.on_root_call(model, entry[1])
+                self.on_root_call(model, entry[1], args)
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
 
@@ -387,6 +422,7 @@ class ModuleTracker:
                 rec.output = type(output).__name__
         if not stack:
             self._transient.clear()
+            self.direct.child_done()
 
     def _is_batchnorm(self, cls: type) -> bool:
         known = self._norm_types.get(cls)
