@@ -1,0 +1,89 @@
+"""softmax-batch-dim: softmax / log_softmax over the batch dimension of a class output.
+
+``F.log_softmax(logits, dim=0)`` on an ``(N, C)`` output normalises across the N samples, not
+across the C classes: each sample's "probabilities" depend on the rest of the batch and do not
+sum to one, yet the loss trains happily on them. So does ``F.softmax(x)`` without ``dim`` on a
+3-d ``(N, L, C)`` input (torch's implicit choice is then dim 0). Fires only when the softmax
+output reaches the loss through element-wise ops, views and reductions (no further layer): an
+attention softmax over a sequence axis, followed by a matmul, stays silent.
+"""
+from __future__ import annotations
+
+from ..findings import Finding
+from ._graph import Adjacency
+from .registry import Check
+
+SOFTMAX_OPS = {"SoftmaxBackward0": "softmax", "LogSoftmaxBackward0": "log_softmax"}
+# Ops after which the softmax output is no longer the model's class distribution.
+_LAYER_MARKS = ("Mm", "Bmm", "Mv", "Convolution", "Embedding", "Softmax", "Linear", "Matmul",
+                "Baddbmm", "Addbmm", "Cudnn", "Mkldnn", "Attention", "Rnn", "Lstm", "Gru")
+MAX_HOPS = 12
+
+
+def _feeds_loss(adj: Adjacency, start: str, roots: set) -> bool:
+    """Does ``start``'s output reach a root (the loss) without passing another layer?"""
+    frontier, seen = [start], {start}
+    for _ in range(MAX_HOPS):
+        nxt = []
+        for nid in frontier:
+            if nid in roots and nid != start:
+                return True
+            for c in adj.consumers.get(nid, []):
+                op = adj.op.get(c) or ""
+                if c in seen or any(mark in op for mark in _LAYER_MARKS):
+                    continue
+                seen.add(c)
+                nxt.append(c)
+        if not nxt:
+            return False
+        frontier = nxt
+    return False
+
+
+def _call_site(trace, fn: str, shape: list):
+    sites = {c["location"] for c in trace.softmax_calls
+             if c.get("fn") == fn and list(c.get("shape") or []) == shape
+             and c.get("dim") in (0, -len(shape), None) and c.get("location")}
+    return sites.pop() if len(sites) == 1 else None
+
+
+def run(trace) -> list:
+    if not trace.node_args:
+        return []
+    adj = Adjacency(trace.graph)
+    roots = set(trace.graph.roots)
+    out = []
+    for n in trace.graph.nodes:
+        fn = SOFTMAX_OPS.get(n.op or "")
+        dim = (trace.node_args.get(n.id) or {}).get("dim")
+        shape = list(n.shape or [])
+        if fn is None or dim is None or len(shape) < 2:
+            continue
+        if (dim + len(shape) if dim < 0 else dim) != 0 or shape[0] < 2:
+            continue
+        if not _feeds_loss(adj, n.id, roots):
+            continue
+        site = _call_site(trace, fn, shape)
+        producer = next((trace.graph.node(p) for p in adj.producers.get(n.id, [])), None)
+        source = producer.module_path if producer is not None else None
+        dims = "x".join(map(str, shape))
+        of = f"the {dims} output of {source}" if source else f"a {dims} tensor"
+        inside = f" in {n.module_path}" if n.module_path else ""
+        out.append(Finding(
+            "softmax-batch-dim", "error",
+            f"{fn} over dim 0 of {of}{inside}"
+            f"{' at ' + site if site else ''} normalises across the {shape[0]} samples of the "
+            f"batch, not across the {shape[1]} {'classes' if len(shape) == 2 else 'channels'}, "
+            "and its result feeds the loss: each sample's probabilities depend on the rest of "
+            "the batch and do not sum to 1, so the model is trained on the wrong target.",
+            hint=f"Normalise over the class dimension: {fn}(logits, dim=1) (or dim=-1 for "
+                 "(N, L, C) outputs), always with an explicit dim; with nn.CrossEntropyLoss, "
+                 "pass the raw logits instead.",
+            module=n.module_path or source, location=site, nodes=[n.id],
+            data={"op": n.op, "shape": shape, "dim": dim}))
+    return out
+
+
+CHECK = Check("softmax-batch-dim", "error",
+              "softmax/log_softmax over the batch dimension of an (N, C) output that feeds the "
+              "loss", run)
