@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 import sys
@@ -48,6 +49,14 @@ def global_hook_counts():
         "opt_pre": len(o._global_optimizer_pre_hooks),
         "opt_post": len(o._global_optimizer_post_hooks),
     }
+
+
+def import_extra(name):
+    """An optional library the integrations need (``make test`` installs them): skipped where it
+    is missing, but a failure in CI, where a skip would hide a broken install step."""
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{name} is not installed (make test installs it)")
 
 
 @pytest.fixture
