@@ -80,6 +80,26 @@ def _model_lines(models: list) -> list:
     return lines
 
 
+def findings_lines(findings: list) -> list:
+    """``findings (1 error, 2 info)`` and each finding: severity, check, where, message, fix."""
+    if not findings:
+        return ["findings: none"]
+    counts: dict = {}
+    for f in findings:
+        counts[f.severity] = counts.get(f.severity, 0) + 1
+    summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=severity_rank,
+                                                           reverse=True))
+    lines = [f"findings ({summary})"]
+    for f in findings:
+        where = " ".join(x for x in (f.module, f.location and f"at {f.location}") if x)
+        lines.append(f"  {f.severity.upper():<7} {f.check}" + (f"  {where}" if where else ""))
+        for part in (f.message, f.hint and f"fix: {f.hint}"):
+            if part:
+                lines += textwrap.wrap(part, 96, initial_indent="          ",
+                                       subsequent_indent="          ")
+    return lines
+
+
 def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     run = trace.run
     s = trace.summary()
@@ -103,22 +123,7 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
             lines.append(f"  ... {len(rows) - len(shown)} more modules in the JSON report")
     lines += _accumulation_table(trace)
     lines.append("")
-    if trace.findings:
-        counts = {}
-        for f in trace.findings:
-            counts[f.severity] = counts.get(f.severity, 0) + 1
-        summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=severity_rank,
-                                                               reverse=True))
-        lines.append(f"findings ({summary})")
-        for f in trace.findings:
-            where = " ".join(x for x in (f.module, f.location and f"at {f.location}") if x)
-            lines.append(f"  {f.severity.upper():<7} {f.check}" + (f"  {where}" if where else ""))
-            for part in (f.message, f.hint and f"fix: {f.hint}"):
-                if part:
-                    lines += textwrap.wrap(part, 96, initial_indent="          ",
-                                           subsequent_indent="          ")
-    else:
-        lines.append("findings: none")
+    lines += findings_lines(trace.findings)
     for note in trace.notes:
         lines += textwrap.wrap(f"note: {note}", 100, subsequent_indent="      ")
     if run.get("status") not in (None, "ok"):
