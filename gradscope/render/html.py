@@ -140,6 +140,14 @@ _SCRIPT = r"""
     if (li) { li.click(); }
   }
   document.body.dataset.gsReady = "1";
+  // Shown in a notebook (Report._repr_html_), the page sits in a sandboxed iframe: tell the
+  // host page it is ready (nothing else crosses; the host may ignore it).
+  if (window.parent !== window) {
+    window.parent.postMessage({ gradscope: "ready", title: document.title,
+                                boxes: Object.keys(groups).filter(function (id) {
+                                  return byId[id]; }).length,
+                                findings: data.findings.length }, "*");
+  }
 })();
 """
 
@@ -265,6 +273,21 @@ def _accumulation_html(trace: Trace) -> str:
             if len(trace.accumulation) > 200 else "")
     return ('<table><tr><th>step</th><th>backward calls</th><th>summed in .grad</th>'
             '<th>since last step</th><th>at</th></tr>' + "".join(rows) + "</table>" + more)
+
+
+def render_notebook_html(trace: Trace, height: int = 720, **options: object) -> str:
+    """The report for a notebook cell: the whole page in a sandboxed ``<iframe srcdoc>``.
+
+    The iframe keeps the page's ids, styles and script apart from the notebook and from other
+    reports in it (two reports in one notebook cannot clash), runs its script without access to
+    the notebook (``sandbox="allow-scripts"``, no same-origin), and fetches nothing: the page is
+    self-contained and its Content-Security-Policy forbids any fetch.
+    """
+    page = render_html(trace, **options)  # type: ignore[arg-type]
+    title = escape(f"gradscope: {trace.run.get('target', 'report')}")
+    return (f'<iframe sandbox="allow-scripts" title="{title}" '
+            f'style="width:100%;height:{int(height)}px;border:1px solid #ddd" '
+            f'srcdoc="{escape(page, quote=True)}"></iframe>')
 
 
 def render_html(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None,
