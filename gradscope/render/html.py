@@ -17,7 +17,7 @@ from ..errors import GradscopeError
 from ..tracedata import Trace
 from .gradflow import render_gradflow_svg
 from .text import render_text
-from .view import human_bytes, human_count
+from .view import human_bytes, human_count, saved_per_module
 
 _SCRIPT = r"""
 (function () {
@@ -228,22 +228,24 @@ def _findings_html(trace: Trace) -> str:
 
 
 def _modules_html(trace: Trace) -> str:
-    saved: dict = {}
-    for n in trace.graph.nodes:
-        if n.model is not None:
-            key = (n.model, n.module)
-            saved[key] = saved.get(key, 0) + n.saved_bytes
+    saved = saved_per_module(trace)
     rows = []
     for m in trace.modules:
         name = m["model"] + (f".{m['name']}" if m["name"] else "")
         params = "" if m["parameters"] is None else human_count(m["parameters"])
         flag = "" if m["registered"] else ' <span class="bad">unregistered</span>'
+        own, total = saved.get((m["model"], m["name"]), (0, 0))
         rows.append(f'<tr data-name="{escape(name)}"><td>{escape(name)}{flag}</td>'
                     f'<td>{escape(m["type"])}</td><td class="num">{int(m["calls"])}</td>'
                     f'<td>{escape(m["output"] or "")}</td><td class="num">{params}</td>'
-                    f'<td class="num">{human_bytes(saved.get((m["model"], m["name"]), 0))}</td></tr>')
+                    f'<td class="num">{human_bytes(own)}</td>'
+                    f'<td class="num">{human_bytes(total)}</td></tr>')
     return ('<table><tr><th>module</th><th>type</th><th>calls</th><th>output</th>'
-            '<th>params</th><th>saved activations</th></tr>' + "".join(rows) + "</table>")
+            '<th>params</th><th>saved by its own ops</th><th>saved with submodules</th></tr>'
+            + "".join(rows) + '</table><p class="note">Saved activations: the bytes autograd '
+            "keeps for backward, each storage counted once. <i>Own ops</i> counts the nodes "
+            "the module created itself; <i>with submodules</i> adds every module inside it "
+            "(built in forward or not) and is the figure on the module's box in the graph.</p>")
 
 
 def _parameters_html(trace: Trace) -> str:

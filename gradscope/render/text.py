@@ -5,7 +5,7 @@ import textwrap
 
 from ..findings import severity_rank
 from ..tracedata import Trace
-from .view import human_bytes, human_count
+from .view import human_bytes, human_count, saved_per_module
 
 MAX_MODULE_ROWS = 25
 
@@ -20,13 +20,12 @@ def _table(rows: list, headers: list) -> list:
 
 def _module_rows(trace: Trace) -> list:
     ops: dict = {}
-    saved: dict = {}
     for n in trace.graph.nodes:
         if n.model is None or n.leaf is not None:
             continue
         key = (n.model, n.module)
         ops[key] = ops.get(key, 0) + 1
-        saved[key] = saved.get(key, 0) + n.saved_bytes
+    saved = saved_per_module(trace)
     rows = []
     for m in trace.modules:
         if not m["calls"]:
@@ -34,9 +33,11 @@ def _module_rows(trace: Trace) -> list:
         key = (m["model"], m["name"])
         name = m["model"] + ("." + m["name"] if m["name"] else "")
         params = m["parameters"]
+        own, total = saved.get(key, (0, 0))
         rows.append([name, m["type"] + ("" if m["registered"] else " (unregistered)"), m["calls"],
                      m["output"] or "", "-" if params is None else human_count(params),
-                     ops.get(key, 0), human_bytes(saved[key]) if saved.get(key) else ""])
+                     ops.get(key, 0), human_bytes(own) if own else "",
+                     human_bytes(total) if total else ""])
     return rows
 
 
@@ -118,7 +119,8 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
         lines.append("")
         lines.append("modules")
         shown = rows[:max_module_rows]
-        lines += _table(shown, ["module", "type", "calls", "output", "params", "ops", "saved"])
+        lines += _table(shown, ["module", "type", "calls", "output", "params", "ops",
+                                "saved (own ops)", "saved (with submodules)"])
         if len(rows) > len(shown):
             lines.append(f"  ... {len(rows) - len(shown)} more modules in the JSON report")
     lines += _accumulation_table(trace)
