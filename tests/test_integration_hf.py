@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import global_hook_counts, import_extra
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # config-built models only: never the network
 import_extra("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments  # noqa: E402
 
