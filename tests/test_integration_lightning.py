@@ -123,3 +123,15 @@ def test_an_exception_closes_the_session_and_writes_the_partial_report(tmp_path,
     assert report.trace.optimizer_steps == 2
     saved = json.loads((tmp_path / "gradscope" / "trace.json").read_text())
     assert saved["run"]["status"] == status
+
+
+def test_an_unwritable_report_folder_is_a_warning_not_a_failed_fit(tmp_path, no_leaks):
+    from gradscope import GradscopeWarning
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    callback = GradscopeCallback(out_dir=str(blocker / "gradscope"))
+    model = Regressor()
+    with pytest.warns(GradscopeWarning, match="could not write its report to .*a-file"):
+        trainer_for(tmp_path, callback).fit(model, loader())
+    assert callback.report.trace.optimizer_steps == 2 and callback.paths == []

@@ -93,6 +93,15 @@ def test_a_bad_threshold_is_a_usage_error(pytester):
     assert "invalid choice: 'sometimes'" in result.stderr.str()
 
 
+def test_a_bad_ini_threshold_is_a_usage_error(pytester):
+    pytester.makepyfile(test_user=USER_TESTS)
+    pytester.makeini("[pytest]\ngradscope_fail_on = sometimes\n")
+    result = pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider")
+    assert "ini option gradscope_fail_on = 'sometimes'; use one of error, warning" in \
+        result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(errors=2)
+
+
 def test_the_fixture_in_this_session(gradscope, no_leaks):
     import torch
     from torch import nn
