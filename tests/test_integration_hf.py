@@ -165,3 +165,13 @@ def test_added_after_init_still_watches_and_cleans_up(tmp_path, no_leaks, caplog
     # from now on this trainer is wrapped: a second run is watched afresh
     trainer.train()
     assert callback.report.trace.optimizer_steps == 2
+
+
+def test_the_optimizer_watched_is_the_one_inside_accelerates_wrapper():
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from gradscope.integrations._run import unwrap_optimizer
+
+    inner = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    assert unwrap_optimizer(AcceleratedOptimizer(inner, device_placement=False)) is inner
+    assert unwrap_optimizer(inner) is inner and unwrap_optimizer(None) is None

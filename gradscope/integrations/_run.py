@@ -16,24 +16,17 @@ from ..report import Report
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``,
-    Lightning's ``LightningOptimizer``): the one whose ``step`` torch's global hooks see."""
+    """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``
+    keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in ``._optimizer``): the one
+    whose ``step`` torch's global hooks see. None when there is no torch optimizer."""
     import torch
 
-    seen = 0
-    while seen < 5 and not _is_plain_optimizer(optimizer):
+    for _ in range(5):  # wrappers of wrappers, but never a cycle
         inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
         if not isinstance(inner, torch.optim.Optimizer):
             break
-        optimizer, seen = inner, seen + 1
+        optimizer = inner
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-
-
-def _is_plain_optimizer(optimizer: Any) -> bool:
-    import torch
-
-    return isinstance(optimizer, torch.optim.Optimizer) and not isinstance(
-        getattr(optimizer, "optimizer", None), torch.optim.Optimizer)
 
 
 def rank_folder(folder: str) -> str:
