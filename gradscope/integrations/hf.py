@@ -72,7 +72,7 @@ class GradscopeCallback(TrainerCallback):
                 logger.warning(
                     "gradscope: GradscopeCallback was added after the Trainer was built "
                     "(trainer.add_callback), so if this train() call raises, gradscope's hooks "
-                    "stay until the next train() ends. Pass it as Trainer(callbacks="
+                    "stay until this Trainer's next train() call. Pass it as Trainer(callbacks="
                     "[GradscopeCallback()]) to be safe from the first call.")
         if self._run.active:  # a retry (auto_find_batch_size) restarts the loop
             self._run.finish(self._folder)
