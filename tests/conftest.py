@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 import sys
@@ -58,6 +59,14 @@ def _step_order_attributes():
             clip_grad.clip_grad_value_, lr_scheduler.LRScheduler.__dict__["step"],
             lr_scheduler.ReduceLROnPlateau.__dict__["step"],
             torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"])
+
+
+def import_extra(name):
+    """An optional library the integrations need (``make test`` installs them): skipped where it
+    is missing, but a failure in CI, where a skip would hide a broken install step."""
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{name} is not installed (make test installs it)")
 
 
 @pytest.fixture

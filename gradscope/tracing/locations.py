@@ -1,6 +1,22 @@
-"""Find the user's own ``file:line`` on the stack, skipping frames inside torch and gradscope."""
+"""Find the user's own ``file:line`` on the stack, skipping frames of torch, gradscope and the
+other installed libraries the user's code calls into.
+
+Two questions, two answers:
+
+- :func:`user_location` — where the *user's* code is: a backward call made by Hugging Face's
+  Trainer or Lightning on the user's behalf happened, as far as the user can act on it, at the
+  line that called ``trainer.train()``. So frames in any ``site-packages``/``dist-packages``
+  folder (accelerate, transformers, lightning, ...) are skipped, as are torch's and
+  gradscope's own. The user's project stays visible even when it is installed in editable mode:
+  an editable install runs the files from the source tree, not from ``site-packages``.
+- :func:`code_location` — which code *did* something (built a layer inside ``forward``): the
+  innermost frame outside torch and gradscope, which may be a library's. A check then decides
+  whether that code is the user's to fix (a ``CrossEntropyLoss()`` that transformers builds in
+  every forward is not).
+"""
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -14,17 +30,28 @@ _SKIP_DIRS = tuple(
     for m in (torch, sys.modules[__name__.split(".")[0]])
 ) + ("<frozen ", "<string>")
 _SKIP_FILES = ("runpy.py", "contextlib.py", "functools.py")
+_INSTALLED = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_library_file(filename: str) -> bool:
+    """True for files of torch, gradscope and the standard library's plumbing (runpy, ...)."""
     return filename.startswith(_SKIP_DIRS) or os.path.basename(filename) in _SKIP_FILES
 
 
+@functools.lru_cache(maxsize=4096)
+def is_installed_file(filename: str) -> bool:
+    """True for :func:`is_library_file` files and any file of an installed package (a path with
+    a ``site-packages`` or ``dist-packages`` folder): code the user calls but does not edit."""
+    return is_library_file(filename) or any(part in filename for part in _INSTALLED)
+
+
 def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
-    """The innermost frame that belongs to the user's code, or None."""
+    """The innermost frame that belongs to the user's code (not torch, gradscope or another
+    installed library), or None."""
     frame = start if start is not None else sys._getframe(1)
     while frame is not None:
-        if not is_library_file(frame.f_code.co_filename):
+        if not is_installed_file(frame.f_code.co_filename):
             return frame
         frame = frame.f_back
     return None
@@ -33,6 +60,16 @@ def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
 def user_location(start: Optional[FrameType] = None) -> Optional[str]:
     """``path:line`` of the innermost user frame (path relative to the cwd when inside it)."""
     frame = user_frame(start if start is not None else sys._getframe(1))
+    if frame is None:
+        return None
+    return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def code_location(start: Optional[FrameType] = None) -> Optional[str]:
+    """``path:line`` of the innermost frame outside torch and gradscope, library or not."""
+    frame = start if start is not None else sys._getframe(1)
+    while frame is not None and is_library_file(frame.f_code.co_filename):
+        frame = frame.f_back
     if frame is None:
         return None
     return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"

@@ -25,7 +25,7 @@ from .attributes import container_items
 from .directcall import DirectCalls, holder_in_frames
 from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
-from .locations import user_location, user_variable_name
+from .locations import code_location, user_variable_name
 
 _GraphModule = torch.fx.GraphModule
 try:  # parametrizations (spectral_norm, orthogonal, weight_norm's new form) run on .weight reads
@@ -294,7 +294,7 @@ class ModuleTracker:
                 rec = self.records.get(key)
                 if rec is None:
                     rec = self.records[key] = ModuleRecord(
-                        parent[1], full, type(sub).__name__, False, location=user_location(),
+                        parent[1], full, type(sub).__name__, False, location=code_location(),
                         has_parameters=bool(sub._parameters))
                 elif rec.last is not None and rec.last() is not sub:
                     rec.objects += 1  # a new object under the same name: rebuilt every call
