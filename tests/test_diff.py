@@ -57,17 +57,18 @@ def test_a_detached_branch_is_shown_and_fails_the_gate(before_after, tmp_path):
     ops = text.split("autograd ops per module (created by the module itself)\n")[1]
     assert ops.splitlines()[1].split() == ["net.side.2", "2", "0", "-2"]
     assert ops.splitlines()[3].split() == ["net.side.0", "2", "0", "-2"]
-    assert "NEW     WARNING unused-parameter  net.side.0" in text
-    assert "NEW     WARNING unused-parameter  net.side.2" in text
+    # graph-cut (one finding for both modules, at the .detach() line), not unused-parameter
+    assert "NEW     WARNING graph-cut  net.side.0" in text
+    assert "s = s.detach()" in text
     assert "ops: 12 -> 7" in text
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["gradscope_diff"] == 1 and d["same_program"] is True
     assert d["parameters"]["lost_gradient"] == ["net.side.0.weight", "net.side.0.bias",
                                                 "net.side.2.weight", "net.side.2.bias"]
-    assert {f["check"] for f in d["findings"]["new"]} == {"unused-parameter"}
+    assert {f["check"] for f in d["findings"]["new"]} == {"graph-cut"}
     assert d["findings"]["fixed"] == []
     html = (tmp_path / "d.html").read_text()
-    assert "net.side.0.weight" in html and "unused-parameter" in html and "<script" not in html
+    assert "net.side.0.weight" in html and "graph-cut" in html and "<script" not in html
 
 
 def test_the_gate_passes_below_the_threshold_and_the_fix_is_reported(before_after):
@@ -76,7 +77,7 @@ def test_the_gate_passes_below_the_threshold_and_the_fix_is_reported(before_afte
     r = CliRunner().invoke(main, ["diff", after, before, "--fail-on", "info"])  # the fix
     assert r.exit_code == 0
     assert "gained gradient (4, trainable in both, and now reached by the loss)" in r.stdout
-    assert "FIXED   WARNING unused-parameter  net.side.0" in r.stdout
+    assert "FIXED   WARNING graph-cut  net.side.0" in r.stdout
 
 
 def test_same_program_twice_is_no_change(before_after):

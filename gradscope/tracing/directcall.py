@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .locations import display_path, frame_locals, is_library_file
+from .locations import display_path, frame_locals, is_installed_file
 
 MAX_FRAMES = 24
 MAX_SITES = 50
@@ -149,7 +149,7 @@ def holder_in_frames(module: nn.Module, frame: Any) -> tuple:
     container = None
     looked = 0
     while frame is not None and looked < 4:
-        if not is_library_file(frame.f_code.co_filename):
+        if not is_installed_file(frame.f_code.co_filename):
             looked += 1
             scope = frame.f_globals if frame.f_code.co_name == "<module>" \
                 else {**frame.f_globals, **frame_locals(frame)}
@@ -167,7 +167,7 @@ def holder_in_frames(module: nn.Module, frame: Any) -> tuple:
 
 def _user_caller(frame: Any) -> Any:
     caller = frame.f_back
-    while caller is not None and is_library_file(caller.f_code.co_filename):
+    while caller is not None and is_installed_file(caller.f_code.co_filename):
         caller = caller.f_back
     return caller
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .failures import sequence_nr
-from .locations import display_path, is_library_file, user_frame
+from .locations import display_path, is_installed_file, is_library_file, user_frame
 
 CUT_OPS = {"detach", "tolist", "item", "numpy", "argmax", "argmin", "__float__", "__int__"}
 FACTORIES = {"tensor", "as_tensor"}
@@ -259,13 +259,9 @@ def _direct_caller(frame: Any) -> Any:
         if _MODULES_DIR in frame.f_code.co_filename:
             return None
         frame = frame.f_back
-    if frame is None or _is_installed_library(frame.f_code.co_filename):
+    if frame is None or is_installed_file(frame.f_code.co_filename):
         return None
     return frame
-
-
-def _is_installed_library(path: str) -> bool:
-    return ("site-packages" + os.sep) in path or ("dist-packages" + os.sep) in path
 
 
 def passes_mode(path: str, line: int, fn: str) -> Optional[bool]:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .failures import sequence_nr
-from .locations import display_path, frame_locals, is_library_file, user_variable_name
+from .locations import display_path, frame_locals, is_installed_file, user_variable_name
 from .walk import _TypeInfo, _hooked, storage_key
 
 MAX_FRAMES = 4          # user frames looked at above a model call
@@ -94,7 +94,7 @@ class KeepAliveWatch:
     def _look(self, frame: Any) -> None:
         looked = 0
         while frame is not None and looked < MAX_FRAMES:
-            if not is_library_file(frame.f_code.co_filename):
+            if not is_installed_file(frame.f_code.co_filename):
                 looked += 1
                 self._look_at_frame(frame)
             frame = frame.f_back
