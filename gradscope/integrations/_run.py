@@ -13,20 +13,7 @@ from typing import Any, Iterable, Optional
 from ..errors import GradscopeWarning
 from ..findings import SEVERITIES
 from ..report import Report
-
-
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``
-    keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in ``._optimizer``): the one
-    whose ``step`` torch's global hooks see. None when there is no torch optimizer."""
-    import torch
-
-    for _ in range(5):  # wrappers of wrappers, but never a cycle
-        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            break
-        optimizer = inner
-    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+from ..tracing.optimizers import unwrap_optimizer
 
 
 def rank_folder(folder: str) -> str:
@@ -123,3 +110,19 @@ class CallbackRun:
                 warnings.warn(f"gradscope could not write its report to {folder!r}: {e}. "
                               "Pass out_dir= a writable folder.", GradscopeWarning, stacklevel=2)
         return self.report
+
+
+class ReportAccess:
+    """``callback.report`` and ``callback.paths`` of the callbacks (their ``_run`` is a
+    :class:`CallbackRun`)."""
+
+    _run: "CallbackRun"
+
+    @property
+    def report(self) -> Any:
+        """The report of the last run (None before one has ended)."""
+        return self._run.report
+
+    @property
+    def paths(self) -> list:
+        return list(self._run.paths)

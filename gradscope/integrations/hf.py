@@ -28,13 +28,13 @@ from transformers import TrainerCallback
 from transformers.utils import logging as hf_logging
 
 from ..tracing.locations import frame_locals
-from ._run import CallbackRun, counts, summary_line
+from ._run import CallbackRun, ReportAccess, counts, summary_line
 
 logger = hf_logging.get_logger("transformers.trainer")  # the Trainer's own logger
 _WRAPPED = "_gradscope_wrapped_train"
 
 
-class GradscopeCallback(TrainerCallback):
+class GradscopeCallback(ReportAccess, TrainerCallback):
     """Watch a ``transformers.Trainer`` run with gradscope and write its report.
 
     ``out_dir``: where the report goes (default ``args.output_dir/gradscope``). ``only``,
@@ -49,15 +49,6 @@ class GradscopeCallback(TrainerCallback):
                                  "find_nonfinite": find_nonfinite})
         self._trainer: Any = None
         self._folder: Optional[str] = None
-
-    @property
-    def report(self) -> Any:
-        """The report of the last run (None before one has ended)."""
-        return self._run.report
-
-    @property
-    def paths(self) -> list:
-        return list(self._run.paths)
 
     # -- Trainer events ------------------------------------------------------------------------
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -21,12 +21,12 @@ from typing import Any, Optional
 
 from lightning.pytorch import Callback
 
-from ._run import CallbackRun, counts, summary_line
+from ._run import CallbackRun, ReportAccess, counts, summary_line
 
 log = logging.getLogger("lightning.pytorch.gradscope")  # shown by Lightning's log handler
 
 
-class GradscopeCallback(Callback):
+class GradscopeCallback(ReportAccess, Callback):
     """Watch a ``lightning.Trainer`` fit with gradscope and write its report.
 
     ``out_dir``: where the report goes (default ``trainer.default_root_dir/gradscope``).
@@ -41,15 +41,6 @@ class GradscopeCallback(Callback):
         self._run = CallbackRun({"only": only, "disable": disable,
                                  "find_nonfinite": find_nonfinite})
         self._folder: Optional[str] = None
-
-    @property
-    def report(self) -> Any:
-        """The report of the last run (None before one has ended)."""
-        return self._run.report
-
-    @property
-    def paths(self) -> list:
-        return list(self._run.paths)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self._run.active:

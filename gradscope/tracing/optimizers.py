@@ -116,6 +116,20 @@ class OptimizerRegistry:
             rec["same_as"] = self._sets.setdefault(key, serial)
 
 
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a framework's wrapper (accelerate's ``AcceleratedOptimizer``
+    keeps it in ``.optimizer``, Lightning's ``LightningOptimizer`` in ``._optimizer``): the one
+    whose ``step`` torch's global hooks see. None when there is no torch optimizer."""
+    import torch
+
+    for _ in range(5):  # wrappers of wrappers, but never a cycle
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        optimizer = inner
+    return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
+
+
 def _dead() -> None:
     return None
 

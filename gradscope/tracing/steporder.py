@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .handles import pass_through
+from .optimizers import unwrap_optimizer
 
 _CLIP_NAMES = ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm")
 
@@ -195,17 +196,6 @@ class StepOrderPatches:
 PATCHES = StepOrderPatches()
 
 
-def unwrap_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside a wrapper (accelerate's ``AcceleratedOptimizer`` holds it as
-    ``.optimizer``; its own ``step`` forwards there and runs no step hooks of its own)."""
-    seen = 0
-    while seen < 4 and isinstance(getattr(optimizer, "optimizer", None), torch.optim.Optimizer) \
-            and optimizer.optimizer is not optimizer:
-        optimizer = optimizer.optimizer
-        seen += 1
-    return optimizer
-
-
 def lr_of(optimizer: Any) -> Optional[float]:
     """The first parameter group's learning rate as a Python number (None for a tensor lr:
     reading it would be a device read)."""
@@ -236,7 +226,8 @@ class StepOrderEvents:
 
     def _on_scheduler_step(self, scheduler: Any) -> None:
         from .locations import user_location
-        optimizer = unwrap_optimizer(getattr(scheduler, "optimizer", None))
+        optimizer = getattr(scheduler, "optimizer", None)
+        optimizer = unwrap_optimizer(optimizer) or optimizer
         serial = self.optimizers.serial(optimizer) if optimizer is not None else None
         self._event("scheduler_step", scheduler=type(scheduler).__name__,
                     optimizer_id=serial, lr=lr_of(optimizer) if optimizer is not None else None,
