@@ -203,3 +203,16 @@ def test_forward_called_directly_severity_follows_the_hooks_skipped():
         "warning"
     method = dict(call, method="encode")
     assert run("forward-called-directly", Trace(direct_calls=[method])) == []
+
+
+def test_merging_ranks_keeps_rank_0s_records_and_their_findings():
+    from gradscope.merge import merge_reports
+    from gradscope.report import Report
+    params = [dict(PARAMS[0], grad_seen=False), PARAMS[1]]
+    cut = {"op": "detach", "location": "t.py:12", "in_forward": True, "model": "m",
+           "module": "", "upstream_modules": ["m.enc"], "order": 1, "backwards": [0]}
+    ranks = [Trace(parameters=params, backward_calls=2, cuts=[cut],
+                   run={"rank": r, "world_size": 2, "status": "ok"}) for r in (0, 1)]
+    merged = merge_reports([Report(t) for t in ranks]).trace
+    assert merged.cuts == [cut] and [f.check for f in merged.findings] == ["graph-cut"]
+    assert "rank" not in merged.findings[0].data  # found on rank 0's own records
