@@ -144,5 +144,5 @@ def run(trace) -> list:
 
 
 CHECK = Check("dead-training", "error",
-              "optimizer steps where no trainable parameter received a gradient (forward under "
-              "no_grad, a loss from argmax/.item(), loss.requires_grad = True)", run)
+              "optimizer steps where no trainable parameter received a gradient (no_grad "
+              "forward, a loss from argmax/.item())", run)

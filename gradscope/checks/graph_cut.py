@@ -80,5 +80,5 @@ def run(trace) -> list:
 
 
 CHECK = Check("graph-cut", "warning",
-              "part of a model gets no gradient because its output left autograd (.detach(), "
-              ".data, NumPy, torch.tensor(t.tolist())) at a named line", run)
+              "part of a model gets no gradient: its history was dropped (.detach(), .data, "
+              "NumPy) at a named line", run)

@@ -205,4 +205,4 @@ def run(trace) -> list:
 
 CHECK = Check("graph-kept-alive", "error",
               "a variable keeps autograd graphs alive across steps (total_loss += loss, an RNN "
-              "state carried without .detach()): memory grows, or backward fails", run)
+              "state not detached)", run)
