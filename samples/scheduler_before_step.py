@@ -19,7 +19,7 @@ def main():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 5))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     criterion = nn.CrossEntropyLoss()
     x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
     for step in range(4):

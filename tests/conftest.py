@@ -58,7 +58,8 @@ def _step_order_attributes():
     return (utils.clip_grad_norm_, utils.clip_grad_value_, clip_grad.clip_grad_norm_,
             clip_grad.clip_grad_value_, lr_scheduler.LRScheduler.__dict__["step"],
             lr_scheduler.ReduceLROnPlateau.__dict__["step"],
-            torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"])
+            torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"],
+            torch.nn.Module.__dict__["load_state_dict"])
 
 
 def import_extra(name):

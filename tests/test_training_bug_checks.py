@@ -50,10 +50,26 @@ PARAMS = [{"model": "m", "name": n, "module": n.rpartition(".")[0], "shape": [4,
 # -- dead-training --------------------------------------------------------------------------------
 def test_dead_training_on_steps_that_received_nothing():
     t = Trace(parameters=PARAMS, accumulation=[step(k, received=0) for k in (1, 2, 3)],
-              events=events(*["forward-nograd", "backward-leaf", "step"] * 3))
+              events=events(*["forward-nograd", "backward-leaf", "step"] * 3),
+              models=[{"label": "m", "type": "Net", "parameters": 32, "training": True}])
     [f] = run("dead-training", t)
     assert f.severity == "error" and f.location == "t.py:5" and "torch.no_grad()" in f.message
     assert f.data["dead_steps"] == [1, 2, 3]
+
+
+def test_idle_optimizers_of_other_heads_are_not_dead_training():
+    # two heads, one optimizer each, both stepped every iteration, the tasks alternating
+    acc = []
+    evs = []
+    for k in range(1, 9):
+        evs += events("backward")
+        evs[-1]["index"] = k
+        for serial in (1, 2):
+            evs.append({"kind": "step", "index": 2 * k - 2 + serial, "optimizer": "Adam",
+                        "optimizer_id": serial, "location": "t.py:9"})
+            acc.append(step(2 * k - 2 + serial, optimizer_id=serial,
+                            received=2 if (k + serial) % 2 else 0))
+    assert run("dead-training", Trace(accumulation=acc, events=evs)) == []
 
 
 def test_dead_training_is_silent_on_live_steps_and_one_early_step():
@@ -178,7 +194,7 @@ def softmax_graph(dim, layer_after=False):
 
 def test_softmax_over_the_batch_dimension_feeding_the_loss():
     [f] = run("softmax-batch-dim", softmax_graph(0))
-    assert f.module == "m.out" and "8 samples" in f.message
+    assert f.module == "m.out" and "8 entries of dim 0, the batch" in f.message
     assert run("softmax-batch-dim", softmax_graph(1)) == []
     assert run("softmax-batch-dim", softmax_graph(-2)) != []  # dim -2 of (8, 5) is dim 0
     assert run("softmax-batch-dim", softmax_graph(0, layer_after=True)) == []

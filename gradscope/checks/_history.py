@@ -71,14 +71,19 @@ def window(trace, backward_index: int) -> list:
 
 
 def step_window(trace, step_index: int) -> list:
-    """The events after the optimizer step before ``step_index`` (of any optimizer), up to
-    and including that step."""
+    """The events after the previous step of the same optimizer (the one with step number
+    ``step_index``), up to and including that step: what fed it, even when other optimizers
+    stepped in between (a GAN, one optimizer per head)."""
+    target = next((e for e in trace.events if e.get("kind") == "step"
+                   and e.get("index") == step_index), None)
+    if target is None:
+        return []
     out: list = []
     for e in trace.events:
-        if e.get("kind") == "step":
-            if e.get("index") == step_index:
-                out.append(e)
-                return out
+        if e is target:
+            out.append(e)
+            return out
+        if e.get("kind") == "step" and e.get("optimizer_id") == target.get("optimizer_id"):
             out = []
             continue
         out.append(e)

@@ -6,7 +6,8 @@ the next ``zero_grad()`` throws the clipped ones away); right after ``zero_grad(
 backward, it clips gradients that are about to be replaced. Either way training runs unclipped,
 which is the instability the clipping was added for. Clipping between backward and step
 (with ``GradScaler``: after ``scaler.unscale_(optimizer)``), once per step or once per
-micro-batch, is silent.
+micro-batch, is silent, and so is ``clip_grad_norm_(params, float("inf"))`` anywhere: it only
+measures the norm, for the logs.
 """
 from __future__ import annotations
 
@@ -19,24 +20,35 @@ HINT = ("Clip between backward and step: loss.backward(); "
         "(with GradScaler: scaler.unscale_(optimizer) before clipping).")
 
 
+def _backward_before_step(events: list, start: int, owners: list) -> bool:
+    """Does a backward come after ``events[start]`` before the next step of its optimizer?"""
+    for e in events[start + 1:]:
+        if e.get("kind") == "backward":
+            return True
+        if e.get("kind") == "step" and (not owners or e.get("optimizer_id") in owners):
+            return False
+    return False
+
+
 def _bad_clips(trace) -> list:
     """(clip event, "after-step" | "before-backward", the event before it) for each clip that
-    cannot act on the gradients of the next step."""
-    last_step: dict = {}   # optimizer id -> its last step event
-    last = None            # the last backward / step / zero_grad event
+    cannot act on the gradients of the next step. Before backward means: right after
+    zero_grad(), and the backward that makes the step's gradients comes after it (a GAN's
+    generator clipped after the discriminator's zero_grad, then stepped, is fine)."""
+    last = None  # the last backward / step / zero_grad event
     bad = []
-    for e in trace.events:
+    events = trace.events
+    for k, e in enumerate(events):
         kind = e.get("kind")
-        if kind in ("backward", "zero_grad"):
+        if kind in ("backward", "zero_grad", "step"):
             last = e
-        elif kind == "step":
-            last = e
-            last_step[e.get("optimizer_id")] = e
-        elif kind == "clip":
+        elif kind == "clip" and not e.get("measure_only"):
+            owners = e.get("optimizer_ids") or []
             if last is not None and last.get("kind") == "step" and (
-                    not e.get("optimizer_ids") or last.get("optimizer_id") in e["optimizer_ids"]):
+                    not owners or last.get("optimizer_id") in owners):
                 bad.append((e, "after-step", last))
-            elif last is None or last.get("kind") == "zero_grad":
+            elif (last is None or last.get("kind") == "zero_grad") \
+                    and _backward_before_step(events, k, owners):
                 bad.append((e, "before-backward", last))
     return bad
 
@@ -45,7 +57,7 @@ def run(trace) -> list:
     bad = _bad_clips(trace)
     if not bad:
         return []
-    clips = sum(1 for e in trace.events if e.get("kind") == "clip")
+    clips = sum(1 for e in trace.events if e.get("kind") == "clip" and not e.get("measure_only"))
     e, why, before = bad[0]
     fn = e.get("fn", "clip_grad_norm_")
     if why == "after-step":

@@ -43,7 +43,9 @@ def _cause(trace, backward_index: Optional[int]) -> dict:
     events = window(trace, backward_index)
     backward = events[-1] if events and events[-1].get("kind") == "backward" else {}
     parts, location, module, hint = [], None, None, ""
-    no_grad = [e for e in events if e.get("kind") == "forward" and not e.get("grad")]
+    weighted = {m["label"] for m in trace.models if m.get("parameters")}
+    no_grad = [e for e in events if e.get("kind") == "forward" and not e.get("grad")
+               and e.get("model") in weighted]  # the model's forward, not the loss module's
     if no_grad:
         f = no_grad[-1]
         mode = "torch.inference_mode()" if f.get("inference") else "torch.no_grad()"
@@ -72,8 +74,8 @@ def _cause(trace, backward_index: Optional[int]) -> dict:
             parts.append("re-run with 'gradscope trace' to name the line that cut it")
         hint = hint or (HINT_CUT + HINT_SWITCH)
     if not parts:
-        parts.append(f"the loss backward() started from at {backward.get('location')} does not "
-                     "depend on any parameter this optimizer updates")
+        parts.append(f"backward() at {backward.get('location')} started from a loss that does "
+                     "not depend on any parameter this optimizer updates")
         location, hint = backward.get("location"), HINT_OTHER
     return {"text": "Cause: " + "; ".join(parts) + ".", "location": location,
             "module": module, "hint": hint}
@@ -90,33 +92,54 @@ def _backward_before(trace, step_index: int) -> Optional[int]:
     return found[-1] if found else None
 
 
+def _live_backwards(trace) -> set:
+    """Backward calls whose gradients some optimizer step used."""
+    return {_backward_before(trace, s["step"]) for s in trace.accumulation
+            if s.get("received") or s.get("assigned")}
+
+
 def _dead_steps(trace) -> list:
     by_optimizer: dict = {}
     for s in trace.accumulation:
         if "trainable" in s and not s.get("truncated"):
             by_optimizer.setdefault(s.get("optimizer_id"), []).append(s)
+    live = _live_backwards(trace)
     out = []
     for serial, steps in by_optimizer.items():
         dead = [s for s in steps if dead_step(s)]
         everything = len(dead) == len(steps)
+        if not everything:
+            # One optimizer per head or task, all stepped while one loss trained: another
+            # optimizer used that backward, so these steps are idle by design.
+            dead = [s for s in dead if _backward_before(trace, s["step"]) not in live]
         if not dead or (not everything and (len(dead) < 2 or 4 * len(dead) < len(steps))):
             continue  # a lone early step before training, say
-        first = dead[0]
-        cause = _cause(trace, _backward_before(trace, first["step"]))
-        model = cause.get("module") or optimizer_model(trace)
-        how_many = (f"all {plural(len(steps), 'step')}" if everything
-                    else f"{len(dead)} of {len(steps)} steps")
-        message = (f"{first['optimizer']}.step() at {first['location']} updated nothing in "
-                   f"{how_many}: none of the {first['trainable']} trainable parameters it steps "
-                   f"received a gradient{' in ' + model if model else ''}, so "
-                   f"{'the model does not learn' if everything else 'those steps are lost'}. "
-                   + cause["text"])
-        out.append(Finding(
-            "dead-training", "error" if everything else "warning", message, hint=cause["hint"],
-            module=model, location=cause.get("location") or first["location"],
-            data={"optimizer_id": serial, "dead_steps": [s["step"] for s in dead][:100],
-                  "steps": len(steps), "cause_location": cause.get("location")}))
+        out.append(_dead_finding(trace, serial, steps, dead, everything))
     return out
+
+
+def _dead_finding(trace, serial, steps: list, dead: list, everything: bool) -> Finding:
+    first = dead[0]
+    backward = _backward_before(trace, first["step"])
+    cause = _cause(trace, backward)
+    model = cause.get("module") or optimizer_model(trace)
+    how_many = (f"all {plural(len(steps), 'step')}" if everything
+                else f"{len(dead)} of {len(steps)} steps")
+    skipped = backward is None and not everything  # steps on batches the loop skipped
+    message = (f"{first['optimizer']}.step() at {first['location']} updated nothing in "
+               f"{how_many}: none of the {first['trainable']} trainable parameters it steps "
+               f"received a gradient{' in ' + model if model else ''}, so "
+               f"{'the model does not learn' if everything else 'those steps are lost'}. "
+               + (cause["text"] if not skipped else
+                  "No backward() ran before them: batches skipped (a training_step returning "
+                  "None, say) while the optimizer still stepped."))
+    return Finding(
+        "dead-training", "error" if everything else "info" if skipped else "warning", message,
+        hint=cause["hint"] if not skipped else "Nothing to fix if the batches were skipped on "
+                                                "purpose; otherwise compute their loss.",
+        module=model, location=cause.get("location") or first["location"],
+        data={"optimizer_id": serial, "dead_steps": [s["step"] for s in dead][:100],
+              "steps": len(steps), "cause_location": cause.get("location")})
 
 
 def _failed(trace, failure: dict) -> Finding:

@@ -5,7 +5,9 @@ submodule, it keeps dropping after ``model.eval()``, so validation and inference
 degraded (and differ run to run). The same holds for ``scaled_dot_product_attention``'s
 ``dropout_p``, which has no mode at all. Seen by ``gradscope trace``: a call made while its
 module was in eval mode, or, when the run never evaluated, a call whose source passes no mode.
-``F.dropout(x, p, training=self.training)`` and ``nn.Dropout`` stay silent.
+``F.dropout(x, p, training=self.training)``, a call under ``if self.training:``, a ``p``
+computed from ``self.training``, ``training=True`` written out (Monte Carlo dropout) and
+``nn.Dropout`` stay silent.
 """
 from __future__ import annotations
 
@@ -24,10 +26,14 @@ def _hint(fn: str) -> str:
 
 def run(trace) -> list:
     out = []
+    evaluated = {e.get("model") for e in trace.events
+                 if e.get("kind") == "forward" and e.get("training") is False}
     for c in trace.dropout_calls:
+        if c.get("passes_mode") == "always":
+            continue  # training=True written out: Monte Carlo dropout, on purpose
         seen_in_eval = c.get("eval_calls", 0) > 0
-        if not seen_in_eval and c.get("passes_mode") is not False:
-            continue
+        if not seen_in_eval and (c.get("model") in evaluated or c.get("passes_mode") is not False):
+            continue  # the run evaluated and it did not drop, or its source passes the mode
         fn = c.get("fn", "dropout")
         where = module_path(c.get("model"), c.get("module")) or "a forward"
         call = f"{fn}(dropout_p={c.get('p')})" if fn == "scaled_dot_product_attention" \

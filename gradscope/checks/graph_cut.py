@@ -15,15 +15,17 @@ from ._history import best_cut, cut_phrase, cuts_upstream_of
 from .dead_training import dead_step
 from .registry import Check
 
-HINT = ("Keep the computation in torch on the tensor itself: remove the .detach() / .data, "
-        "replace NumPy code with torch ops, use the tensor instead of torch.tensor(t.tolist()). "
-        "If the cut is deliberate (a frozen encoder), freeze those parameters with "
-        "requires_grad_(False) and leave them out of the optimizer.")
+HINT = ("If these parameters should train, keep the computation in torch on the tensor "
+        "itself: remove the .detach() / .data, replace NumPy code with torch ops, use the tensor "
+        "instead of torch.tensor(t.tolist()). If the cut is deliberate (a frozen encoder), "
+        "freeze them with requires_grad_(False) and leave them out of the optimizer.")
 
 
 def _untrained(trace) -> dict:
     """(model, module) -> parameters never given a gradient, in models where something else
-    trained, or whose parameters an optimizer holds (it is meant to train them)."""
+    trained, or whose parameters an optimizer holds (it is meant to train them). Parameters
+    no optimizer holds are left out: a stop-gradient on them is a design (BYOL's or DQN's
+    target network, updated by averaging; a linear probe's frozen backbone)."""
     by_model: dict = {}
     for p in trace.parameters:
         if p.get("grad_seen") is not None and p["requires_grad"]:
@@ -34,7 +36,9 @@ def _untrained(trace) -> dict:
     for model, params in by_model.items():
         trained = any(p["grad_seen"] for p in params)
         for p in params:
-            if not p["grad_seen"] and (trained or (p.get("in_optimizer") and not dead)):
+            if p["grad_seen"] or p.get("in_optimizer") is False:
+                continue
+            if trained or (p.get("in_optimizer") and not dead):
                 out.setdefault((model, p["module"]), []).append(p)
     return out
 

@@ -141,8 +141,12 @@ def _growing(trace, explained: set) -> list:
     for rec in trace.kept_graphs:
         if rec.get("kind") not in ("chain", "list") or not rec.get("measures"):
             continue
-        if not (rec.get("crossed_backwards") or (no_backward and rec.get("looks", 0) >= 3)):
-            continue  # built within one step (losses summed before one backward): fine
+        # carried across an optimizer step (across a backward in runs without steps); a sum
+        # over one step's micro-batches, reset at the next step, is not
+        crossed = rec.get("crossed_steps") if trace.optimizer_steps else \
+            rec.get("crossed_backwards")
+        if not (crossed or (no_backward and rec.get("looks", 0) >= 3)):
+            continue
         if rec["name"] in explained:
             continue  # the failure's finding is about this variable already
         g = _growth(rec)

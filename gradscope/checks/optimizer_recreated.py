@@ -5,7 +5,8 @@ starts with empty state: Adam's moment estimates (and SGD's momentum) restart fr
 step, so each update is a bias-corrected first step (about ``lr * sign(grad)``) and momentum
 never builds up. Stateless optimizers (SGD without momentum or weight decay state) are
 unaffected and stay silent, as does a new optimizer per training stage (each one stepping
-many times).
+more than once), and one built after each ``load_state_dict`` (test-time adaptation: the
+weights are reset with the optimizer, episode by episode).
 """
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ HINT = ("Create the optimizer once, before the training loop, and reuse it; to c
         "learning rate use a scheduler or set param_group['lr'].")
 
 
+def _restored_before(trace, members: list) -> int:
+    """How many of ``members`` were built right after weights were loaded (since the one
+    before them was built)."""
+    wanted = {r["id"] for r in members}
+    loaded, count = False, 0
+    for e in trace.events:
+        if e.get("kind") == "load_state_dict":
+            loaded = True
+        elif e.get("kind") == "optimizer_created" and e.get("optimizer_id") in wanted:
+            count += loaded
+            loaded = False
+    return count
+
+
 def run(trace) -> list:
     groups: dict = {}
     for rec in trace.optimizers:
@@ -25,9 +40,11 @@ def run(trace) -> list:
     out = []
     for members in groups.values():
         steps = sorted(r.get("steps", 0) for r in members)
-        if len(members) < 3 or steps[len(steps) // 2] > 2 or not any(r.get("stateful")
+        if len(members) < 3 or steps[len(steps) // 2] > 1 or not any(r.get("stateful")
                                                                      for r in members):
             continue
+        if 2 * _restored_before(trace, members) >= len(members):
+            continue  # weights reset with each optimizer: episodes, on purpose
         first = members[0]
         where = first.get("location") or "an unknown line"
         out.append(Finding(

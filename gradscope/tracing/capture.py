@@ -6,7 +6,6 @@ needs into plain data and drops every reference to user objects.
 """
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 import time
@@ -19,7 +18,7 @@ import torch.optim.optimizer as torch_optimizer
 
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
-from .handles import HandleGroup, ours, pass_through
+from .handles import HandleGroup, ours
 from .locations import user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
@@ -29,6 +28,7 @@ from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .keepalive import KeepAliveWatch
 from .opwatch import OpWatch
+from .patches import PATCHES, tensors_in
 from .optimizers import OptimizerRegistry
 from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
@@ -37,142 +37,6 @@ from .walk import AutogradWalker, storage_key
 
 MAX_EVENTS = 10_000
 FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
-
-
-def _tensors_in(value: Any) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, torch.Tensor)]
-    return []
-
-
-class _Patches:
-    """One wrapper around torch.autograd.backward/grad and the two zero_grad methods, shared by
-    every open capture: installed with the first, removed with the last, in whatever order they
-    close. torch has no hook for 'a backward starts' or 'zero_grad was called'."""
-
-    def __init__(self) -> None:
-        self.captures: list = []
-        self.lock = threading.Lock()
-        self.local = threading.local()  # backward calls nested inside a backward are torch's
-        self.installed: Optional[dict] = None
-
-    def add(self, capture: "Capture") -> None:
-        with self.lock:
-            if not self.captures:
-                self._install()
-            self.captures.append(capture)
-
-    def remove(self, capture: "Capture") -> None:
-        with self.lock:
-            if capture in self.captures:
-                self.captures.remove(capture)
-            if not self.captures and self.installed is not None:
-                self._uninstall()
-
-    def _open(self) -> list:
-        return [c for c in list(self.captures) if c.state == "open"]
-
-    def _install(self) -> None:
-        autograd = torch.autograd
-        originals = {"backward": autograd.backward, "grad": autograd.grad,
-                     "opt_zero": torch.optim.Optimizer.__dict__["zero_grad"],
-                     "mod_zero": torch.nn.Module.__dict__["zero_grad"]}
-        patches = self
-
-        @pass_through
-        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
-            depth = getattr(patches.local, "depth", 0)
-            # torch's own calls: inside a backward (reentrant checkpointing), or AOTAutograd
-            # tracing the backward while torch.compile compiles
-            nested = depth > 0 or _inside_backward() or torch.compiler.is_compiling()
-            armed = []
-            if not nested:
-                retain = _retains_graph(kind, args, kwargs)
-                for cap in patches._open():
-                    cap.on_backward(roots, kind, retain)
-                    if kind == "backward" and cap._arm_nonfinite(roots):
-                        armed.append(cap)
-            patches.local.depth = depth + 1
-            try:
-                result = original(roots, *args, **kwargs)
-            except RuntimeError as e:
-                if not nested:
-                    for cap in patches._open():
-                        cap.on_backward_error(roots, e)
-                raise
-            finally:
-                patches.local.depth = depth
-            for cap in armed:
-                cap._guard("the non-finite search", cap.nonfinite.collect)
-            return result
-
-        @pass_through
-        @functools.wraps(originals["backward"])
-        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(originals["backward"], tensors, "backward", args, kwargs)
-
-        @pass_through
-        @functools.wraps(originals["grad"])
-        def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(originals["grad"], outputs, "grad", args, kwargs)
-
-        def zero_grad_of(original: Any) -> Any:
-            @pass_through
-            @functools.wraps(original)
-            def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-                for cap in patches._open():
-                    cap._guard("a zero_grad call", lambda c=cap: c._event(
-                        "zero_grad", owner=type(obj).__name__, location=user_location()))
-                return original(obj, *args, **kwargs)
-            return zero_grad
-
-        wrappers = {"backward": backward, "grad": grad,
-                    "opt_zero": zero_grad_of(originals["opt_zero"]),
-                    "mod_zero": zero_grad_of(originals["mod_zero"])}
-        autograd.backward, autograd.grad = wrappers["backward"], wrappers["grad"]
-        torch.optim.Optimizer.zero_grad = wrappers["opt_zero"]
-        torch.nn.Module.zero_grad = wrappers["mod_zero"]
-        self.installed = {"originals": originals, "wrappers": wrappers}
-
-    def _uninstall(self) -> None:
-        originals, wrappers = self.installed["originals"], self.installed["wrappers"]
-        self.installed = None
-        # Only undo our own patches: if someone patched on top of us, theirs stays, and our
-        # wrapper under it is a pass-through while no capture is open.
-        autograd = torch.autograd
-        if autograd.backward is wrappers["backward"]:
-            autograd.backward = originals["backward"]
-        if autograd.grad is wrappers["grad"]:
-            autograd.grad = originals["grad"]
-        if torch.optim.Optimizer.__dict__.get("zero_grad") is wrappers["opt_zero"]:
-            torch.optim.Optimizer.zero_grad = originals["opt_zero"]
-        if torch.nn.Module.__dict__.get("zero_grad") is wrappers["mod_zero"]:
-            torch.nn.Module.zero_grad = originals["mod_zero"]
-
-
-def _retains_graph(kind: str, args: tuple, kwargs: dict) -> bool:
-    """Did this backward (or autograd.grad) call ask to keep its graph (``retain_graph=True``,
-    or ``create_graph=True``, which implies it)?"""
-    at = 1 if kind == "backward" else 2  # backward(t, grad, retain) / grad(out, in, go, retain)
-    retain = kwargs.get("retain_graph", args[at] if len(args) > at else None)
-    if retain is None:
-        retain = kwargs.get("create_graph", args[at + 1] if len(args) > at + 1 else False)
-    return bool(retain)
-
-
-def _inside_backward() -> bool:
-    """True on the autograd engine's threads while it runs a backward (reentrant checkpointing
-    calls backward from there, on CUDA from a device thread our thread-local cannot see)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    try:
-        return task is not None and task() != -1
-    except Exception:  # noqa: BLE001 - an older torch: the thread-local depth still applies
-        return False
-
-
-_PATCHES = _Patches()
 
 
 def _obeys_training(m: torch.nn.Module) -> bool:
@@ -282,6 +146,7 @@ class Capture(steporder.StepOrderEvents):
         if mode != "watch":
             self.opwatch = OpWatch(self.tracker)
             self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
+            self.tracker.direct.nested = True  # the op watch looks inside forwards too
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
         self._backward_failure: Optional[dict] = None
         self.registrations = RegistrationRecorder(self.tracker)
@@ -301,8 +166,10 @@ class Capture(steporder.StepOrderEvents):
         self.backward_seqs: list = []
         self.grad_calls = 0
         # variables and forward inputs that keep autograd history across backward calls
+        self.step_seqs: list = []            # the same at each optimizer step
         self.keepalive = KeepAliveWatch(self.backward_seqs,
-                                        lambda: (self.backward_calls, self.optimizer_steps))
+                                        lambda: (self.backward_calls, self.optimizer_steps),
+                                        self.step_seqs)
         self.optimizer_steps = 0
         self.events: list = []
         self.notes: list = []
@@ -331,8 +198,8 @@ class Capture(steporder.StepOrderEvents):
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
                 _not_compiled(self._on_optimizer_step)))
             if self.intercept_backward:
-                _PATCHES.add(self)
-                self.handles.on_remove(lambda: _PATCHES.remove(self))
+                PATCHES.add(self)
+                self.handles.on_remove(lambda: PATCHES.remove(self))
             steporder.PATCHES.add(self)
             self.handles.on_remove(lambda: steporder.PATCHES.remove(self))
             if self.opwatch is not None:
@@ -394,7 +261,7 @@ class Capture(steporder.StepOrderEvents):
 
         def record() -> None:
             detail = failures.parse_inplace(str(error))
-            tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
             stale = failures.stale_saved(tensors, self.tracker.attribution(),
                                          detail.get("producer"))
             records = self.opwatch.inplace_records() if self.opwatch is not None else []
@@ -538,7 +405,7 @@ class Capture(steporder.StepOrderEvents):
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""
         if self.nonfinite is None or not self.nonfinite.active or _gradients.stream_capturing():
             return False  # (its read after the backward would break a CUDA graph capture)
-        tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+        tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
         if not tensors:
             return False
         armed = [False]
@@ -644,7 +511,7 @@ class Capture(steporder.StepOrderEvents):
                 else:
                     self.grad_calls += 1
                     index = self.grad_calls
-            given = _tensors_in(roots)
+            given = tensors_in(roots)
             roots_ = [t for t in given if t.grad_fn is not None]
             extra: dict = {}
             if retain:
@@ -661,7 +528,7 @@ class Capture(steporder.StepOrderEvents):
                 if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
                     self.backward_seqs.append(_peek_sequence_nr())
             if self._wants_graph():
-                tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+                tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
                 if tensors:
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
@@ -670,6 +537,8 @@ class Capture(steporder.StepOrderEvents):
         def record() -> None:
             self.tracker.unmute()
             self.optimizer_steps += 1
+            if _peek_sequence_nr is not None and len(self.step_seqs) < 100_000:
+                self.step_seqs.append(_peek_sequence_nr())
             serial = self.optimizers.stepped(optimizer)
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
                         optimizer_id=serial, location=user_location())

@@ -31,6 +31,9 @@ class DirectCalls:
         self.peek = peek              # the autograd sequence counter, or None
         self.records: dict = {}
         self._current: Optional[dict] = None
+        # Calls inside a running forward are looked at only under ``gradscope trace`` (the op
+        # watch on): a frame check per layer op, too much for a watch left on in training.
+        self.nested = False
 
     def enter(self, child: nn.Module, frame: Any) -> Optional[tuple]:
         """The child's ``(module, model, name)`` entry inside the module whose method is
@@ -54,8 +57,8 @@ class DirectCalls:
         """A layer op (``linear``, ``conv2d``, ...) runs while no forward is: from a module's
         own ``forward`` called directly (``model.head.forward(x)`` on a module without
         submodules, which no module hook ever sees), its ops are that module's."""
-        if self.tracker.muted():
-            return  # a parametrization computing a weight: part of its model, not a call
+        if self.tracker.muted() or under_construction(frame):
+            return  # a parametrization computing a weight, or a model sizing its layers
         found = _running_method(frame)
         if found is None:
             return
@@ -67,12 +70,55 @@ class DirectCalls:
         if current is None or current["frame"] != (id(method_frame), method_frame.f_code):
             self._start(owner, names, method, method_frame)
 
+    def nested_op(self, frame: Any) -> Optional[tuple]:
+        """A layer op inside a running forward: ``(model, name)`` of the module whose
+        ``forward`` made it without ``__call__`` (``self.head.forward(x)`` inside the model's
+        forward), recorded as a direct call, else None. The running module's own forward is
+        told by its code object: one comparison per op in the usual case."""
+        top = self.tracker.current_module()
+        frame = _past_torch_functions(frame)
+        if top is None or frame is None:
+            return None
+        if frame.f_code is getattr(getattr(type(top), "forward", None), "__code__", None):
+            return None
+        found = _running_method(frame)
+        if found is None or found[0] is top or self.tracker.running(found[0]):
+            return None
+        owner, method, method_frame = found
+        names = self.tracker.lookup(owner)
+        if names is None:
+            return None
+        self._site(owner, names, method, method_frame)
+        return names
+
+    def nested_call(self, child: nn.Module, top: nn.Module, frame: Any) -> None:
+        """A submodule called inside a running forward, by a module that is not running through
+        ``__call__`` (``self.enc.forward(x)``): record the direct call."""
+        frame = _past_torch_functions(frame)
+        if frame is None or frame.f_code is getattr(
+                getattr(type(top), "forward", None), "__code__", None):
+            return
+        found = _running_method(frame, skip=child)
+        if found is None or found[0] is top or self.tracker.running(found[0]):
+            return
+        owner, method, method_frame = found
+        names = self.tracker.lookup(owner)
+        if names is not None:
+            self._site(owner, names, method, method_frame)
+
     def _start(self, owner: nn.Module, names: tuple, method: str, frame: Any) -> None:
         self.flush()
         seq = self.peek() if self.peek is not None else 0
         self._current = {"frame": (id(frame), frame.f_code), "model": names[0],
                          "name": names[1],
                          "start": seq, "end": seq}
+        self._site(owner, names, method, frame)
+        model = self.tracker.models.get(names[0])
+        if names[1] == "" and model is owner and self.tracker.on_root_call is not None:
+            self.tracker.on_root_call(owner, names[0], ())
+
+    def _site(self, owner: nn.Module, names: tuple, method: str, frame: Any) -> None:
+        """Count one direct call of ``owner.method`` at the line that made it."""
         caller = _user_caller(frame)
         location = f"{display_path(caller.f_code.co_filename)}:{caller.f_lineno}" \
             if caller is not None else None
@@ -89,9 +135,6 @@ class DirectCalls:
         if rec is not None:
             rec["calls"] += 1
         self.tracker.count_call(names[0], names[1], owner)
-        model = self.tracker.models.get(names[0])
-        if names[1] == "" and model is owner and self.tracker.on_root_call is not None:
-            self.tracker.on_root_call(owner, names[0], ())
 
     def child_done(self) -> None:
         if self._current is not None and self.peek is not None:
@@ -119,6 +162,21 @@ class DirectCalls:
         return [dict(r) for r in self.records.values()]
 
 
+def under_construction(frame: Any) -> bool:
+    """Is a module's ``__init__`` on the stack (a model sizing its head from a dummy batch)?
+    Such calls are not forwards of the program: the module is not a model yet."""
+    looked = 0
+    while frame is not None and looked < MAX_FRAMES:
+        code = frame.f_code
+        looked += 1
+        if code.co_name == "__init__" and code.co_argcount and code.co_varnames[0] == "self" \
+                and not _ours(code.co_filename) \
+                and isinstance(frame_locals(frame).get("self"), nn.Module):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _running_method(frame: Any, skip: Optional[nn.Module] = None) -> Optional[tuple]:
     """(module, method name, frame) of the innermost frame that is a method of an
     ``nn.Module`` other than ``skip`` (first argument ``self``): with no forward running, that
@@ -128,9 +186,12 @@ def _running_method(frame: Any, skip: Optional[nn.Module] = None) -> Optional[tu
     while frame is not None and looked < MAX_FRAMES:
         code = frame.f_code
         looked += 1
+        if code.co_name == "__init__":
+            return None  # a module calling its parts while it is built (shape inference)
         if code.co_argcount and code.co_varnames[0] == "self" and not _ours(code.co_filename):
             owner = frame_locals(frame).get("self")
-            if isinstance(owner, nn.Module) and owner is not skip:
+            if isinstance(owner, nn.Module) and owner is not skip \
+                    and "_modules" in vars(owner):  # (not half-built)
                 return owner, code.co_name, frame
         frame = frame.f_back
     return None
@@ -149,6 +210,8 @@ def holder_in_frames(module: nn.Module, frame: Any) -> tuple:
     container = None
     looked = 0
     while frame is not None and looked < 4:
+        if frame.f_code.co_name == "__init__":
+            break  # a model under construction is not a model yet
         if not is_installed_file(frame.f_code.co_filename):
             looked += 1
             scope = frame.f_globals if frame.f_code.co_name == "<module>" \
@@ -158,11 +221,30 @@ def holder_in_frames(module: nn.Module, frame: Any) -> tuple:
                     continue
                 if value is module:
                     return var, None
-                if container is None and value is not module and any(
-                        m is module for m in value.modules()):
+                if container is None and value is not module \
+                        and not isinstance(value, _COLLECTIONS) and "_modules" in vars(value) \
+                        and any(m is module for m in value.modules()):
                     container = (var, value)
         frame = frame.f_back
     return None, container
+
+
+_TORCH_FUNCTION_FILES = (os.path.join("torch", "nn", "functional.py"),
+                         os.path.join("torch", "overrides.py"),
+                         os.path.join("torch", "functional.py"))
+
+
+def _past_torch_functions(frame: Any) -> Any:
+    """The frame that called a torch function: past ``F.embedding``'s own frame and
+    ``handle_torch_function``'s (C functions such as ``F.linear`` have none)."""
+    while frame is not None and frame.f_code.co_filename.endswith(_TORCH_FUNCTION_FILES):
+        frame = frame.f_back
+    return frame
+
+
+# Collections of models (a ModuleDict "zoo") are not a model: naming one member inside it would
+# make the others look like unused parts.
+_COLLECTIONS = (nn.ModuleDict, nn.ModuleList)
 
 
 def _user_caller(frame: Any) -> Any:

@@ -100,7 +100,7 @@ def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
 
 class _ParamState:
     __slots__ = ("ref", "name", "since_step", "summed", "last_grad",
-                 "fp_after", "fps", "reset_at", "index")
+                 "fp_after", "fps", "reset_at", "index", "grad_version")
 
     def __init__(self, param: torch.Tensor, name: tuple) -> None:
         self.ref = weakref.ref(param)
@@ -112,6 +112,7 @@ class _ParamState:
         self.fps: list = []              # (fingerprint, since_step) before each backward
         self.reset_at: Optional[int] = None  # since_step when .grad was last replaced/cleared
         self.index: Optional[torch.Tensor] = None
+        self.grad_version: Optional[int] = None  # .grad's version counter after the last step
 
 
 MAX_FINGERPRINTS = 64
@@ -237,6 +238,7 @@ class GradientRecorder:
         # gradient from backward since the last step, and how many hold one written by other
         # code (torch.autograd.grad results assigned to .grad, say)
         trainable = received = assigned = 0
+        written: set = set()  # ids of .grad tensors written in place since the last step
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if not isinstance(p, torch.Tensor):
@@ -251,6 +253,11 @@ class GradientRecorder:
                 elif p.grad is not None and (state.last_grad is None
                                              or state.last_grad() is not p.grad):
                     assigned += 1
+                elif p.grad is not None and state.grad_version is not None \
+                        and p.grad._version != state.grad_version:
+                    # p.grad.copy_(...) (Reptile's meta step), or only zero_() by zero_grad
+                    # (set_to_none=False): told apart by the norm read below
+                    written.add(id(p))
                 if p.grad is None:
                     if state.since_step > 0:  # zero_grad() between backward() and step()
                         cleared += 1
@@ -268,6 +275,8 @@ class GradientRecorder:
             # (partly Inf: filtering those out left a tiny total that seemed to explode later).
             keep_norms = False
         self._record_step(optimizer, step, states, values, keep_norms, cleared)
+        assigned += sum(1 for k, (_, p) in enumerate(states)
+                        if id(p) in written and values["norm"][k] not in (0.0, None))
         if len(self.steps) <= MAX_STEP_RECORDS and self.steps[-1]["step"] == step:
             self.steps[-1].update(optimizer_id=serial, trainable=trainable, received=received,
                                   assigned=assigned)
@@ -278,6 +287,7 @@ class GradientRecorder:
                 state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
             with torch.no_grad():
                 state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index)
+            state.grad_version = p.grad._version
 
     def _read_once(self, states: list, want_max: bool,
                    found_inf: Optional[torch.Tensor] = None) -> dict:

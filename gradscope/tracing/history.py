@@ -21,8 +21,6 @@ Every record is plain data; counts are per site, so a loop costs a dict lookup p
 """
 from __future__ import annotations
 
-import ast
-import functools
 import linecache
 import os
 import sys
@@ -30,15 +28,12 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .failures import sequence_nr
 from .locations import display_path, is_installed_file, is_library_file, user_frame
+from .sourcecheck import DROPOUTS, SDPA, passes_mode
 
 CUT_OPS = {"detach", "tolist", "item", "numpy", "argmax", "argmin", "__float__", "__int__"}
 FACTORIES = {"tensor", "as_tensor"}
 SWITCH_FACTORIES = {"tensor", "as_tensor", "scalar_tensor"}
-DROPOUTS = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-            "feature_alpha_dropout"}
-SDPA = "scaled_dot_product_attention"
 SOFTMAXES = {"softmax", "log_softmax"}
 NAMES = CUT_OPS | FACTORIES | SWITCH_FACTORIES | DROPOUTS | SOFTMAXES | {
     SDPA, "__get__", "__set__", "requires_grad_"}
@@ -102,7 +97,9 @@ class HistoryRecorder:
         rec["tick"] = self.ticks
         backward, steps = self.counters()
         seen = rec["backwards"]
-        if backward not in seen and len(seen) < MAX_BACKWARDS:
+        if backward not in seen:
+            if len(seen) >= MAX_BACKWARDS:
+                del seen[MAX_BACKWARDS // 2]  # keep the first half, roll the latest
             seen.append(backward)
         rec["steps_before"] = steps
         return rec
@@ -135,7 +132,7 @@ class HistoryRecorder:
         rec = self._site(self.cuts, key, lambda: {
             "op": op, "location": location, "model": current[0] if current else None,
             "module": current[1] if current else None, "in_forward": current is not None,
-            "shape": list(t.shape) if t.layout == torch.strided else None,
+            "shape": shape_of(t),
             "grad_fn": type(t.grad_fn).__name__ if t.grad_fn is not None else None,
             "count": 0, "backwards": [], "upstream_modules": [], "upstream_parameters": 0})
         if rec is not None and first:
@@ -150,7 +147,7 @@ class HistoryRecorder:
         location, current = self._where()
         self._site(self.switches, (op, location), lambda: {
             "op": op, "location": location, "in_forward": current is not None,
-            "shape": list(t.shape) if t.layout == torch.strided else None,
+            "shape": shape_of(t),
             "count": 0, "backwards": []})
 
     def _dropout(self, name: str, args: tuple, kwargs: dict) -> None:
@@ -183,13 +180,16 @@ class HistoryRecorder:
         if not isinstance(t, torch.Tensor) or not t.requires_grad or t.dim() < 2:
             return
         dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+        dim = dim if isinstance(dim, int) else None
         location, current = self._where()
-        shape = list(t.shape)
-        self._site(self.softmaxes, (name, location, dim if isinstance(dim, int) else None,
-                                    tuple(shape)), lambda: {
-            "fn": name, "location": location, "dim": dim if isinstance(dim, int) else None,
-            "shape": shape, "model": current[0] if current else None,
+        shape = shape_of(t)
+        # one site per line and dim: batches of varying length must not use the sites up
+        rec = self._site(self.softmaxes, (name, location, dim), lambda: {
+            "fn": name, "location": location, "dim": dim, "shape": shape, "shapes": [],
+            "model": current[0] if current else None,
             "module": current[1] if current else None, "count": 0, "backwards": []})
+        if rec is not None and shape not in rec["shapes"] and len(rec["shapes"]) < 8:
+            rec["shapes"].append(shape)
 
     # -- upstream parameters -------------------------------------------------------------------
     def _upstream(self, t: torch.Tensor) -> tuple:
@@ -242,6 +242,14 @@ class HistoryRecorder:
         self.counters = lambda: (0, 0)  # drop the capture
 
 
+def shape_of(t: torch.Tensor) -> Optional[list]:
+    """A tensor's shape as plain ints, or None (sparse, nested with ragged sizes, symbolic)."""
+    try:
+        return [int(d) for d in t.shape] if t.layout == torch.strided else None
+    except Exception:  # noqa: BLE001 - a SymInt or a ragged dimension
+        return None
+
+
 def _module_of(model: str, param: str) -> str:
     module = param.rpartition(".")[0]
     return f"{model}.{module}" if module else model
@@ -262,43 +270,3 @@ def _direct_caller(frame: Any) -> Any:
     if frame is None or is_installed_file(frame.f_code.co_filename):
         return None
     return frame
-
-
-def passes_mode(path: str, line: int, fn: str) -> Optional[bool]:
-    """Does the call of ``fn`` on ``path:line`` pass the module's mode? ``F.dropout(x, p,
-    training=self.training)`` (or a third positional argument) does; so does a ``dropout_p``
-    that mentions ``training`` (``self.p if self.training else 0``). None: no source."""
-    calls = _calls_in(path).get(line)
-    if not calls:
-        return None
-    found = [c for c in calls if c[0] == fn]
-    if not found:
-        return None
-    return any(ok for _, ok in found)
-
-
-@functools.lru_cache(maxsize=64)
-def _calls_in(path: str) -> dict:
-    """line -> [(function name, passes the mode)] for every call in a source file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read(), path)
-    except (OSError, SyntaxError, ValueError):
-        return {}
-    out: dict = {}
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        fn = node.func.attr if isinstance(node.func, ast.Attribute) else \
-            node.func.id if isinstance(node.func, ast.Name) else None
-        if fn not in DROPOUTS and fn != SDPA:
-            continue
-        if fn == SDPA:
-            value = next((k.value for k in node.keywords if k.arg == "dropout_p"),
-                         node.args[4] if len(node.args) > 4 else None)
-            ok = value is None or "training" in ast.dump(value)
-        else:
-            ok = any(k.arg == "training" for k in node.keywords) or len(node.args) >= 3
-        for line in range(node.lineno, (node.end_lineno or node.lineno) + 1):
-            out.setdefault(line, []).append((fn, ok))
-    return out

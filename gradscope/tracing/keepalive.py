@@ -47,8 +47,10 @@ class KeepAliveWatch:
     """``backward_seqs``: the capture's list of autograd sequence numbers at each backward
     call; ``counters()``: (backward calls, optimizer steps)."""
 
-    def __init__(self, backward_seqs: list, counters: Callable[[], tuple]) -> None:
+    def __init__(self, backward_seqs: list, counters: Callable[[], tuple],
+                 step_seqs: Optional[list] = None) -> None:
         self.backward_seqs = backward_seqs
+        self.step_seqs = step_seqs if step_seqs is not None else []
         self.counters = counters
         self.calls = 0
         self._next_look = 2
@@ -131,13 +133,14 @@ class KeepAliveWatch:
         old = _reaches(t.grad_fn, before["seq"], before["op"])
         if old is None:
             return  # a new history (the next step's, say), not the old one grown
-        crossed = self._backwards_between(before["seq"], seq)
+        crossed = self._crossed(before["seq"], seq)
         if rec is None:
             rec = self.kept[key] = self._record("chain", key, frame, module_level, now["op"])
             # what it held at the previous look, still inside it: growth from one look on
             self._measure(rec, [old], before)
         rec["looks"] += 1
-        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed)
+        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed[0])
+        rec["crossed_steps"] = max(rec["crossed_steps"], crossed[1])
         self._measure(rec, [t.grad_fn], now)
 
     def _container(self, key: tuple, items: Any, frame: Any, module_level: bool) -> None:
@@ -155,7 +158,7 @@ class KeepAliveWatch:
         self._last[key] = now
         if before is None or "len" not in before or now["len"] <= before["len"]:
             return
-        crossed = self._backwards_between(now["oldest"], now["newest"])
+        crossed = self._crossed(now["oldest"], now["newest"])
         rec = self.kept.get(key)
         if rec is None:
             rec = self.kept[key] = self._record("list", key, frame, module_level,
@@ -164,24 +167,28 @@ class KeepAliveWatch:
                      if isinstance(t, torch.Tensor) and t.grad_fn is not None]
             self._measure(rec, older, before)  # the items it held at the previous look
         rec["looks"] += 1
-        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed)
+        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed[0])
+        rec["crossed_steps"] = max(rec["crossed_steps"], crossed[1])
         rec["items"] = len(with_history)
         self._measure(rec, [t.grad_fn for t in with_history], now)
 
-    def _backwards_between(self, old: int, new: int) -> int:
-        """Backward calls that began after node ``old`` was made and before node ``new``."""
-        seqs = self.backward_seqs
-        return bisect.bisect_right(seqs, new) - bisect.bisect_right(seqs, old)
+    def _crossed(self, old: int, new: int) -> tuple:
+        """(backward calls, optimizer steps) that began after node ``old`` was made and before
+        node ``new``: history carried across them was kept on purpose by nobody."""
+        def between(seqs: list) -> int:
+            return bisect.bisect_right(seqs, new) - bisect.bisect_right(seqs, old)
+        return between(self.backward_seqs), between(self.step_seqs)
 
     def _record(self, kind: str, key: tuple, frame: Any, module_level: bool, op: str) -> dict:
         path, function, var = key
-        line = update_line(path, frame.f_code.co_firstlineno, var, module_level)
+        line = update_line(path, frame.f_code.co_firstlineno, var, module_level, frame.f_lineno)
         source = linecache.getline(path, line).strip()[:120] if line else None
         return {"kind": kind, "name": var, "scope": "global" if module_level else "local",
                 "function": None if module_level else function,
                 "location": f"{display_path(path)}:{line or frame.f_lineno}",
                 "source": source or None,
-                "op": op, "looks": 0, "crossed_backwards": 0, "measures": []}
+                "op": op, "looks": 0, "crossed_backwards": 0, "crossed_steps": 0,
+                "measures": []}
 
     def _measure(self, rec: dict, fns: list, look: dict) -> None:
         """Size of the history behind autograd nodes ``fns``, at the time of ``look``."""
@@ -278,9 +285,11 @@ def _tree(path: str) -> Optional[ast.AST]:
         return None
 
 
-def update_line(path: str, first_line: int, var: str, module_level: bool) -> Optional[int]:
+def update_line(path: str, first_line: int, var: str, module_level: bool,
+                near: int = 0) -> Optional[int]:
     """The line where ``var`` is grown in the function starting at ``first_line`` (or at
-    module level): ``var += ...``, ``var = ... var ...``, ``var.append(...)``."""
+    module level): ``var += ...``, ``var = ... var ...``, ``var.append(...)``; not inside other
+    functions or classes defined there, and the one nearest ``near`` (the line running)."""
     tree = _tree(path)
     if tree is None:
         return None
@@ -292,8 +301,17 @@ def update_line(path: str, first_line: int, var: str, module_level: bool) -> Opt
                       <= first_line <= n.lineno), None)
         if scope is None:
             return None
-    lines = [line for line in (_grows(node, var) for node in ast.walk(scope)) if line]
-    return min(lines) if lines else None
+    lines = []
+    todo = list(ast.iter_child_nodes(scope))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue  # another scope: its `total` is another variable
+        line = _grows(node, var)
+        if line is not None:
+            lines.append(line)
+        todo.extend(ast.iter_child_nodes(node))
+    return min(lines, key=lambda k: (abs(k - near), k)) if lines else None
 
 
 def _grows(node: ast.AST, var: str) -> Optional[int]:

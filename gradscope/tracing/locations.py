@@ -108,12 +108,29 @@ def frame_locals(frame: FrameType) -> dict:
     Before Python 3.13, reading ``frame.f_locals`` of a function frame fills a dict cached on
     the frame, which keeps every local alive until the frame ends, even after the user's own
     ``del``: a leak we would cause. So the cache is emptied again after the copy (the next
-    reader, a debugger say, refills it from the real locals first). Module frames share their
-    dict with the globals and are never touched; from 3.13 on ``f_locals`` is a live view.
+    reader, a debugger say, refills it from the real locals first). But that dict is also what
+    the user's own ``locals()`` returned (``hparams = locals()``): when anyone besides the frame
+    holds it, it is theirs and is left as it is (refreshed, as their next ``locals()`` would).
+    Module frames share their dict with the globals and are never touched; from 3.13 on
+    ``f_locals`` is a live view.
     """
     live = frame.f_locals
     copy = dict(live)
     if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED \
-            and isinstance(live, dict) and live is not frame.f_globals:
+            and isinstance(live, dict) and live is not frame.f_globals \
+            and sys.getrefcount(live) <= _FRAME_ONLY:
         live.clear()
     return copy
+
+
+def _frame_only_refs() -> int:
+    """References to a frame's f_locals dict when only the frame holds it, as counted inside
+    frame_locals (the frame's slot, the local name, getrefcount's argument)."""
+    def probe() -> int:
+        frame = sys._getframe()
+        live = frame.f_locals
+        return sys.getrefcount(live)
+    return probe()
+
+
+_FRAME_ONLY = _frame_only_refs()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .attributes import container_items
-from .directcall import DirectCalls, holder_in_frames
+from .directcall import DirectCalls, holder_in_frames, under_construction
 from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
 from .locations import code_location, user_variable_name
@@ -170,6 +170,16 @@ class ModuleTracker:
                                                               True)
         rec.calls += 1
 
+    def add_range(self, start: int, end: int, model: str, name: str) -> None:
+        """Ops numbered ``start`` to ``end`` belong to ``model.name`` (a directly-called
+        module's op, seen by the op watch)."""
+        if self.record_ranges and end > start and threading.get_ident() == self._owner:
+            self._ranges.append((start, end, model, name))
+
+    def running(self, module: nn.Module) -> bool:
+        """Is ``module``'s forward on this thread's stack (called through ``__call__``)?"""
+        return any(entry[0] is module for entry in self._stack)
+
     def current_module(self) -> Optional[nn.Module]:
         """The innermost module whose forward is running now, or None."""
         return self._stack[-1][0] if self._stack else None
@@ -195,7 +205,7 @@ class ModuleTracker:
         explicit = self._explicit_labels.get(id(module))
         if explicit is None and user_variable_name(module) is None:
             # ``model.encoder(x)`` from the loop: name it inside the model the loop holds
-            _, container = holder_in_frames(module, sys._getframe(1))
+            _, container = _quietly(holder_in_frames, module, sys._getframe(1)) or (None, None)
             if container is not None and id(container[1]) not in self._names:
                 self.add_model(container[1], container[0])
                 known = self._names.get(id(module))
@@ -359,10 +369,18 @@ class ModuleTracker:
             entry = self._transient.get(id(module))
             if entry is not None and entry[0] is not module:
                 entry = None
+        if not stack and entry is None and _quietly(under_construction, sys._getframe(1)):
+            return  # called while a model is built (its __init__ sizing a layer): not a forward
         if not stack and (entry is None or not (entry[2] == "" or entry[2].startswith("<"))):
             # No forward is running, and this is not a whole model: is a module's forward (or
             # other method) running without __call__ (model.forward(x))? Then it is a part.
-            entry = self.direct.enter(module, sys._getframe(1)) or entry
+            entry = _quietly(self.direct.enter, module, sys._getframe(1)) or entry
+        elif stack and self.direct.nested and entry is not None and entry[1] == stack[-1][1] \
+                and entry[2].rpartition(".")[0] != stack[-1][2]:
+            # a grandchild called while only its grandparent's forward runs: either the
+            # parent's forward was called directly (self.enc.forward(x)), or the running
+            # module indexes into a container (self.layers[0](x)); the frame tells
+            _quietly(self.direct.nested_call, module, stack[-1][0], sys._getframe(1))
         if entry is None:
             entry = (self._name_unregistered(module, stack[-1]) if stack
                      else self._register_root(module))
@@ -531,6 +549,15 @@ def flatten_ranges(ranges: list) -> tuple:
     while stack:
         emit(stack.pop()[1], stack[-1][2] if stack else None)
     return bounds, owners
+
+
+def _quietly(fn: Callable, *args: Any) -> Any:
+    """Naming help that must never raise inside the user's module call (a module half built,
+    an odd frame): without it, the call is named the plain way."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - naming is a nicety; the user's call is not
+        return None
 
 
 def _guess_label(module: nn.Module) -> str:

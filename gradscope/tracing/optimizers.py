@@ -26,6 +26,7 @@ class OptimizerRegistry:
         self._sets: dict = {}            # frozenset of parameter ids -> first serial
         self._groups: dict = {}          # serial -> number of param groups when last read
         self.uncounted = 0               # optimizers past MAX_RECORDS
+        self._count = 0                  # serials handed out
 
     def serial(self, optimizer: Any, location: Optional[str] = None) -> int:
         """The optimizer's number, assigned on first sight (with where it was built, when
@@ -36,9 +37,12 @@ class OptimizerRegistry:
             return 0
         if known is not None:
             return known
-        serial = len(self._live) + self.uncounted + 1
+        self._count += 1
+        serial = self._count
         self._serials[optimizer] = serial
-        self._live[serial] = weakref.ref(optimizer)
+        # dropped from the tables when it dies: one built per step must not make every later
+        # step look through all the dead ones
+        self._live[serial] = weakref.ref(optimizer, lambda _, s=serial: self._forget(s))
         if len(self.records) < MAX_RECORDS:
             self.records[serial] = {"id": serial, "type": type(optimizer).__name__,
                                     "location": location, "steps": 0, "stateful": False,
@@ -98,9 +102,13 @@ class OptimizerRegistry:
             if opt is not None:
                 yield opt
 
+    def _forget(self, serial: int) -> None:
+        self._live.pop(serial, None)
+        self._groups.pop(serial, None)
+
     def clear(self) -> None:
         self._given.clear()
-        self._live = {k: _dead for k in self._live}
+        self._live = {}
         self._serials = weakref.WeakKeyDictionary()
         self._sets.clear()
 
@@ -128,10 +136,6 @@ def unwrap_optimizer(optimizer: Any) -> Any:
             break
         optimizer = inner
     return optimizer if isinstance(optimizer, torch.optim.Optimizer) else None
-
-
-def _dead() -> None:
-    return None
 
 
 def _params(optimizer: Any) -> list:

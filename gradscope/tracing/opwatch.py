@@ -23,6 +23,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .failures import sequence_nr
+from .modules import _peek_sequence_nr
 from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
 
@@ -62,6 +63,10 @@ _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloo
                     "__irshift__", "__imatmul__", "__setitem__"}
 
 
+def _peek_seq() -> int:
+    return _peek_sequence_nr() if _peek_sequence_nr is not None else 0
+
+
 def _device_str(device: Any) -> str:
     return str(device)
 
@@ -99,16 +104,22 @@ class OpWatch(TorchFunctionMode):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         before = None
-        layer = name in _LAYER_FUNCS and self.tracker is not None \
-            and not self.tracker.in_forward()
-        if layer:
-            self._guarded(name, self.tracker.direct.leaf_op, sys._getframe(1))
+        layer = nested = None
+        if name in _LAYER_FUNCS and self.tracker is not None:
+            if not self.tracker.in_forward():
+                layer = True
+                self._guarded(name, self.tracker.direct.leaf_op, sys._getframe(1))
+            else:  # inside a forward: from a submodule whose forward was called directly?
+                nested = self._guarded(name, self.tracker.direct.nested_op, sys._getframe(1))
+                start = _peek_seq() if nested else None
         if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
                 or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
             before = self._guarded(name, self._before_inplace, args)
         result = func(*args, **kwargs)
         if layer:
             self._guarded(name, self.tracker.direct.child_done)
+        elif nested:  # that op is the directly-called module's
+            self.tracker.add_range(start, _peek_seq(), *nested)
         if before is not None:
             self._guarded(name, self._note_inplace, name, before)
         if name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES:

@@ -12,13 +12,15 @@ and tells the open captures what happened; a capture records plain data only.
 - ``LRScheduler.step`` (and ``ReduceLROnPlateau.step``): the scheduler's own first call from
   its constructor is not the user's and is skipped, as are the calls a ``SequentialLR`` or
   ``ChainedScheduler`` makes to the schedulers inside it.
-- ``Optimizer.__init__``: where each optimizer was built (an optimizer built every iteration).
+- ``Optimizer.__init__``: where each optimizer was built (an optimizer built every iteration),
+  and ``Module.load_state_dict``: weights restored before it (test-time adaptation episodes).
 - ``GradScaler.step``: an optimizer step it skipped (Inf/NaN gradients) never reaches the
   optimizer, so a scheduler stepping right after it is not the user's ordering mistake.
 """
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import types
 from typing import Any, Callable, Optional
@@ -38,10 +40,17 @@ def _clip_modules() -> list:
 
 
 def _scheduler_classes() -> list:
+    """Every scheduler class that defines its own ``step`` (CosineAnnealingWarmRestarts,
+    SequentialLR, ChainedScheduler, ReduceLROnPlateau override LRScheduler's)."""
     from torch.optim import lr_scheduler
-    classes = [getattr(lr_scheduler, "LRScheduler", None) or lr_scheduler._LRScheduler]
+    base = getattr(lr_scheduler, "LRScheduler", None) or lr_scheduler._LRScheduler
+    classes = [base]
+    for value in vars(lr_scheduler).values():
+        if isinstance(value, type) and issubclass(value, base) and value is not base \
+                and "step" in vars(value) and value not in classes:
+            classes.append(value)
     plateau = getattr(lr_scheduler, "ReduceLROnPlateau", None)
-    if plateau is not None and "step" in vars(plateau):
+    if plateau is not None and "step" in vars(plateau) and plateau not in classes:
         classes.append(plateau)
     return classes
 
@@ -67,6 +76,7 @@ class StepOrderPatches:
         self.lock = threading.Lock()
         self.local = threading.local()
         self.undo: list = []  # (owner, attribute, original, wrapper)
+        self.generation = 0
         self.relocator: Optional[Any] = None
 
     def add(self, capture: Any) -> None:
@@ -90,23 +100,27 @@ class StepOrderPatches:
             cap._guard(what, lambda c=cap: getattr(c, method)(*args))
 
     # -- install -------------------------------------------------------------------------------
-    def _patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+    def _patch(self, owner: Any, name: str, make: Callable[[Any, int], Any]) -> None:
         original = owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name,
                                                                                     None)
         if original is None:
             return
-        wrapper = make(original)
+        wrapper = make(original, self.generation)
         setattr(owner, name, wrapper)
         self.undo.append((owner, name, original, wrapper))
 
     def _install(self) -> None:
+        # A wrapper from an earlier install that someone else's wrapper kept in place must stay
+        # a pass-through: it answers only to the install that made it (the generation).
+        self.generation += 1
         for module in _clip_modules():
             for name in _CLIP_NAMES:
                 if hasattr(module, name):
-                    self._patch(module, name, lambda f, n=name: self._clip_wrapper(f, n))
+                    self._patch(module, name, lambda f, g, n=name: self._clip_wrapper(f, g, n))
         for cls in _scheduler_classes():
             self._patch(cls, "step", self._scheduler_wrapper)
         self._patch(torch.optim.Optimizer, "__init__", self._init_wrapper)
+        self._patch(torch.nn.Module, "load_state_dict", self._load_wrapper)
         for cls in _scaler_classes():
             self._patch(cls, "step", self._scaler_wrapper)
         # torch's own warnings from these calls ("Detected call of `lr_scheduler.step()`
@@ -124,66 +138,95 @@ class StepOrderPatches:
             if current is wrapper:
                 setattr(owner, name, original)
         self.undo = []
+        self.generation += 1
         if self.relocator is not None:
             self.relocator.remove()
             self.relocator = None
 
+    def _listening(self, generation: int, depth_key: Optional[str] = None) -> list:
+        """The open captures a wrapper of ``generation`` reports to: none while torch.compile
+        traces (the call must compile as if we were not there), none for a stale wrapper, none
+        inside a call of the same kind (``clip_grad_norm`` calls ``clip_grad_norm_``;
+        ``SequentialLR.step`` calls its schedulers' ``step``)."""
+        if generation != self.generation or torch.compiler.is_compiling():
+            return []
+        if depth_key is not None and getattr(self.local, depth_key, 0):
+            return []
+        return self._open()
+
+    def _nested(self, depth_key: str, call: Callable[[], Any]) -> Any:
+        depth = getattr(self.local, depth_key, 0)
+        setattr(self.local, depth_key, depth + 1)
+        try:
+            return call()
+        finally:
+            setattr(self.local, depth_key, depth)
+
     # -- wrappers ------------------------------------------------------------------------------
-    def _clip_wrapper(self, original: Any, name: str) -> Any:
+    def _clip_wrapper(self, original: Any, generation: int, name: str) -> Any:
         patches = self
 
         @pass_through
         @functools.wraps(original)
         def clip(parameters: Any, *args: Any, **kwargs: Any) -> Any:
-            if patches._open():
-                if isinstance(parameters, torch.Tensor):
-                    params = [parameters]
-                else:
-                    params = list(parameters)
-                    if isinstance(parameters, types.GeneratorType):
-                        # torch warns about an empty *generator*: hand it one again
-                        parameters = (p for p in params)
-                    elif iter(parameters) is parameters:  # a one-shot iterator we used up
-                        parameters = params
-                patches._tell("a gradient clipping call", "_on_clip", name, params)
-            return original(parameters, *args, **kwargs)
+            if not patches._listening(generation, "clip_depth"):
+                return original(parameters, *args, **kwargs)
+            try:
+                params, parameters = _materialise(parameters)
+            except Exception:  # noqa: BLE001 - let torch raise its own error about it
+                return original(parameters, *args, **kwargs)
+            limit = args[0] if args else kwargs.get("max_norm", kwargs.get("clip_value"))
+            patches._tell("a gradient clipping call", "_on_clip", name, params, limit)
+            return patches._nested("clip_depth",
+                                   lambda: original(parameters, *args, **kwargs))
         return clip
 
-    def _scheduler_wrapper(self, original: Any) -> Any:
+    def _scheduler_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
 
         @pass_through
         @functools.wraps(original)
         def step(scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-            depth = getattr(patches.local, "sched_depth", 0)
-            # the constructor's own first step (_step_count is 0 only then)
-            initial = getattr(scheduler, "_step_count", 1) == 0
-            if depth == 0 and not initial:
-                patches._tell("a scheduler step", "_on_scheduler_step", scheduler)
-            patches.local.sched_depth = depth + 1
-            try:
-                return original(scheduler, *args, **kwargs)
-            finally:
-                patches.local.sched_depth = depth
+            if not patches._listening(generation, "sched_depth") or _initial(scheduler):
+                return patches._nested("sched_depth",
+                                       lambda: original(scheduler, *args, **kwargs))
+            before = lr_of(_scheduled(scheduler))
+            result = patches._nested("sched_depth", lambda: original(scheduler, *args, **kwargs))
+            patches._tell("a scheduler step", "_on_scheduler_step", scheduler, before)
+            return result
         return step
 
-    def _init_wrapper(self, original: Any) -> Any:
+    def _init_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
 
         @pass_through
         @functools.wraps(original)
         def __init__(optimizer: Any, *args: Any, **kwargs: Any) -> None:
             original(optimizer, *args, **kwargs)
-            patches._tell("an optimizer's construction", "_on_optimizer_created", optimizer)
+            if patches._listening(generation):
+                patches._tell("an optimizer's construction", "_on_optimizer_created", optimizer)
         return __init__
 
-    def _scaler_wrapper(self, original: Any) -> Any:
+    def _load_wrapper(self, original: Any, generation: int) -> Any:
+        patches = self
+
+        @pass_through
+        @functools.wraps(original)
+        def load_state_dict(module: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(module, *args, **kwargs)
+            if patches._listening(generation):
+                patches._tell("a load_state_dict call", "_on_load_state_dict", module)
+            return result
+        return load_state_dict
+
+    def _scaler_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
 
         @pass_through
         @functools.wraps(original)
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-            before = [(cap, cap.steps_of(optimizer)) for cap in patches._open()]
+            caps = patches._listening(generation)
+            before = [(cap, cap.steps_of(optimizer)) for cap in caps]
             result = original(scaler, optimizer, *args, **kwargs)
             for cap, count in before:
                 if cap.state == "open" and cap.steps_of(optimizer) == count:
@@ -193,12 +236,43 @@ class StepOrderPatches:
         return step
 
 
+def _initial(scheduler: Any) -> bool:
+    """The step a scheduler's constructor makes itself (not the user's): torch marks it with
+    ``_is_initial``; older releases only with ``_step_count == 0`` (which
+    CosineAnnealingWarmRestarts never moves on from, so that is the fallback only)."""
+    marked = getattr(scheduler, "_is_initial", None)
+    if marked is not None:
+        return bool(marked)
+    return getattr(scheduler, "_step_count", 1) == 0
+
+
+def _materialise(parameters: Any) -> tuple:
+    """(the parameters as a list, what to hand torch instead): a generator is given back as a
+    generator (torch warns about an empty one), a one-shot iterator we used up as the list."""
+    if isinstance(parameters, torch.Tensor):
+        return [parameters], parameters
+    params = list(parameters)
+    if isinstance(parameters, types.GeneratorType):
+        return params, (p for p in params)
+    if iter(parameters) is parameters:
+        return params, params
+    return params, parameters
+
+
 PATCHES = StepOrderPatches()
+
+
+def _scheduled(scheduler: Any) -> Any:
+    """The torch optimizer a scheduler drives (inside accelerate's wrapper, say)."""
+    optimizer = getattr(scheduler, "optimizer", None)
+    return unwrap_optimizer(optimizer) or optimizer
 
 
 def lr_of(optimizer: Any) -> Optional[float]:
     """The first parameter group's learning rate as a Python number (None for a tensor lr:
     reading it would be a device read)."""
+    if optimizer is None:
+        return None
     try:
         lr = optimizer.param_groups[0]["lr"]
     except Exception:  # noqa: BLE001 - an odd optimizer
@@ -217,20 +291,27 @@ class StepOrderEvents:
         raise NotImplementedError
 
     def steps_of(self, optimizer: Any) -> int:
-        return self.optimizers.steps_of(optimizer)
+        try:
+            return self.optimizers.steps_of(optimizer)
+        except Exception:  # noqa: BLE001 - an odd object: never an error in the user's call
+            return -1
 
-    def _on_clip(self, name: str, params: list) -> None:
+    def _on_clip(self, name: str, params: list, limit: Any = None) -> None:
         from .locations import user_location
+        extra = {}
+        if isinstance(limit, (int, float)) and math.isinf(limit):
+            extra["measure_only"] = True  # clip_grad_norm_(params, inf): a norm for the logs
         self._event("clip", fn=name, location=user_location(),
-                    optimizer_ids=self.optimizers.owners(params), parameters=len(params))
+                    optimizer_ids=self.optimizers.owners(params), parameters=len(params),
+                    **extra)
 
-    def _on_scheduler_step(self, scheduler: Any) -> None:
+    def _on_scheduler_step(self, scheduler: Any, lr_before: Optional[float] = None) -> None:
         from .locations import user_location
-        optimizer = getattr(scheduler, "optimizer", None)
-        optimizer = unwrap_optimizer(optimizer) or optimizer
+        optimizer = _scheduled(scheduler)
         serial = self.optimizers.serial(optimizer) if optimizer is not None else None
         self._event("scheduler_step", scheduler=type(scheduler).__name__,
-                    optimizer_id=serial, lr=lr_of(optimizer) if optimizer is not None else None,
+                    optimizer_id=serial, lr=lr_before,
+                    lr_after=lr_of(optimizer) if optimizer is not None else None,
                     optimizer_steps=self.optimizers.steps_of(optimizer) if serial else 0,
                     location=user_location())
 
@@ -240,6 +321,10 @@ class StepOrderEvents:
         serial = self.optimizers.serial(optimizer, location)
         self._event("optimizer_created", optimizer=type(optimizer).__name__,
                     optimizer_id=serial, location=location)
+
+    def _on_load_state_dict(self, module: Any) -> None:
+        from .locations import user_location
+        self._event("load_state_dict", owner=type(module).__name__, location=user_location())
 
     def _on_scaler_skip(self, optimizer: Any) -> None:
         from .locations import user_location

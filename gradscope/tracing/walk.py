@@ -159,7 +159,7 @@ class AutogradWalker:
         m = meta[0]
         node.outputs = len(meta)
         try:
-            node.shape = tuple(m.shape)
+            node.shape = tuple(map(int, m.shape))  # a jagged dim is a SymInt: not plain data
         except Exception:  # nested / symbolic shapes
             node.shape = None
         cache = self._str_cache
@@ -259,8 +259,8 @@ class AutogradWalker:
         counted = key not in self._storages and not elsewhere
         self._storages.add(key)
         try:
-            shape = tuple(t.shape)
-        except RuntimeError:  # nested tensors have no single shape
+            shape = tuple(map(int, t.shape))
+        except Exception:  # nested tensors have no single shape, or a ragged SymInt one
             shape = None
         cache = self._str_cache
         dtype = cache.get(t.dtype) or self._str(t.dtype, _dtype_name)
