@@ -17,6 +17,7 @@ from gradscope._version import __version__
 warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 
 from .checks_cmd import checks_command
+from .diff_cmd import diff_command
 from .merge_cmd import merge_command
 from .render_cmd import render_command
 from .trace_cmd import trace_command
@@ -35,3 +36,4 @@ main.add_command(trace_command)
 main.add_command(checks_command)
 main.add_command(render_command)
 main.add_command(merge_command)
+main.add_command(diff_command)

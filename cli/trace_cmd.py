@@ -203,7 +203,11 @@ def _launch(ctx: click.Context, path: str, script_args: tuple, nproc: int, out: 
 
 
 def _explained_by(report: Any) -> Optional[str]:
-    """The id of the finding that explains the program's error (device, CUDA, in-place)."""
+    """The id of the finding that explains the program's error (device, CUDA, in-place, a
+    loss without history, a graph freed by an earlier backward)."""
+    for f in report.findings:
+        if f.data.get("explains_failure"):
+            return f.check
     failure = report.trace.failure or {}
     kind = {"cuda-unavailable": "device-mismatch"}.get(failure.get("kind"), failure.get("kind"))
     return kind if any(f.check == kind for f in report.findings) else None

@@ -196,7 +196,13 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
     for p in snap["parameters"]:
         p["grad_norm"] = capture.grad_norms.get((p["model"], p["name"]))
     notes = list(capture.notes)
-    if capture.graph is None:
+    if capture.graph is None and capture.backward_calls + capture.grad_calls:
+        calls = capture.backward_calls + capture.grad_calls
+        notes.append(f"{calls} backward call(s) ran, but none started from a tensor with "
+                     "autograd history (a loss computed without gradients, or a leaf with "
+                     "requires_grad switched on), so there is no graph to draw: the report "
+                     "shows the modules and output shapes of the forward passes.")
+    elif capture.graph is None:
         notes.append("No backward() call was seen, so there is no autograd graph: the report "
                      "shows the modules and output shapes of the forward passes only.")
     if not snap["models"]:
@@ -250,7 +256,14 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
                   loss_sites=snap.get("loss_sites") or [],
                   broadcasts=snap.get("broadcasts") or [],
                   iterations=snap.get("iterations") or [],
-                  failure=capture.failure or {}, torch_version=torch.__version__)
+                  failure=capture.failure or {}, torch_version=torch.__version__,
+                  optimizers=snap.get("optimizers") or [], cuts=snap.get("cuts") or [],
+                  grad_switches=snap.get("grad_switches") or [],
+                  dropout_calls=snap.get("dropout_calls") or [],
+                  softmax_calls=snap.get("softmax_calls") or [],
+                  kept_graphs=snap.get("kept_graphs") or [],
+                  node_args=snap.get("node_args") or {},
+                  direct_calls=snap.get("direct_calls") or [])
     if capture.graph_location:
         trace.run["graph_from"] = capture.graph_location
     trace.findings = run_checks(trace, checks)

@@ -37,6 +37,11 @@ class Finding:
     def __post_init__(self) -> None:
         severity_rank(self.severity)
 
+    def __str__(self) -> str:
+        from .render.text import findings_lines
+
+        return "\n".join(findings_lines([self])[1:])
+
     def to_dict(self) -> dict:
         return {"check": self.check, "severity": self.severity, "message": self.message,
                 "hint": self.hint, "module": self.module, "location": self.location,
@@ -46,6 +51,18 @@ class Finding:
     def from_dict(cls, d: dict) -> "Finding":
         return cls(d["check"], d["severity"], d["message"], d.get("hint", ""), d.get("module"),
                    d.get("location"), list(d.get("nodes", [])), dict(d.get("data", {})))
+
+
+class FindingList(list):
+    """A plain list of :class:`Finding` that prints as the findings' text, as the terminal
+    report shows them (``report.findings`` in a notebook or a REPL)."""
+
+    def __repr__(self) -> str:
+        from .render.text import findings_lines
+
+        return "\n".join(findings_lines(list(self)))
+
+    __str__ = __repr__
 
 
 def at_or_above(findings: list, threshold: str) -> list:

@@ -7,6 +7,7 @@ and runs the checks again, ``rank-divergence`` included, which compares the rank
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Iterable, Optional
@@ -54,12 +55,9 @@ def merge_reports(reports: list, only: Optional[list] = None,
     if failed:
         run["status"] = failed[0]["status"]
         run["error"] = f"rank {failed[0]['rank']}: {failed[0].get('error') or failed[0]['status']}"
-    merged = Trace(graph=base.graph, models=base.models, modules=base.modules,
-                   parameters=base.parameters, backward_calls=base.backward_calls,
-                   optimizer_steps=base.optimizer_steps, events=base.events, run=run,
-                   notes=notes, torch_version=base.torch_version, attributes=base.attributes,
-                   constructions=base.constructions, leaves=base.leaves,
-                   accumulation=base.accumulation, gradients=base.gradients, ranks=ranks)
+    # Everything else is rank 0's: every record field, so the checks run again on the same
+    # data (device copies, cuts, kept graphs, ...), not only on the ones listed here once.
+    merged = dataclasses.replace(base, run=run, notes=notes, ranks=ranks, findings=[])
     findings = run_checks(merged, select_checks(only, disable))
     seen = {(f.check, f.module) for f in findings}
     for t in traces[1:]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .findings import Finding, at_or_above
+from .findings import Finding, FindingList, at_or_above
 from .graph import Graph
 from .tracedata import Trace, write_atomically
 
@@ -23,7 +23,10 @@ class Report:
         return self.trace.graph
 
     @property
-    def findings(self) -> list:
+    def findings(self) -> "FindingList":
+        """The findings, most severe first; printed (or shown in a notebook) as readable text."""
+        if not isinstance(self.trace.findings, FindingList):
+            self.trace.findings = FindingList(self.trace.findings)  # same items, same object after
         return self.trace.findings
 
     @property
@@ -53,6 +56,14 @@ class Report:
         from .render.html import render_html
 
         return render_html(self.trace, **options)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the interactive report in the cell: findings, the graph with pan/zoom
+        and clicks, the tables. Self-contained (no network); several reports in one notebook
+        each sit in their own sandboxed iframe."""
+        from .render.html import render_notebook_html
+
+        return render_notebook_html(self.trace)
 
     def to_gradflow_svg(self) -> Optional[str]:
         """The gradient-flow chart (None when no optimizer step was recorded)."""

@@ -43,6 +43,14 @@ class Trace:
     broadcasts: list = dataclasses.field(default_factory=list)   # prediction/target mismatches
     iterations: list = dataclasses.field(default_factory=list)   # where tensors were iterated
     failure: dict = dataclasses.field(default_factory=dict)      # the run's error, explained
+    optimizers: list = dataclasses.field(default_factory=list)   # one record per optimizer
+    cuts: list = dataclasses.field(default_factory=list)         # where history was dropped
+    grad_switches: list = dataclasses.field(default_factory=list)  # requires_grad switched on
+    dropout_calls: list = dataclasses.field(default_factory=list)  # F.dropout in forwards
+    softmax_calls: list = dataclasses.field(default_factory=list)  # softmax/log_softmax calls
+    kept_graphs: list = dataclasses.field(default_factory=list)  # graphs kept across steps
+    node_args: dict = dataclasses.field(default_factory=dict)    # node id -> {"dim": ...}
+    direct_calls: list = dataclasses.field(default_factory=list)  # module.forward(x) calls
     findings: list = dataclasses.field(default_factory=list)     # [Finding]
     run: dict = dataclasses.field(default_factory=dict)          # mode, target, status, error
     notes: list = dataclasses.field(default_factory=list)        # plain-English remarks
@@ -75,6 +83,14 @@ class Trace:
             "broadcasts": list(self.broadcasts),
             "iterations": list(self.iterations),
             "failure": dict(self.failure),
+            "optimizers": list(self.optimizers),
+            "cuts": list(self.cuts),
+            "grad_switches": list(self.grad_switches),
+            "dropout_calls": list(self.dropout_calls),
+            "softmax_calls": list(self.softmax_calls),
+            "kept_graphs": list(self.kept_graphs),
+            "node_args": dict(self.node_args),
+            "direct_calls": list(self.direct_calls),
         }
         if with_graph:
             d["graph"] = self.graph.to_dict()
@@ -108,6 +124,13 @@ class Trace:
             transfers=list(d.get("transfers", [])), failure=dict(d.get("failure") or {}),
             loss_sites=list(d.get("loss_sites", [])), broadcasts=list(d.get("broadcasts", [])),
             iterations=list(d.get("iterations", [])),
+            optimizers=list(d.get("optimizers", [])), cuts=list(d.get("cuts", [])),
+            grad_switches=list(d.get("grad_switches", [])),
+            dropout_calls=list(d.get("dropout_calls", [])),
+            softmax_calls=list(d.get("softmax_calls", [])),
+            kept_graphs=list(d.get("kept_graphs", [])),
+            node_args=dict(d.get("node_args", {})),
+            direct_calls=list(d.get("direct_calls", [])),
             findings=[Finding.from_dict(f) for f in d.get("findings", [])],
             run=dict(d.get("run", {})), notes=list(d.get("notes", [])),
             torch_version=d.get("torch"))

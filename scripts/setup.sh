@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up used by `make demo` and `make test`: creates .venv in the repo root, installs
-# torch (an already-installed one is kept), gradscope with its dependencies, Graphviz's `dot`,
+# torch (an already-installed one is kept), gradscope with its dependencies and the extras its
+# integration tests use for real (transformers, accelerate, lightning), Graphviz's `dot`,
 # g++ (torch.compile on CPU) and chromium (the HTML report's browser test).
 # Safe to run again: every step checks first and does nothing when its work is already done.
 set -euo pipefail
@@ -12,10 +13,14 @@ TORCH_PIN=${GRADSCOPE_TORCH:-torch==2.13.0}
 say() { printf '[gradscope setup] %s\n' "$*"; }
 
 STAMP=$VENV/.gradscope-setup
+# The optional libraries of gradscope[hf,lightning], looked up without importing them (fast).
+EXTRAS_PRESENT='import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("transformers", "accelerate", "lightning")))'
 # Fast path: everything was set up after the last change to the package metadata.
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt scripts/setup.sh ] \
         && command -v dot >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
         && [ -x "$VENV/bin/gradscope" ] \
+        && "$VENV/bin/python" -c "$EXTRAS_PRESENT" 2>/dev/null \
         && { [ -n "${GRADSCOPE_NO_BROWSER:-}" ] || command -v chromium >/dev/null 2>&1; }; then
     exit 0
 fi
@@ -59,8 +64,9 @@ if ! "$VPY" -c 'import torch' >/dev/null 2>&1; then
     "$VPY" -m pip install -q "$TORCH_PIN"
 fi
 
-say "installing gradscope (editable) and its dependencies"
-"$VPY" -m pip install -q -e '.[test]'
+say "installing gradscope (editable), its dependencies and the hf/lightning extras"
+# torch is installed first: the extras' own torch requirement is then already met and kept.
+"$VPY" -m pip install -q -e '.[test,hf,lightning]'
 
 if ! command -v dot >/dev/null 2>&1; then
     apt_install graphviz

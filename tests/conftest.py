@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 import sys
@@ -50,6 +51,25 @@ def global_hook_counts():
     }
 
 
+def _step_order_attributes():
+    import torch.nn.utils as utils
+    import torch.nn.utils.clip_grad as clip_grad
+    from torch.optim import lr_scheduler
+    return (utils.clip_grad_norm_, utils.clip_grad_value_, clip_grad.clip_grad_norm_,
+            clip_grad.clip_grad_value_, lr_scheduler.LRScheduler.__dict__["step"],
+            lr_scheduler.ReduceLROnPlateau.__dict__["step"],
+            torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"],
+            torch.nn.Module.__dict__["load_state_dict"])
+
+
+def import_extra(name):
+    """An optional library the integrations need (``make test`` installs them): skipped where it
+    is missing, but a failure in CI, where a skip would hide a broken install step."""
+    if os.environ.get("CI"):
+        return importlib.import_module(name)
+    return pytest.importorskip(name, reason=f"{name} is not installed (make test installs it)")
+
+
 @pytest.fixture
 def no_leaks():
     """Asserts that the test leaves no global hook and no patched autograd function behind."""
@@ -58,7 +78,9 @@ def no_leaks():
     zero = (torch.optim.Optimizer.__dict__["zero_grad"], torch.nn.Module.__dict__["zero_grad"])
     modes = list(_get_current_function_mode_stack())
     show = warnings._showwarnmsg
+    patched = _step_order_attributes()
     yield
+    assert _step_order_attributes() == patched  # clipping, schedulers, optimizers, GradScaler
     assert list(_get_current_function_mode_stack()) == modes  # our op watcher is gone
     assert warnings._showwarnmsg is show  # and its warning relocation
     assert not [f for f in warnings.filters if "gradscope" in str(getattr(f[3], "pattern", f[3]))

@@ -15,7 +15,9 @@ Two layers are needed, because on CPU tensors some reads never reach torch's dis
   host-to-device copy (``non_blocking=False``), which also synchronises.
 
 Each read is attributed by the Python stack: ``ours`` when a frame of the ``gradscope`` package
-is on it, and ``in_backward`` when autograd was executing a node at the time (a hook).
+is on it (below any wrapper that only passes the user's own call through: what runs inside
+``scaler.step()`` is the user's, even with gradscope's wrapper around it), and ``in_backward``
+when autograd was executing a node at the time (a hook).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gradscope
+from gradscope.tracing.handles import PASS_THROUGH_CODES
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(gradscope.__file__)) + os.sep
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
@@ -67,6 +70,8 @@ class HostReadCounter:
         f: Any = sys._getframe(1)
         while f is not None and ours_at is None:
             name = f.f_code.co_filename
+            if f.f_code in PASS_THROUGH_CODES:
+                break  # the user's own call, passed through by a wrapper of ours
             if name.startswith(_PACKAGE_DIR):
                 ours_at = f"{os.path.basename(name)}:{f.f_lineno}"
             elif innermost is None and name != __file__ and not name.startswith(_TORCH_DIR):

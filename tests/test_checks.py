@@ -15,13 +15,15 @@ from gradscope_cli.main import main
 from models import zoo
 
 IDS = ["layer-in-forward", "unregistered-parameter", "plain-container", "unregistered-tensor",
-       "attribute-keeps-graph",
-       "unused-parameter", "param-not-in-optimizer", "tied-weights", "missing-zero-grad",
-       "zero-grad-before-step",
-       "grad-accumulation", "train-mode-eval", "eval-mode-train", "nonfinite-grad",
+       "attribute-keeps-graph", "graph-kept-alive",
+       "unused-parameter", "graph-cut", "param-not-in-optimizer", "tied-weights",
+       "missing-zero-grad", "zero-grad-before-step", "dead-training",
+       "grad-accumulation", "clip-grad-order", "scheduler-before-step", "optimizer-recreated",
+       "train-mode-eval", "eval-mode-train", "nonfinite-grad",
        "nonfinite-loss", "vanishing-grad", "exploding-grad", "rank-divergence",
-       "double-softmax", "loss-broadcast", "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
-       "bias-before-norm", "batchnorm-small-batch"]
+       "double-softmax", "softmax-batch-dim", "dropout-ignores-eval", "loss-broadcast",
+       "builtin-sum", "device-copy", "device-mismatch", "inplace-modified",
+       "bias-before-norm", "batchnorm-small-batch", "forward-called-directly"]
 
 
 def _check(check_id):

@@ -97,3 +97,69 @@ def test_report_renders_and_clicks_in_headless_chromium(tmp_path):
     shot = os.path.join(ARTIFACTS, "report.png")
     _chromium([f"--screenshot={shot}", "--window-size=1400,1000", url], tmp_path / "profile2")
     assert os.path.getsize(shot) > 10_000  # kept as an artefact, not compared byte for byte
+
+
+def _notebook_page(*reports):
+    """What Jupyter does with rich output: each repr's HTML inserted into the page as it is.
+    The harness script only listens; it never reaches into the iframes."""
+    cells = "".join(f'<div class="output_html">{r._repr_html_()}</div>' for r in reports)
+    harness = ("<pre id='seen'></pre><script>var seen = [];"
+               "window.addEventListener('message', function (ev) {"
+               " if (ev.data && ev.data.gradscope === 'ready') { seen.push(ev.data);"
+               "  document.getElementById('seen').textContent = JSON.stringify(seen); } });"
+               "</script>")
+    return f"<!DOCTYPE html><html><body>{harness}{cells}</body></html>"
+
+
+def test_notebook_repr_is_self_contained_and_escaped():
+    report = _evil_report()
+    html = report._repr_html_()
+    assert html.startswith('<iframe sandbox="allow-scripts" ') and html.endswith("</iframe>")
+    # the whole page is inside one attribute: no markup of it (or of a user string) is live
+    assert html.count("<") == 2 and "<script" not in html and "<img" not in html
+    assert not re.search(r'(src|href)\s*=\s*"(https?:)?//', html)
+    import html as htmllib
+
+    page = htmllib.unescape(html.split('srcdoc="', 1)[1].rsplit('"', 1)[0])
+    assert page == report.to_html()  # the same self-contained page as report.save("x.html")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_findings_print_readably():
+    report = _evil_report()
+    text = repr(report.findings)
+    assert text.splitlines()[0].startswith("findings (")
+    assert "fix:" in text and str(report.findings) == text
+    assert report.findings is report.findings and report.findings == report.trace.findings
+    assert str(report.findings[0]).lstrip().startswith("ERROR")
+
+
+@pytest.mark.dot
+@pytest.mark.browser
+def test_two_reports_render_side_by_side_in_a_notebook_page(tmp_path):
+    clean = gradscope.trace(nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1)),
+                            torch.randn(2, 3), label="clean")
+    evil = _evil_report()
+    page = tmp_path / "notebook.html"
+    page.write_text(_notebook_page(clean, evil))
+    dom = _chromium(["--virtual-time-budget=10000", "--dump-dom", f"file://{page}"],
+                    tmp_path / "profile")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    import html as htmllib
+    import json
+
+    found = re.search(r'<pre id="seen">([^<]*)</pre>', dom.stdout)
+    assert found and found.group(1), "no report in the notebook page said it was ready"
+    reports = {r["title"]: r for r in json.loads(htmllib.unescape(found.group(1)))}
+    assert len(reports) == 2  # both scripts ran, each in its own frame: no id clash
+    assert reports.pop("gradscope: clean") == {
+        "gradscope": "ready", "title": "gradscope: clean", "findings": 0,
+        "boxes": len(clean.graph.nodes)}  # the graph is drawn: every node a clickable box
+    (title, other), = reports.items()
+    assert title.startswith("gradscope: Evil<img")  # the user's string, inert text
+    assert other["findings"] == len(evil.findings) > 0
+    assert other["boxes"] == len(evil.graph.nodes)
+    errors = [line for line in dom.stderr.splitlines()
+              if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)]
+    assert errors == []
+    assert "alert" not in "".join(line for line in dom.stderr.splitlines() if "CONSOLE" in line)

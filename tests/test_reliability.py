@@ -130,7 +130,7 @@ def test_nested_watch_blocks(no_leaks):
 def test_an_internal_error_is_reported_not_raised(monkeypatch, no_leaks):
     from gradscope.tracing.gradients import GradientRecorder
 
-    def broken(self, optimizer, step):
+    def broken(self, optimizer, step, *args):
         raise RuntimeError("bug in gradscope")
 
     monkeypatch.setattr(GradientRecorder, "on_step", broken)
@@ -383,7 +383,7 @@ def test_random_models(seed, tmp_path, no_leaks):
 def test_ctrl_c_inside_a_hook_of_ours(monkeypatch, no_leaks):
     from gradscope.tracing.gradients import GradientRecorder
 
-    def interrupted(self, optimizer, step):
+    def interrupted(self, optimizer, step, *args):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(GradientRecorder, "on_step", interrupted)

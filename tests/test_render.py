@@ -209,3 +209,40 @@ def test_dot_honours_fold_and_focus_and_render_exits_2_on_an_unknown_module(tmp_
     r = CliRunner().invoke(main, ["render", "t.json", "--dot", "bad.dot", "--focus", "nope"])
     assert r.exit_code == 2 and "--focus 'nope'" in r.output
     assert open("bad.dot").read() == full  # still written, whole
+
+
+def test_modules_tables_and_clusters_agree_on_saved_activations(tmp_path):
+    """samples/layers_in_forward.py: every byte is saved by layers built inside the model's
+    forward, so its own ops save nothing while its box in the graph says 1.2 MB. The tables
+    show both figures, and the 'with submodules' one is the box's."""
+    from click.testing import CliRunner
+
+    from gradscope.render.view import human_bytes, saved_per_module
+    from gradscope_cli.main import main
+
+    from conftest import REPO
+
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(main, ["trace", os.path.join(REPO, "samples", "layers_in_forward.py"),
+                                  "--json", str(out / "trace.json"), "--dot",
+                                  str(out / "graph.dot"), "--html", str(out / "report.html"),
+                                  "--fail-on", "never"])
+    assert r.exit_code == 0, r.output
+    report = gradscope.Report.load(str(out / "trace.json"))
+    saved = saved_per_module(report.trace)
+    own, total = saved[("model", "")]
+    loss = saved[("criterion", "")][0]
+    assert own == 0 and total > 1_000_000
+    assert total == report.trace.summary()["saved_bytes"] - loss  # everything but the loss's
+    assert total == sum(saved[("model", name)][0] for name in ("<Conv2d#0>", "<Linear#1>"))
+    dot = (out / "graph.dot").read_text()
+    assert f'label="model: MyModel  ·  saved {human_bytes(total)}"' in dot
+    html = (out / "report.html").read_text()
+    assert (f'<td>model</td><td>MyModel</td><td class="num">3</td><td>(4, 10)</td>'
+            f'<td class="num">0</td><td class="num">0 B</td>'
+            f'<td class="num">{human_bytes(total)}</td>') in html
+    assert "<th>saved by its own ops</th><th>saved with submodules</th>" in html
+    text = report.to_text()
+    row = [line for line in text.splitlines() if line.startswith("  model  ")][0]
+    assert row.split()[-1] == "MB" and human_bytes(total) in row
+    assert "saved (own ops)  saved (with submodules)" in text

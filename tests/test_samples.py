@@ -19,7 +19,8 @@ SAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "samp
 
 
 # Samples whose script itself fails (the error is what gradscope explains): exit code 3.
-FAILING = {"device_mismatch.py", "device_attribute_not_moved.py", "inplace_softmax.py"}
+FAILING = {"device_mismatch.py", "device_attribute_not_moved.py", "inplace_softmax.py",
+           "rnn_state_not_detached.py", "forward_called_directly.py"}
 
 
 def trace_sample(name, tmp_path, *extra):
@@ -308,7 +309,134 @@ def expect_zero_grad_after_backward(d):
     assert d["findings"] == [f]
 
 
+def _only(d, check):
+    """The findings of ``check``; every other finding is info at most."""
+    found = [f for f in d["findings"] if f["check"] == check]
+    assert [f for f in d["findings"] if f["check"] != check and f["severity"] != "info"] == []
+    return found
+
+
+def _at(f):
+    return f["location"].rsplit("/", 1)[-1]
+
+
+def expect_quiet(d):
+    """A near miss: nothing above info."""
+    assert [f for f in d["findings"] if f["severity"] != "info"] == [], d["findings"]
+
+
+def expect_dead_no_grad_forward(d):
+    [f] = _only(d, "dead-training")
+    assert f["severity"] == "error" and f["module"] == "model"
+    assert _at(f) == "dead_no_grad_forward.py:30"  # the forward under no_grad
+    assert "torch.no_grad()" in f["message"] and "all 4 steps" in f["message"]
+    assert "dead_no_grad_forward.py:32" in f["message"]  # the requires_grad = True line
+    assert f["data"]["dead_steps"] == [1, 2, 3, 4]
+    assert d["backward_calls"] == 4 and not any("No backward() call" in n for n in d["notes"])
+    assert any("4 backward call(s) ran" in n for n in d["notes"])
+
+
+def expect_dead_argmax_loss(d):
+    [f] = _only(d, "dead-training")
+    assert _at(f) == "dead_argmax_loss.py:35" and "`argmax`" in f["message"]
+    assert "requires_grad_()` at samples/dead_argmax_loss.py:37" in f["message"] \
+        or "requires_grad_()` at dead_argmax_loss.py:37" in f["message"]
+    assert f["module"] == "model"
+
+
+def expect_detach_in_forward(d):
+    [f] = _only(d, "graph-cut")
+    assert _at(f) == "detach_in_forward.py:27" and "`.detach()`" in f["message"]
+    assert f["data"]["modules"] == ["model.encoder.0", "model.encoder.2"]
+    assert f["data"]["cut"]["in_forward"] is True and f["data"]["cut"]["module"] == ""
+    assert "features.detach()" in f["message"]  # the source line
+
+
+def expect_total_loss_keeps_graph(d):
+    [f] = _only(d, "graph-kept-alive")
+    assert _at(f) == "total_loss_keeps_graph.py:27" and f["data"]["variable"] == "total_loss"
+    assert "a local of train_epoch()" in f["message"] and "loss.item()" in f["hint"]
+    assert f["data"]["unit"] == "step" and f["data"]["nodes_per_step"] >= 5
+
+
+def expect_rnn_state_not_detached(d):
+    [f] = _only(d, "graph-kept-alive")
+    assert f["severity"] == "error" and f["data"]["explains_failure"]
+    assert _at(f) == "rnn_state_not_detached.py:44" and "`state`" in f["message"]
+    assert "retain_graph=True at samples/rnn_state_not_detached.py:46" in f["message"] \
+        or "retain_graph=True at rnn_state_not_detached.py:46" in f["message"]
+    assert "s.detach() for s in state" in f["hint"]
+    assert d["failure"]["kind"] == "inplace-modified"  # torch's error; not reported as such
+
+
+def expect_clip_after_step(d):
+    [f] = _only(d, "clip-grad-order")
+    assert _at(f) == "clip_after_step.py:28" and f["data"] == {
+        "calls": 4, "misplaced": 4, "why": "after-step"}
+    assert "SGD.step()" in f["message"]
+
+
+def expect_scheduler_before_step(d):
+    [f] = _only(d, "scheduler-before-step")
+    assert _at(f) == "scheduler_before_step.py:28" and f["data"]["initial_lr"] == 0.001
+    assert "AdamW.step()" in f["message"]
+
+
+def expect_optimizer_in_loop(d):
+    [f] = _only(d, "optimizer-recreated")
+    assert _at(f) == "optimizer_in_loop.py:24"
+    assert f["data"] == {"optimizers": 5, "type": "Adam", "steps_each": 1}
+
+
+def expect_softmax_over_batch(d):
+    [f] = _only(d, "softmax-batch-dim")
+    assert _at(f) == "softmax_over_batch.py:27" and f["module"] == "model.2"
+    assert f["data"]["shape"] == [64, 5] and "dim=1" in f["hint"]
+
+
+def expect_functional_dropout(d):
+    [f] = _only(d, "dropout-ignores-eval")
+    assert _at(f) == "functional_dropout.py:26" and f["module"] == "model"
+    assert f["data"]["eval_calls"] == 1 and "training=self.training" in f["hint"]
+
+
+def expect_forward_called_directly(d):
+    [f] = _only(d, "forward-called-directly")
+    assert f["severity"] == "error" and f["data"]["explains_failure"]
+    assert _at(f) == "forward_called_directly.py:43" and f["module"] == "model.head"
+    assert f["data"]["hooks"] == ["torch.nn.utils.prune.L1Unstructured"]
+    ops = {(n["model"], n["module"]) for n in d["graph"]["nodes"] if n["leaf"] is None}
+    assert ("model", "head") in ops and ("model", "body.0") in ops  # attributed anyway
+    assert [m["label"] for m in d["models"]] == ["model", "criterion"]
+
+
+def expect_forward_super_ok(d):
+    expect_nothing(d)
+    ops = {(n["model"], n["module"]) for n in d["graph"]["nodes"] if n["leaf"] is None}
+    assert ("model", "head") in ops and ("model", "") in ops  # the * 2.0 of Scaled
+
+
 EXPECT = {
+    "dead_no_grad_forward.py": expect_dead_no_grad_forward,
+    "dead_argmax_loss.py": expect_dead_argmax_loss,
+    "no_grad_eval_ok.py": expect_nothing,
+    "detach_in_forward.py": expect_detach_in_forward,
+    "stop_gradient_ok.py": expect_quiet,
+    "total_loss_keeps_graph.py": expect_total_loss_keeps_graph,
+    "loss_item_ok.py": expect_quiet,
+    "rnn_state_not_detached.py": expect_rnn_state_not_detached,
+    "rnn_tbptt_ok.py": expect_nothing,
+    "clip_after_step.py": expect_clip_after_step,
+    "scheduler_before_step.py": expect_scheduler_before_step,
+    "optimizer_in_loop.py": expect_optimizer_in_loop,
+    "step_order_ok.py": expect_nothing,
+    "softmax_over_batch.py": expect_softmax_over_batch,
+    "softmax_dim_ok.py": expect_nothing,
+    "functional_dropout.py": expect_functional_dropout,
+    "functional_dropout_ok.py": expect_nothing,
+    "forward_called_directly.py": expect_forward_called_directly,
+    "forward_super_ok.py": expect_forward_super_ok,
+    "gan_ok.py": expect_nothing,
     "zero_grad_after_backward.py": expect_zero_grad_after_backward,
     "temperature_outside_model.py": expect_temperature_outside_model,
     "temperature_outside_model_ok.py": expect_temperature_outside_model_ok,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from ..findings import Finding
 from ..graph import module_path
 from ._common import names_list, shape_str
+from .graph_kept_alive import retained_state
 from .registry import Check
 
 HINT = ("Use the out-of-place form (e = e / e.sum(...) instead of e /= ..., torch.relu(x) "
@@ -27,8 +28,8 @@ def _nodes(trace, op: str, model, module) -> list:
 
 def run(trace) -> list:
     failure = trace.failure or {}
-    if failure.get("kind") != "inplace-modified":
-        return []
+    if failure.get("kind") != "inplace-modified" or retained_state(trace) is not None:
+        return []  # (a state carried with retain_graph=True: graph-kept-alive explains it)
     detail = failure.get("detail") or {}
     stale = (failure.get("stale") or [None])[0]
     culprit = failure.get("inplace_op")

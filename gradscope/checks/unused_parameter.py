@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..findings import Finding
 from ..graph import module_path
 from ._common import names_list, numel
+from .graph_cut import explained as explained_by_cuts
 from .registry import Check
 
 
@@ -22,12 +23,13 @@ def run(trace) -> list:
             continue  # no backward ran, or frozen on purpose
         by_model.setdefault(p["model"], []).append(p)
     out = []
+    cut = explained_by_cuts(trace)  # graph-cut names the line where these lost the gradient
     for model, params in by_model.items():
         if not any(p["grad_seen"] for p in params):
             continue  # nothing of this model trained in the run (a frozen teacher, say)
         by_module: dict = {}
         for p in params:
-            if not p["grad_seen"]:
+            if not p["grad_seen"] and (model, p["module"]) not in cut:
                 by_module.setdefault(p["module"], []).append(p)
         for module, unused in by_module.items():
             names = [p["name"] for p in unused]

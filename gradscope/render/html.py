@@ -17,7 +17,7 @@ from ..errors import GradscopeError
 from ..tracedata import Trace
 from .gradflow import render_gradflow_svg
 from .text import render_text
-from .view import human_bytes, human_count
+from .view import human_bytes, human_count, saved_per_module
 
 _SCRIPT = r"""
 (function () {
@@ -140,6 +140,14 @@ _SCRIPT = r"""
     if (li) { li.click(); }
   }
   document.body.dataset.gsReady = "1";
+  // Shown in a notebook (Report._repr_html_), the page sits in a sandboxed iframe: tell the
+  // host page it is ready (nothing else crosses; the host may ignore it).
+  if (window.parent !== window) {
+    window.parent.postMessage({ gradscope: "ready", title: document.title,
+                                boxes: Object.keys(groups).filter(function (id) {
+                                  return byId[id]; }).length,
+                                findings: data.findings.length }, "*");
+  }
 })();
 """
 
@@ -220,22 +228,24 @@ def _findings_html(trace: Trace) -> str:
 
 
 def _modules_html(trace: Trace) -> str:
-    saved: dict = {}
-    for n in trace.graph.nodes:
-        if n.model is not None:
-            key = (n.model, n.module)
-            saved[key] = saved.get(key, 0) + n.saved_bytes
+    saved = saved_per_module(trace)
     rows = []
     for m in trace.modules:
         name = m["model"] + (f".{m['name']}" if m["name"] else "")
         params = "" if m["parameters"] is None else human_count(m["parameters"])
         flag = "" if m["registered"] else ' <span class="bad">unregistered</span>'
+        own, total = saved.get((m["model"], m["name"]), (0, 0))
         rows.append(f'<tr data-name="{escape(name)}"><td>{escape(name)}{flag}</td>'
                     f'<td>{escape(m["type"])}</td><td class="num">{int(m["calls"])}</td>'
                     f'<td>{escape(m["output"] or "")}</td><td class="num">{params}</td>'
-                    f'<td class="num">{human_bytes(saved.get((m["model"], m["name"]), 0))}</td></tr>')
+                    f'<td class="num">{human_bytes(own)}</td>'
+                    f'<td class="num">{human_bytes(total)}</td></tr>')
     return ('<table><tr><th>module</th><th>type</th><th>calls</th><th>output</th>'
-            '<th>params</th><th>saved activations</th></tr>' + "".join(rows) + "</table>")
+            '<th>params</th><th>saved by its own ops</th><th>saved with submodules</th></tr>'
+            + "".join(rows) + '</table><p class="note">Saved activations: the bytes autograd '
+            "keeps for backward, each storage counted once. <i>Own ops</i> counts the nodes "
+            "the module created itself; <i>with submodules</i> adds every module inside it "
+            "(built in forward or not) and is the figure on the module's box in the graph.</p>")
 
 
 def _parameters_html(trace: Trace) -> str:
@@ -265,6 +275,21 @@ def _accumulation_html(trace: Trace) -> str:
             if len(trace.accumulation) > 200 else "")
     return ('<table><tr><th>step</th><th>backward calls</th><th>summed in .grad</th>'
             '<th>since last step</th><th>at</th></tr>' + "".join(rows) + "</table>" + more)
+
+
+def render_notebook_html(trace: Trace, height: int = 720, **options: object) -> str:
+    """The report for a notebook cell: the whole page in a sandboxed ``<iframe srcdoc>``.
+
+    The iframe keeps the page's ids, styles and script apart from the notebook and from other
+    reports in it (two reports in one notebook cannot clash), runs its script without access to
+    the notebook (``sandbox="allow-scripts"``, no same-origin), and fetches nothing: the page is
+    self-contained and its Content-Security-Policy forbids any fetch.
+    """
+    page = render_html(trace, **options)  # type: ignore[arg-type]
+    title = escape(f"gradscope: {trace.run.get('target', 'report')}")
+    return (f'<iframe sandbox="allow-scripts" title="{title}" '
+            f'style="width:100%;height:{int(height)}px;border:1px solid #ddd" '
+            f'srcdoc="{escape(page, quote=True)}"></iframe>')
 
 
 def render_html(trace: Trace, depth: Optional[int] = None, max_nodes: Optional[int] = None,

@@ -5,7 +5,7 @@ import textwrap
 
 from ..findings import severity_rank
 from ..tracedata import Trace
-from .view import human_bytes, human_count
+from .view import human_bytes, human_count, saved_per_module
 
 MAX_MODULE_ROWS = 25
 
@@ -20,13 +20,12 @@ def _table(rows: list, headers: list) -> list:
 
 def _module_rows(trace: Trace) -> list:
     ops: dict = {}
-    saved: dict = {}
     for n in trace.graph.nodes:
         if n.model is None or n.leaf is not None:
             continue
         key = (n.model, n.module)
         ops[key] = ops.get(key, 0) + 1
-        saved[key] = saved.get(key, 0) + n.saved_bytes
+    saved = saved_per_module(trace)
     rows = []
     for m in trace.modules:
         if not m["calls"]:
@@ -34,9 +33,11 @@ def _module_rows(trace: Trace) -> list:
         key = (m["model"], m["name"])
         name = m["model"] + ("." + m["name"] if m["name"] else "")
         params = m["parameters"]
+        own, total = saved.get(key, (0, 0))
         rows.append([name, m["type"] + ("" if m["registered"] else " (unregistered)"), m["calls"],
                      m["output"] or "", "-" if params is None else human_count(params),
-                     ops.get(key, 0), human_bytes(saved[key]) if saved.get(key) else ""])
+                     ops.get(key, 0), human_bytes(own) if own else "",
+                     human_bytes(total) if total else ""])
     return rows
 
 
@@ -80,6 +81,26 @@ def _model_lines(models: list) -> list:
     return lines
 
 
+def findings_lines(findings: list) -> list:
+    """``findings (1 error, 2 info)`` and each finding: severity, check, where, message, fix."""
+    if not findings:
+        return ["findings: none"]
+    counts: dict = {}
+    for f in findings:
+        counts[f.severity] = counts.get(f.severity, 0) + 1
+    summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=severity_rank,
+                                                           reverse=True))
+    lines = [f"findings ({summary})"]
+    for f in findings:
+        where = " ".join(x for x in (f.module, f.location and f"at {f.location}") if x)
+        lines.append(f"  {f.severity.upper():<7} {f.check}" + (f"  {where}" if where else ""))
+        for part in (f.message, f.hint and f"fix: {f.hint}"):
+            if part:
+                lines += textwrap.wrap(part, 96, initial_indent="          ",
+                                       subsequent_indent="          ")
+    return lines
+
+
 def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
     run = trace.run
     s = trace.summary()
@@ -98,27 +119,13 @@ def render_text(trace: Trace, max_module_rows: int = MAX_MODULE_ROWS) -> str:
         lines.append("")
         lines.append("modules")
         shown = rows[:max_module_rows]
-        lines += _table(shown, ["module", "type", "calls", "output", "params", "ops", "saved"])
+        lines += _table(shown, ["module", "type", "calls", "output", "params", "ops",
+                                "saved (own ops)", "saved (with submodules)"])
         if len(rows) > len(shown):
             lines.append(f"  ... {len(rows) - len(shown)} more modules in the JSON report")
     lines += _accumulation_table(trace)
     lines.append("")
-    if trace.findings:
-        counts = {}
-        for f in trace.findings:
-            counts[f.severity] = counts.get(f.severity, 0) + 1
-        summary = ", ".join(f"{counts[k]} {k}" for k in sorted(counts, key=severity_rank,
-                                                               reverse=True))
-        lines.append(f"findings ({summary})")
-        for f in trace.findings:
-            where = " ".join(x for x in (f.module, f.location and f"at {f.location}") if x)
-            lines.append(f"  {f.severity.upper():<7} {f.check}" + (f"  {where}" if where else ""))
-            for part in (f.message, f.hint and f"fix: {f.hint}"):
-                if part:
-                    lines += textwrap.wrap(part, 96, initial_indent="          ",
-                                           subsequent_indent="          ")
-    else:
-        lines.append("findings: none")
+    lines += findings_lines(trace.findings)
     for note in trace.notes:
         lines += textwrap.wrap(f"note: {note}", 100, subsequent_indent="      ")
     if run.get("status") not in (None, "ok"):

@@ -94,7 +94,8 @@ def module_types(trace: Trace) -> dict:
 
 
 def _saved_per_cluster(trace: Trace) -> dict:
-    """Saved-activation bytes of every module subtree, keyed by cluster path."""
+    """Saved-activation bytes of every module subtree, keyed by cluster path: the module's own
+    nodes and those of every module inside it (what a cluster's ``saved`` label shows)."""
     totals: dict = {}
     for n in trace.graph.nodes:
         if n.saved and n.model is not None:
@@ -104,6 +105,19 @@ def _saved_per_cluster(trace: Trace) -> dict:
                 for k in range(1, len(path) + 1):
                     totals[path[:k]] = totals.get(path[:k], 0) + b
     return totals
+
+
+def saved_per_module(trace: Trace) -> dict:
+    """``{(model, module): (own, total)}`` saved-activation bytes, each storage counted once:
+    ``own`` of the autograd nodes the module created itself, ``total`` with every module inside
+    it too: the figure on the module's cluster in the drawing. The modules tables show both."""
+    own: dict = {}
+    for n in trace.graph.nodes:
+        if n.model is not None and n.saved_bytes:
+            own[(n.model, n.module)] = own.get((n.model, n.module), 0) + n.saved_bytes
+    subtree = _saved_per_cluster(trace)
+    keys = {(m["model"], m["name"]) for m in trace.modules} | set(own)
+    return {k: (own.get(k, 0), subtree.get(_path(*k), 0)) for k in keys}
 
 
 def _cluster_labels(trace: Trace, paths: set) -> dict:

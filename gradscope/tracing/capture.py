@@ -6,7 +6,6 @@ needs into plain data and drops every reference to user objects.
 """
 from __future__ import annotations
 
-import functools
 import sys
 import threading
 import time
@@ -26,139 +25,19 @@ from . import failures
 from . import gradients as _gradients
 from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
-from .lightmode import LightForwards
 from .nonfinite import NonfiniteFinder
+from .keepalive import KeepAliveWatch
+from .lightmode import LightForwards
 from .opwatch import OpWatch
+from .patches import PATCHES, tensors_in
+from .optimizers import OptimizerRegistry
+from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
 from .walk import AutogradWalker, storage_key
 
 MAX_EVENTS = 10_000
 FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
-
-
-def _tensors_in(value: Any) -> list:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [v for v in value if isinstance(v, torch.Tensor)]
-    return []
-
-
-class _Patches:
-    """One wrapper around torch.autograd.backward/grad and the two zero_grad methods, shared by
-    every open capture: installed with the first, removed with the last, in whatever order they
-    close. torch has no hook for 'a backward starts' or 'zero_grad was called'."""
-
-    def __init__(self) -> None:
-        self.captures: list = []
-        self.lock = threading.Lock()
-        self.local = threading.local()  # backward calls nested inside a backward are torch's
-        self.installed: Optional[dict] = None
-
-    def add(self, capture: "Capture") -> None:
-        with self.lock:
-            if not self.captures:
-                self._install()
-            self.captures.append(capture)
-
-    def remove(self, capture: "Capture") -> None:
-        with self.lock:
-            if capture in self.captures:
-                self.captures.remove(capture)
-            if not self.captures and self.installed is not None:
-                self._uninstall()
-
-    def _open(self) -> list:
-        return [c for c in list(self.captures) if c.state == "open"]
-
-    def _install(self) -> None:
-        autograd = torch.autograd
-        originals = {"backward": autograd.backward, "grad": autograd.grad,
-                     "opt_zero": torch.optim.Optimizer.__dict__["zero_grad"],
-                     "mod_zero": torch.nn.Module.__dict__["zero_grad"]}
-        patches = self
-
-        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
-            depth = getattr(patches.local, "depth", 0)
-            # torch's own calls: inside a backward (reentrant checkpointing), or AOTAutograd
-            # tracing the backward while torch.compile compiles
-            nested = depth > 0 or _inside_backward() or torch.compiler.is_compiling()
-            armed = []
-            if not nested:
-                for cap in patches._open():
-                    cap.on_backward(roots, kind)
-                    if kind == "backward" and cap._arm_nonfinite(roots):
-                        armed.append(cap)
-            patches.local.depth = depth + 1
-            try:
-                result = original(roots, *args, **kwargs)
-            except RuntimeError as e:
-                if not nested:
-                    for cap in patches._open():
-                        cap.on_backward_error(roots, e)
-                raise
-            finally:
-                patches.local.depth = depth
-                if not nested and kind == "backward":
-                    for cap in patches._open():
-                        cap.after_backward()
-            for cap in armed:
-                cap._guard("the non-finite search", cap.nonfinite.collect)
-            return result
-
-        @functools.wraps(originals["backward"])
-        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(originals["backward"], tensors, "backward", args, kwargs)
-
-        @functools.wraps(originals["grad"])
-        def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
-            return call(originals["grad"], outputs, "grad", args, kwargs)
-
-        def zero_grad_of(original: Any) -> Any:
-            @functools.wraps(original)
-            def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-                for cap in patches._open():
-                    cap._guard("a zero_grad call", lambda c=cap: c._event(
-                        "zero_grad", owner=type(obj).__name__, location=user_location()))
-                return original(obj, *args, **kwargs)
-            return zero_grad
-
-        wrappers = {"backward": backward, "grad": grad,
-                    "opt_zero": zero_grad_of(originals["opt_zero"]),
-                    "mod_zero": zero_grad_of(originals["mod_zero"])}
-        autograd.backward, autograd.grad = wrappers["backward"], wrappers["grad"]
-        torch.optim.Optimizer.zero_grad = wrappers["opt_zero"]
-        torch.nn.Module.zero_grad = wrappers["mod_zero"]
-        self.installed = {"originals": originals, "wrappers": wrappers}
-
-    def _uninstall(self) -> None:
-        originals, wrappers = self.installed["originals"], self.installed["wrappers"]
-        self.installed = None
-        # Only undo our own patches: if someone patched on top of us, theirs stays, and our
-        # wrapper under it is a pass-through while no capture is open.
-        autograd = torch.autograd
-        if autograd.backward is wrappers["backward"]:
-            autograd.backward = originals["backward"]
-        if autograd.grad is wrappers["grad"]:
-            autograd.grad = originals["grad"]
-        if torch.optim.Optimizer.__dict__.get("zero_grad") is wrappers["opt_zero"]:
-            torch.optim.Optimizer.zero_grad = originals["opt_zero"]
-        if torch.nn.Module.__dict__.get("zero_grad") is wrappers["mod_zero"]:
-            torch.nn.Module.zero_grad = originals["mod_zero"]
-
-
-def _inside_backward() -> bool:
-    """True on the autograd engine's threads while it runs a backward (reentrant checkpointing
-    calls backward from there, on CUDA from a device thread our thread-local cannot see)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    try:
-        return task is not None and task() != -1
-    except Exception:  # noqa: BLE001 - an older torch: the thread-local depth still applies
-        return False
-
-
-_PATCHES = _Patches()
 
 
 def _obeys_training(m: torch.nn.Module) -> bool:
@@ -203,6 +82,32 @@ def _batch_rows(stats: dict) -> list:
     return [{"batch": b, "per_channel": v, "calls": n} for (b, v), n in sorted(stats.items())]
 
 
+# Autograd nodes whose scalar arguments a check needs (softmax-batch-dim: over which dim).
+_ARG_OPS = {"SoftmaxBackward0": ("dim",), "LogSoftmaxBackward0": ("dim",)}
+
+
+def _node_args(graph: Graph, fns: Optional[list]) -> dict:
+    """``node id -> {"dim": d}`` for the graph's softmax nodes: ``_saved_dim`` is a plain
+    integer, so reading it unpacks nothing."""
+    out: dict = {}
+    if not fns:
+        return out
+    for node in graph.nodes:
+        names = _ARG_OPS.get(node.op)
+        if not names:
+            continue
+        fn = fns[int(node.id[1:])]
+        values = {}
+        for name in names:
+            try:
+                values[name] = int(getattr(fn, "_saved_" + name))
+            except Exception:  # noqa: BLE001 - a torch that names it differently
+                continue
+        if values:
+            out[node.id] = values
+    return out
+
+
 def _has_model(graph: Graph) -> bool:
     return any(n.model is not None for n in graph.nodes)
 
@@ -225,7 +130,7 @@ def _not_compiled(fn: Callable) -> Callable:
     return call
 
 
-class Capture:
+class Capture(steporder.StepOrderEvents):
     """Records one run. Use as ``with Capture(...) as cap: ...`` then ``cap.trace()``."""
 
     def __init__(self, mode: str = "api", intercept_backward: bool = False,
@@ -241,6 +146,8 @@ class Capture:
         self.tracker = ModuleTracker()
         if mode != "watch":
             self.opwatch = OpWatch(self.tracker)
+            self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
+            self.tracker.direct.nested = True  # the op watch looks inside forwards too
         # watch: after the first steps, module calls recorded without a hook per call
         self.light = LightForwards(self.tracker) if mode == "watch" else None
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
@@ -254,18 +161,24 @@ class Capture:
         self._trainable: dict = {}           # id(model) -> has parameters that require grad
         self.graph: Optional[Graph] = None
         self.graph_location: Optional[str] = None
+        self.node_args: dict = {}            # node id -> scalar arguments (softmax dim)
         self._graph_has_model = False
         self.backward_calls = 0
         # the autograd sequence number at each backward call: a tensor whose history has nodes
         # on both sides of one survived that backward (attribute-keeps-graph)
         self.backward_seqs: list = []
         self.grad_calls = 0
+        # variables and forward inputs that keep autograd history across backward calls
+        self.step_seqs: list = []            # the same at each optimizer step
+        self.keepalive = KeepAliveWatch(self.backward_seqs,
+                                        lambda: (self.backward_calls, self.optimizer_steps),
+                                        self.step_seqs)
         self.optimizer_steps = 0
         self.events: list = []
         self.notes: list = []
         self.internal_errors: list = []
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
-        self._optimizers: dict = {}          # id -> optimizer, while open
+        self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
@@ -291,8 +204,10 @@ class Capture:
             self.handles.add(torch_optimizer.register_optimizer_step_post_hook(
                 _not_compiled(self._on_optimizer_step)))
             if self.intercept_backward:
-                _PATCHES.add(self)
-                self.handles.on_remove(lambda: _PATCHES.remove(self))
+                PATCHES.add(self)
+                self.handles.on_remove(lambda: PATCHES.remove(self))
+            steporder.PATCHES.add(self)
+            self.handles.on_remove(lambda: steporder.PATCHES.remove(self))
             if self.opwatch is not None:
                 self.opwatch.__enter__()
                 self.handles.on_remove(self._leave_opwatch)
@@ -321,7 +236,7 @@ class Capture:
                 self._snapshot = self._take_snapshot()
             finally:
                 self.tracker.clear_references()
-                self._optimizers.clear()
+                self.optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
                 self._leaf_refs.clear()
@@ -352,7 +267,7 @@ class Capture:
 
         def record() -> None:
             detail = failures.parse_inplace(str(error))
-            tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
             stale = failures.stale_saved(tensors, self.tracker.attribution(),
                                          detail.get("producer"))
             records = self.opwatch.inplace_records() if self.opwatch is not None else []
@@ -445,9 +360,14 @@ class Capture:
                     f"graph shown is from the first backward through one ({location}).")
             self.graph = graph
             self.graph_location = location
+            self.node_args = _node_args(graph, getattr(walker, "fns", None))
             self.leaves = []
             for nid, info in walker.unregistered.items():
-                self._leaf_refs[nid] = info.pop("_ref", None)
+                ref = info.pop("_ref", None)
+                # the id too: optimizers are held weakly, and a leaf only an optimizer kept
+                # alive (CLIP's logit_scale) may be gone by the end of a script
+                self._leaf_refs[nid] = (ref, id(ref()) if ref is not None and ref() is not None
+                                        else None)
                 self.leaves.append({"node": nid, **info})
             self._graph_has_model = _has_model(graph)
             if self._graph_has_model:
@@ -472,9 +392,9 @@ class Capture:
         # the first forward) are watched too; the recorder ignores parameters it already has.
         # The walk over every parameter is skipped while nothing it depends on changed (after
         # the first backward calls; every 64th still walks, for requires_grad switched on).
+        optimizers = list(self.optimizers.live())
         key = (self.registrations.generation, len(self.tracker.models),
-               [(id(o), [len(g["params"]) for g in o.param_groups])
-                for o in self._optimizers.values()])
+               [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
         calls = self.backward_calls + self.grad_calls
         if key == self._watch_key and calls > 8 and calls % 64:
             return
@@ -487,7 +407,7 @@ class Capture:
                     self.gradients.watch(p, (label, name), self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
-        for o, opt in enumerate(list(self._optimizers.values())):
+        for o, opt in enumerate(optimizers):
             kind = type(opt).__name__ + (f"#{o + 1}" if o else "")  # unique per optimizer
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
@@ -500,7 +420,7 @@ class Capture:
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""
         if self.nonfinite is None or not self.nonfinite.active or _gradients.stream_capturing():
             return False  # (its read after the backward would break a CUDA graph capture)
-        tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+        tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
         if not tensors:
             return False
         armed = [False]
@@ -519,19 +439,25 @@ class Capture:
 
     def add_optimizer(self, optimizer: Any) -> None:
         """An optimizer the user handed us: its parameters count as optimized before it steps."""
-        self._optimizers[id(optimizer)] = optimizer
+        self.optimizers.give(optimizer)
 
-    def _on_root_call(self, model: torch.nn.Module, label: str) -> None:
-        """A forward of a whole model starts: note its mode and whether grad is enabled."""
+    def _on_root_call(self, model: torch.nn.Module, label: str, args: Any = ()) -> None:
+        """A forward of a whole model starts: note its mode and whether grad is enabled, and
+        look for history carried into it (keepalive)."""
+        grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+
         def record() -> None:
             deps = self._mode_modules.get(id(model))
             if deps is None:
                 deps = self._mode_modules[id(model)] = [
                     (name, m) for name, m in model.named_modules() if _obeys_training(m)]
                 self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
-            grad = torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+            if grad and self._trainable[id(model)]:  # a model's forward, not a loss module's
+                self.keepalive.on_forward(label, args, self.tracker.attribution)
             event = {"model": label, "training": model.training, "grad": grad,
                      "location": user_location()}
+            if torch.is_inference_mode_enabled():
+                event["inference"] = True
             if not grad:
                 train_mode = [name for name, m in deps if m.training]
                 if train_mode:
@@ -588,7 +514,7 @@ class Capture:
             self.notes.append(f"Only the first {MAX_EVENTS} events are kept in the timeline.")
             self.events.append({"kind": "truncated"})
 
-    def on_backward(self, roots: Any, kind: str = "backward") -> None:
+    def on_backward(self, roots: Any, kind: str = "backward", retain: bool = False) -> None:
         """Called just before a backward (or ``autograd.grad``) call runs."""
         def record() -> None:
             self._watch_gradients()
@@ -600,9 +526,17 @@ class Capture:
                 else:
                     self.grad_calls += 1
                     index = self.grad_calls
-            roots_ = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+            given = tensors_in(roots)
+            roots_ = [t for t in given if t.grad_fn is not None]
+            extra: dict = {}
+            if retain:
+                extra["retain_graph"] = True
+            if given and not roots_ and any(t.requires_grad for t in given):
+                # backward() on a tensor with no history: requires_grad was switched on after
+                # the graph was lost (loss.requires_grad = True), so no parameter gets anything
+                extra["leaf_root"] = True
             self._event(kind, index=index, location=location,
-                        root=type(roots_[0].grad_fn).__name__ if roots_ else None)
+                        root=type(roots_[0].grad_fn).__name__ if roots_ else None, **extra)
             self.tracker.unmute()
             if kind == "backward":
                 self.gradients.before_backward()
@@ -610,7 +544,7 @@ class Capture:
                 if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
                     self.backward_seqs.append(_peek_sequence_nr())
             if self._wants_graph():
-                tensors = [t for t in _tensors_in(roots) if t.grad_fn is not None]
+                tensors = [t for t in tensors_in(roots) if t.grad_fn is not None]
                 if tensors:
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
@@ -623,13 +557,16 @@ class Capture:
         def record() -> None:
             self.tracker.unmute()
             self.optimizer_steps += 1
-            self._optimizers[id(optimizer)] = optimizer
+            if _peek_sequence_nr is not None and len(self.step_seqs) < 100_000:
+                self.step_seqs.append(_peek_sequence_nr())
+            serial = self.optimizers.stepped(optimizer)
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
-                        location=user_location())
-            self.gradients.on_step(optimizer, self.optimizer_steps)
+                        optimizer_id=serial, location=user_location())
+            self.gradients.on_step(optimizer, self.optimizer_steps, serial)
             if self.light is not None:
                 self.light.on_step(self.optimizer_steps, self._graph_has_model
-                                   and self.nonfinite is None and not self.tracker.compiled)
+                                   and self.nonfinite is None and not self.tracker.compiled
+                                   and not self.tracker.direct.records)
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)
@@ -640,10 +577,8 @@ class Capture:
         in_graph = set()
         if self.graph is not None:
             in_graph = {(n.model, n.param) for n in self.graph.nodes if n.param is not None}
-        optimized = set()
-        for opt in self._optimizers.values():
-            for group in opt.param_groups:
-                optimized.update(id(p) for p in group["params"])
+        optimized = self.optimizers.optimized
+        any_optimizer = self.optimizers.active
         models, parameters = [], []
         backward_ran = (self.backward_calls + self.grad_calls) > 0
         for label, model in self.tracker.models.items():
@@ -663,7 +598,7 @@ class Capture:
                     "dtype": str(p.dtype).replace("torch.", ""),
                     "device": str(p.device), "numel": numel,
                     "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
-                    "in_optimizer": (id(p) in optimized) if self._optimizers else None,
+                    "in_optimizer": (id(p) in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
                     "grad_seen": (id(p) in self.gradients.seen) if backward_ran else None,
                     "aliases": aliases[id(p)][1:],
@@ -672,11 +607,21 @@ class Capture:
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models, self.backward_seqs)[0]
         for leaf in self.leaves:  # is the leaf trained after all, by an optimizer given it?
-            ref = self._leaf_refs.get(leaf["node"])
+            ref, leaf_id = self._leaf_refs.get(leaf["node"], (None, None))
             tensor = ref() if ref is not None else None
-            leaf["in_optimizer"] = (id(tensor) in optimized) if (
-                tensor is not None and self._optimizers) else None
+            if tensor is not None:
+                leaf_id = id(tensor)
+            leaf["in_optimizer"] = (leaf_id in optimized) if (
+                leaf_id is not None and any_optimizer) else None
+        history = self.opwatch.history.records() if self.opwatch else {}
         return {"models": models, "parameters": parameters, "modules": self._module_table(),
+                "optimizers": list(self.optimizers.records.values()),
+                "node_args": dict(self.node_args),
+                "kept_graphs": self.keepalive.records(),
+                "direct_calls": self.tracker.direct.records_list(),
+                "cuts": history.get("cuts"), "grad_switches": history.get("switches"),
+                "dropout_calls": history.get("dropouts"),
+                "softmax_calls": history.get("softmaxes"),
                 "attributes": attributes, "constructions": self.registrations.records(),
                 "transfers": self.opwatch.transfer_records() if self.opwatch else None,
                 "loss_sites": self.opwatch.loss_site_records() if self.opwatch else None,

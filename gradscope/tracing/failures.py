@@ -24,6 +24,11 @@ CUDA_UNAVAILABLE = ("Torch not compiled with CUDA enabled", "Cannot initialize C
                     "No CUDA GPUs are available", "Found no NVIDIA driver",
                     "CUDA driver version is insufficient", "no CUDA-capable device")
 INPLACE = "modified by an inplace operation"
+# backward() on a tensor without history: the graph was cut before the loss (dead-training)
+NO_GRAD_LOSS = "does not require grad and does not have a grad_fn"
+# backward through a graph an earlier backward freed: history carried across steps
+GRAPH_FREED = ("Trying to backward through the graph a second time",
+               "access saved tensors after they have already been freed")
 _INPLACE_DETAIL = re.compile(
     r"\[(?P<type>[\w.]+) \[(?P<shape>[\d, ]*)\]\](?:, which is output (?P<output>\d+) of "
     r"(?P<producer>\w+),)? is at version (?P<version>\d+); expected version (?P<expected>\d+)")
@@ -32,10 +37,15 @@ MAX_STALE_WALK = 200_000
 
 
 def classify(exc: BaseException) -> Optional[str]:
-    """``device-mismatch``, ``cuda-unavailable``, ``inplace-modified`` or None."""
+    """``device-mismatch``, ``cuda-unavailable``, ``inplace-modified``, ``no-grad-loss``,
+    ``graph-freed`` or None."""
     text = str(exc)
     if INPLACE in text:
         return "inplace-modified"
+    if NO_GRAD_LOSS in text:
+        return "no-grad-loss"
+    if any(p in text for p in GRAPH_FREED):
+        return "graph-freed"
     if any(p in text for p in CUDA_UNAVAILABLE):
         return "cuda-unavailable"
     if any(p in text for p in DEVICE_MISMATCH) or (

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from math import isfinite
+from operator import attrgetter
 from typing import Any, Optional
 
 import torch
@@ -81,6 +82,7 @@ class _ParamState:
         self.maxes: Optional[list] = None
 
 
+_REQUIRES_GRAD = attrgetter("requires_grad")
 _ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
 MAX_FINGERPRINTS = 64
@@ -111,6 +113,7 @@ class GradientRecorder:
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
         self.syncs = 0                   # host reads performed (tests check: <= 1 per step)
         self.captured_steps = 0          # steps inside CUDA graph capture: not recorded
+        self.dead_steps_past_records = 0  # steps after MAX_STEP_RECORDS that updated nothing
         self.errors: list = []           # failures inside our hooks, for the report's notes
 
     # -- registration --------------------------------------------------------------------------
@@ -249,32 +252,56 @@ class GradientRecorder:
                 self.finish_losses()
 
     # -- optimizer step ------------------------------------------------------------------------
-    def on_step(self, optimizer: Any, step: int) -> None:
+    def on_step(self, optimizer: Any, step: int, serial: Optional[int] = None) -> None:
         """Record the step: accumulation per parameter, norms, non-finite values; one sync."""
         if stream_capturing():
             self.captured_steps += 1
             return
-        pairs = self._stepped(optimizer)
+        pairs, tensors, others = self._stepped(optimizer)
         uniform = self._uniform
         if uniform.on:
-            if len(pairs) == len(self._watched) and self._uniform_step(optimizer, step, pairs):
+            if len(pairs) == len(self._watched) and self._uniform_step(
+                    optimizer, step, serial, pairs, tensors, others):
                 return
             uniform.write_back(self._watched)
         states = []
         cleared = 0  # parameters that got gradients since the last step, and have none now
-        for state, p in pairs:
-            grad = p.grad
-            if grad is None:
-                if state.since_step > 0:  # zero_grad() between backward() and step()
-                    cleared += 1
-                    state.since_step, state.reset_at, state.fps = 0, None, []
-            elif grad.layout == torch.strided:
-                states.append((state, p))
+        # dead-training: of the trainable parameters this step updates, how many received a
+        # gradient from backward since the last step, and how many hold one written by other
+        # code (torch.autograd.grad results assigned to .grad, say)
+        trainable = received = assigned = 0
+        written: set = set()  # ids of .grad tensors written in place since the last step
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if not isinstance(p, torch.Tensor):
+                    continue
+                trainable += p.requires_grad
+                state = self._params.get(id(p))
+                if state is None or state.ref() is not p:
+                    assigned += p.grad is not None
+                    continue
+                if state.since_step > 0:
+                    received += 1
+                elif p.grad is not None and (state.last_grad is None
+                                             or state.last_grad() is not p.grad):
+                    assigned += 1
+                elif p.grad is not None and state.version is not None \
+                        and p.grad._version != state.version:
+                    # p.grad.copy_(...) (Reptile's meta step), or only zero_() by zero_grad
+                    # (set_to_none=False): told apart by the norm read below
+                    written.add(id(p))
+                if p.grad is None:
+                    if state.since_step > 0:  # zero_grad() between backward() and step()
+                        cleared += 1
+                        state.since_step, state.reset_at, state.fps = 0, None, []
+                elif p.grad.layout == torch.strided:
+                    states.append((state, p))
         if not self._backwards:
             self._unseen_backward(states)
-        # Fingerprints to compare and GradScaler's flag are read at every step they exist.
+        # Fingerprints to compare, gradients written in place and GradScaler's flag are read at
+        # every step they exist (still in the one read).
         want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
-        if want_norms or self._fingerprinted or found_inf is not None:
+        if want_norms or self._fingerprinted or written or found_inf is not None:
             values = self._read_once(states, want_max, found_inf)
         else:
             values = {"norm": [None] * len(states), "max": [None] * len(states),
@@ -285,6 +312,9 @@ class GradientRecorder:
             # (partly Inf: filtering those out left a tiny total that seemed to explode later).
             keep_norms = False
         self._record_step(optimizer, step, states, values, keep_norms, cleared)
+        assigned += sum(1 for k, (_, p) in enumerate(states)
+                        if id(p) in written and values["norm"][k] not in (0.0, None))
+        self._dead_training(step, serial, trainable, received, assigned)
         for state, p in states:  # what the next backward is compared with
             state.version = p.grad._version
             state.untouched = False
@@ -303,7 +333,16 @@ class GradientRecorder:
         return (want_norms, want_norms and (dense or step % SPARSE_MAXABS == 0),
                 want_norms and (step - 1) % self._norm_stride == 0, _scaler_found_inf(optimizer))
 
-    def _uniform_step(self, optimizer: Any, step: int, pairs: list) -> bool:
+    def _dead_training(self, step: int, serial: Optional[int], trainable: int, received: int,
+                       assigned: int) -> None:
+        if len(self.steps) <= MAX_STEP_RECORDS and self.steps[-1]["step"] == step:
+            self.steps[-1].update(optimizer_id=serial, trainable=trainable, received=received,
+                                  assigned=assigned)
+        elif trainable and not received and not assigned:
+            self.dead_steps_past_records += 1
+
+    def _uniform_step(self, optimizer: Any, step: int, serial: Optional[int], pairs: list,
+                      tensors: list, others: list) -> bool:
         """Record a step of the uniform loop (see ``uniform``); False if it is not one."""
         uniform = self._uniform
         grads = list(map(GRAD, (p for _, p in pairs)))
@@ -323,24 +362,35 @@ class GradientRecorder:
         record = uniform_record(step, optimizer, user_location(), names, new, norms)
         bad = [] if norms[0] is None else [n for n, v in zip(names, norms) if not isfinite(v)]
         self._store_step(record, optimizer, step, pairs, values, keep_norms, bad)
+        # every watched one received its gradient from backward; the others, if any, had theirs
+        # written by other code
+        self._dead_training(step, serial, sum(map(_REQUIRES_GRAD, tensors)), len(pairs),
+                            sum(1 for p in others if p.grad is not None))
         uniform.stepped(new, list(map(GRAD, self._plist)))
         self._backwards = 0
         return True
 
-    def _stepped(self, optimizer: Any) -> list:
-        """``(state, param)`` of the watched parameters in ``optimizer.param_groups``, looked
-        up again only when its groups (or the watched set) change."""
+    def _stepped(self, optimizer: Any) -> tuple:
+        """``[(state, param)]`` of the watched tensors in ``optimizer.param_groups``, all its
+        tensors, and those not watched; looked up again only when its groups (or the watched
+        set) change."""
         key = [(id(g["params"]), len(g["params"])) for g in optimizer.param_groups]
         cached = self._step_params.get(id(optimizer))
         if cached is None or cached[0] != key or cached[1]() is not optimizer:
-            found = []
+            found, tensors, others = [], [], []
             for group in optimizer.param_groups:
                 for p in group["params"]:
+                    if not isinstance(p, torch.Tensor):
+                        continue
+                    tensors.append(p)
                     state = self._params.get(id(p))
                     if state is not None and state.ref() is p:
                         found.append((state, p))
-            # The optimizer holds these parameters anyway; finish() lets them go with it.
-            cached = self._step_params[id(optimizer)] = (key, weakref.ref(optimizer), found)
+                    else:
+                        others.append(p)
+            # The optimizer holds these tensors anyway; finish() lets them go with it.
+            cached = self._step_params[id(optimizer)] = (key, weakref.ref(optimizer),
+                                                         (found, tensors, others))
         return cached[2]
 
     def _unseen_backward(self, states: list) -> None:
@@ -529,7 +579,8 @@ class GradientRecorder:
                 "grad_norms": {k: list(v) for k, v in self.norms.items()},
                 "grad_maxabs": {k: list(v) for k, v in self.maxabs.items()},
                 "nonfinite_grads": list(self.nonfinite),
-                "nonfinite_losses": list(self.losses_nonfinite)}
+                "nonfinite_losses": list(self.losses_nonfinite),
+                "dead_steps_past_records": self.dead_steps_past_records}
 
 
 def _finite(values: list) -> torch.Tensor:

@@ -95,3 +95,14 @@ def _quiet_hook(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     with torch._C.DisableTorchFunction():
         return fn(*args, **kwargs)
 
+
+# Code objects of wrappers that only pass the user's own call through (backward, zero_grad,
+# clip_grad_norm_, scheduler and GradScaler steps): what runs beneath them is the user's work,
+# not ours (tests/hostreads.py attributes device reads by these).
+PASS_THROUGH_CODES: set = set()
+
+
+def pass_through(fn: Callable) -> Callable:
+    """Mark a wrapper around the user's own torch call (see PASS_THROUGH_CODES)."""
+    PASS_THROUGH_CODES.add(fn.__code__)
+    return fn

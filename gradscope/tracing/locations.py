@@ -1,6 +1,22 @@
-"""Find the user's own ``file:line`` on the stack, skipping frames inside torch and gradscope."""
+"""Find the user's own ``file:line`` on the stack, skipping frames of torch, gradscope and the
+other installed libraries the user's code calls into.
+
+Two questions, two answers:
+
+- :func:`user_location` — where the *user's* code is: a backward call made by Hugging Face's
+  Trainer or Lightning on the user's behalf happened, as far as the user can act on it, at the
+  line that called ``trainer.train()``. So frames in any ``site-packages``/``dist-packages``
+  folder (accelerate, transformers, lightning, ...) are skipped, as are torch's and
+  gradscope's own. The user's project stays visible even when it is installed in editable mode:
+  an editable install runs the files from the source tree, not from ``site-packages``.
+- :func:`code_location` — which code *did* something (built a layer inside ``forward``): the
+  innermost frame outside torch and gradscope, which may be a library's. A check then decides
+  whether that code is the user's to fix (a ``CrossEntropyLoss()`` that transformers builds in
+  every forward is not).
+"""
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -14,29 +30,33 @@ _SKIP_DIRS = tuple(
     for m in (torch, sys.modules[__name__.split(".")[0]])
 ) + ("<frozen ", "<string>")
 _SKIP_FILES = ("runpy.py", "contextlib.py", "functools.py")
+_INSTALLED = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 
 
 # Looked up on every recorded event (each backward, step and zero_grad of a watched loop):
-# both answers are cached, per file name and per (working directory, path).
-_LIBRARY: dict = {}
+# a display path is cached per (working directory, path).
 _DISPLAY: dict = {}
 
 
+@functools.lru_cache(maxsize=4096)
 def is_library_file(filename: str) -> bool:
-    known = _LIBRARY.get(filename)
-    if known is None:
-        if len(_LIBRARY) > 10_000:
-            _LIBRARY.clear()
-        known = _LIBRARY[filename] = (filename.startswith(_SKIP_DIRS)
-                                      or os.path.basename(filename) in _SKIP_FILES)
-    return known
+    """True for files of torch, gradscope and the standard library's plumbing (runpy, ...)."""
+    return filename.startswith(_SKIP_DIRS) or os.path.basename(filename) in _SKIP_FILES
+
+
+@functools.lru_cache(maxsize=4096)
+def is_installed_file(filename: str) -> bool:
+    """True for :func:`is_library_file` files and any file of an installed package (a path with
+    a ``site-packages`` or ``dist-packages`` folder): code the user calls but does not edit."""
+    return is_library_file(filename) or any(part in filename for part in _INSTALLED)
 
 
 def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
-    """The innermost frame that belongs to the user's code, or None."""
+    """The innermost frame that belongs to the user's code (not torch, gradscope or another
+    installed library), or None."""
     frame = start if start is not None else sys._getframe(1)
     while frame is not None:
-        if not is_library_file(frame.f_code.co_filename):
+        if not is_installed_file(frame.f_code.co_filename):
             return frame
         frame = frame.f_back
     return None
@@ -45,6 +65,16 @@ def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
 def user_location(start: Optional[FrameType] = None) -> Optional[str]:
     """``path:line`` of the innermost user frame (path relative to the cwd when inside it)."""
     frame = user_frame(start if start is not None else sys._getframe(1))
+    if frame is None:
+        return None
+    return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
+
+
+def code_location(start: Optional[FrameType] = None) -> Optional[str]:
+    """``path:line`` of the innermost frame outside torch and gradscope, library or not."""
+    frame = start if start is not None else sys._getframe(1)
+    while frame is not None and is_library_file(frame.f_code.co_filename):
+        frame = frame.f_back
     if frame is None:
         return None
     return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
@@ -92,12 +122,29 @@ def frame_locals(frame: FrameType) -> dict:
     Before Python 3.13, reading ``frame.f_locals`` of a function frame fills a dict cached on
     the frame, which keeps every local alive until the frame ends, even after the user's own
     ``del``: a leak we would cause. So the cache is emptied again after the copy (the next
-    reader, a debugger say, refills it from the real locals first). Module frames share their
-    dict with the globals and are never touched; from 3.13 on ``f_locals`` is a live view.
+    reader, a debugger say, refills it from the real locals first). But that dict is also what
+    the user's own ``locals()`` returned (``hparams = locals()``): when anyone besides the frame
+    holds it, it is theirs and is left as it is (refreshed, as their next ``locals()`` would).
+    Module frames share their dict with the globals and are never touched; from 3.13 on
+    ``f_locals`` is a live view.
     """
     live = frame.f_locals
     copy = dict(live)
     if sys.version_info < (3, 13) and frame.f_code.co_flags & inspect.CO_OPTIMIZED \
-            and isinstance(live, dict) and live is not frame.f_globals:
+            and isinstance(live, dict) and live is not frame.f_globals \
+            and sys.getrefcount(live) <= _FRAME_ONLY:
         live.clear()
     return copy
+
+
+def _frame_only_refs() -> int:
+    """References to a frame's f_locals dict when only the frame holds it, as counted inside
+    frame_locals (the frame's slot, the local name, getrefcount's argument)."""
+    def probe() -> int:
+        frame = sys._getframe()
+        live = frame.f_locals
+        return sys.getrefcount(live)
+    return probe()
+
+
+_FRAME_ONLY = _frame_only_refs()

@@ -22,9 +22,10 @@ import torch
 from torch import nn
 
 from .attributes import container_items
+from .directcall import DirectCalls, holder_in_frames, under_construction
 from .failures import classify, module_devices
 from .handles import HandleGroup, hook_of_ours
-from .locations import user_location, user_variable_name
+from .locations import code_location, user_variable_name
 
 _GraphModule = torch.fx.GraphModule
 try:  # parametrizations (spectral_norm, orthogonal, weight_norm's new form) run on .weight reads
@@ -119,7 +120,8 @@ class ModuleTracker:
         self.light_entry: Optional[tuple] = None  # (model, name) of a light forward running
         self.root_modules: dict = {}  # id -> weak ref of every module called at top level
         self._wrapped: set = set()    # ids of modules whose compiled call we wrapped
-        self.on_root_call: Optional[Callable[[nn.Module, str], None]] = None
+        self.on_root_call: Optional[Callable[..., None]] = None
+        self.direct = DirectCalls(self, _peek_sequence_nr)  # model.forward(x) called directly
 
     # -- set-up --------------------------------------------------------------------------------
     def add_model(self, model: nn.Module, label: Optional[str] = None) -> str:
@@ -150,6 +152,7 @@ class ModuleTracker:
 
     def clear_references(self) -> None:
         """Drop every strong reference to user objects (called when the session ends)."""
+        self.direct.flush()
         self._names.clear()
         self._transient.clear()
         # The error (and its traceback's frames) is let go; its id stays to be compared with
@@ -175,6 +178,28 @@ class ModuleTracker:
     def in_forward(self) -> bool:
         return bool(self._stack) or self.light_entry is not None
 
+    def count_call(self, model: str, name: str, module: nn.Module) -> None:
+        """A call the hooks did not see (a forward called directly): counted all the same."""
+        rec = self.records.get((model, name))
+        if rec is None:
+            rec = self.records[(model, name)] = ModuleRecord(model, name, type(module).__name__,
+                                                              True)
+        rec.calls += 1
+
+    def add_range(self, start: int, end: int, model: str, name: str) -> None:
+        """Ops numbered ``start`` to ``end`` belong to ``model.name`` (a directly-called
+        module's op, seen by the op watch)."""
+        if self.record_ranges and end > start and threading.get_ident() == self._owner:
+            self._ranges.append((start, end, model, name))
+
+    def running(self, module: nn.Module) -> bool:
+        """Is ``module``'s forward on this thread's stack (called through ``__call__``)?"""
+        return any(entry[0] is module for entry in self._stack)
+
+    def current_module(self) -> Optional[nn.Module]:
+        """The innermost module whose forward is running now, or None."""
+        return self._stack[-1][0] if self._stack else None
+
     def current(self) -> Optional[tuple]:
         """``(model, name)`` of the innermost forward running now (in a light forward: the
         model), or None."""
@@ -194,7 +219,16 @@ class ModuleTracker:
             # loop) would otherwise become a new model, kept alive, each step.
             self._overflow += 1
             return (module, f"<{type(module).__name__}>", "")
-        label = self._unique_label(self._explicit_labels.get(id(module)) or _guess_label(module))
+        explicit = self._explicit_labels.get(id(module))
+        if explicit is None and user_variable_name(module) is None:
+            # ``model.encoder(x)`` from the loop: name it inside the model the loop holds
+            _, container = _quietly(holder_in_frames, module, sys._getframe(1)) or (None, None)
+            if container is not None and id(container[1]) not in self._names:
+                self.add_model(container[1], container[0])
+                known = self._names.get(id(module))
+                if known is not None and known[0] is module:
+                    return known
+        label = self._unique_label(explicit or _guess_label(module))
         inner = unwrap(module)
         compiled = compiled_parts(module)
         if compiled:
@@ -287,7 +321,7 @@ class ModuleTracker:
                 rec = self.records.get(key)
                 if rec is None:
                     rec = self.records[key] = ModuleRecord(
-                        parent[1], full, type(sub).__name__, False, location=user_location(),
+                        parent[1], full, type(sub).__name__, False, location=code_location(),
                         has_parameters=bool(sub._parameters))
                 elif rec.last is not None and rec.last() is not sub:
                     rec.objects += 1  # a new object under the same name: rebuilt every call
@@ -316,8 +350,13 @@ class ModuleTracker:
     def unmute(self) -> None:
         """Backward calls and optimizer steps never run inside a parametrization: a muting
         left over by an exception that skipped the post hooks (KeyboardInterrupt, SystemExit
-        are not Exceptions) ends here."""
+        are not Exceptions) ends here. Nor inside a forward called directly: its range ends."""
         self._muted_depth.pop(threading.get_ident(), None)
+        self.direct.flush()
+
+    def muted(self) -> bool:
+        """Inside a parametrization run outside any forward (see _muted), or our own walk."""
+        return self.paused or bool(self._muted_depth.get(threading.get_ident(), 0))
 
     def _muted(self, module: nn.Module, entering: bool) -> bool:
         """Inside a parametrization computing ``module.weight`` outside any forward (when
@@ -345,9 +384,23 @@ class ModuleTracker:
         entry = self._names.get(id(module))
         if entry is None or entry[0] is not module:
             entry = self._transient.get(id(module))
-            if entry is None or entry[0] is not module:
-                entry = (self._name_unregistered(module, stack[-1]) if stack
-                         else self._register_root(module))
+            if entry is not None and entry[0] is not module:
+                entry = None
+        if not stack and entry is None and _quietly(under_construction, sys._getframe(1)):
+            return  # called while a model is built (its __init__ sizing a layer): not a forward
+        if not stack and (entry is None or not (entry[2] == "" or entry[2].startswith("<"))):
+            # No forward is running, and this is not a whole model: is a module's forward (or
+            # other method) running without __call__ (model.forward(x))? Then it is a part.
+            entry = _quietly(self.direct.enter, module, sys._getframe(1)) or entry
+        elif stack and self.direct.nested and entry is not None and entry[1] == stack[-1][1] \
+                and entry[2].rpartition(".")[0] != stack[-1][2]:
+            # a grandchild called while only its grandparent's forward runs: either the
+            # parent's forward was called directly (self.enc.forward(x)), or the running
+            # module indexes into a container (self.layers[0](x)); the frame tells
+            _quietly(self.direct.nested_call, module, stack[-1][0], sys._getframe(1))
+        if entry is None:
+            entry = (self._name_unregistered(module, stack[-1]) if stack
+                     else self._register_root(module))
         if self._is_batchnorm(type(module)) and (
                 module.training or (module.running_mean is None and module.running_var is None)):
             # batch statistics: training mode, or a norm that tracks no running statistics
@@ -370,7 +423,7 @@ class ModuleTracker:
         model = self.models.get(entry[1])
         if self.on_root_call is not None and model is not None \
                 and (entry[2] == "" or entry[2].startswith("<")):
-            self.on_root_call(model, entry[1])
+            self.on_root_call(model, entry[1], args)
 
     def entry_of(self, module: nn.Module) -> Optional[tuple]:
         """``(module, model, name)`` of a module named so far, else None."""
@@ -414,6 +467,7 @@ class ModuleTracker:
                 rec.output = type(output).__name__
         if not stack:
             self._transient.clear()
+            self.direct.child_done()
 
     def _is_batchnorm(self, cls: type) -> bool:
         known = self._norm_types.get(cls)
@@ -522,6 +576,15 @@ def flatten_ranges(ranges: list) -> tuple:
     while stack:
         emit(stack.pop()[1], stack[-1][2] if stack else None)
     return bounds, owners
+
+
+def _quietly(fn: Callable, *args: Any) -> Any:
+    """Naming help that must never raise inside the user's module call (a module half built,
+    an odd frame): without it, the call is named the plain way."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - naming is a nicety; the user's call is not
+        return None
 
 
 def _guess_label(module: nn.Module) -> str:

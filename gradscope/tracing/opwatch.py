@@ -23,6 +23,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .failures import sequence_nr
+from .modules import _peek_sequence_nr
+from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
@@ -50,9 +52,19 @@ MAX_BROADCASTS = 50
 _ITERATIONS = {"__iter__", "unbind"}
 MIN_ITERATED_ROWS = 16
 MAX_ITERATION_SITES = 50
+# Layer functions: run while no forward is, they come from a module's forward called directly
+# (``model.head.forward(x)``), which no module hook sees (directcall.py attributes them).
+_LAYER_FUNCS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
+                "conv_transpose2d", "conv_transpose3d", "embedding", "embedding_bag",
+                "layer_norm", "group_norm", "batch_norm", "instance_norm", "rms_norm", "lstm",
+                "gru", "rnn_tanh", "rnn_relu", "multi_head_attention_forward", "prelu"}
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
+
+
+def _peek_seq() -> int:
+    return _peek_sequence_nr() if _peek_sequence_nr is not None else 0
 
 
 def _device_str(device: Any) -> str:
@@ -79,6 +91,8 @@ class OpWatch(TorchFunctionMode):
         self.loss_sites: dict = {}       # (loss function, file:line) -> calls
         self.broadcasts: dict = {}       # (op, file:line, shapes) -> record
         self.iterations: dict = {}       # (file:line, rows) -> calls
+        # cuts of the graph, requires_grad switches, functional dropout and softmax calls
+        self.history = HistoryRecorder(tracker, lambda: (0, 0))
         self._active = True
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
@@ -90,10 +104,22 @@ class OpWatch(TorchFunctionMode):
             return func(*args, **kwargs)
         name = getattr(func, "__name__", "")
         before = None
+        layer = nested = None
+        if name in _LAYER_FUNCS and self.tracker is not None:
+            if not self.tracker.in_forward():
+                layer = True
+                self._guarded(name, self.tracker.direct.leaf_op, sys._getframe(1))
+            else:  # inside a forward: from a submodule whose forward was called directly?
+                nested = self._guarded(name, self.tracker.direct.nested_op, sys._getframe(1))
+                start = _peek_seq() if nested else None
         if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
                 or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
             before = self._guarded(name, self._before_inplace, args)
         result = func(*args, **kwargs)
+        if layer:
+            self._guarded(name, self.tracker.direct.child_done)
+        elif nested:  # that op is the directly-called module's
+            self.tracker.add_range(start, _peek_seq(), *nested)
         if before is not None:
             self._guarded(name, self._note_inplace, name, before)
         if name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES:
@@ -104,6 +130,8 @@ class OpWatch(TorchFunctionMode):
             self._guarded(name, self._note_broadcast, name, args, kwargs, result)
         elif name in _ITERATIONS:
             self._guarded(name, self._note_iteration, args)
+        if name in _HISTORY_NAMES:
+            self._guarded(name, self.history.note, name, func, args, kwargs, result)
         return result
 
     def _note_iteration(self, args: tuple) -> None:
@@ -182,6 +210,7 @@ class OpWatch(TorchFunctionMode):
     def stop(self) -> None:
         self._active = False
         self.tracker = None  # nothing of the run stays reachable from the mode
+        self.history.stop()
 
     # -- device copies -------------------------------------------------------------------------
     def _note_transfer(self, name: str, args: tuple, kwargs: dict, result: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from torch import nn
 
 from .handles import HandleGroup, hook_of_ours
-from .locations import user_location
+from .locations import code_location
 from .modules import ModuleTracker
 
 
@@ -44,7 +44,7 @@ class RegistrationRecorder:
         key = self._key_of(module)
         if key is None:
             parent = self.tracker.current()
-            key = (type(module).__name__, user_location())
+            key = (type(module).__name__, code_location())
             rec = self.constructions.get(key)
             if rec is None:
                 rec = self.constructions[key] = {

@@ -76,6 +76,8 @@ class WarningRelocator:
         if frame is None:
             return None
         frame = frame.f_back
+        while frame is not None and frame.f_code.co_filename == self.site_file:
+            frame = frame.f_back  # our own helpers around the call: never the warning's site
         if frame is not None and frame.f_code.co_name == "handle_torch_function" \
                 and frame.f_code.co_filename.endswith(_OVERRIDES):
             # A Python-level torch function (F.softmax, F.mse_loss) handed its call to the

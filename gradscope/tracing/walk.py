@@ -39,7 +39,8 @@ class _Strings(dict):
 class _TypeInfo:
     """What the walk learned about one autograd node class, computed once per class."""
 
-    __slots__ = ("name", "saved_attrs", "python_function", "is_leaf", "has_saved", "special")
+    __slots__ = ("name", "saved_attrs", "saved_fields", "python_function", "is_leaf",
+                 "has_saved", "special")
 
     def __init__(self, fn: Any, attributed: bool = False, saved: bool = True) -> None:
         self.name = type(fn).__name__
@@ -49,9 +50,10 @@ class _TypeInfo:
         # sizes are not activation memory. Told by name, not by reading a value: a read
         # unpacks the tensor, which under checkpointing re-runs a forward.
         names = set(dir(fn))
+        self.saved_attrs = tuple(sorted(a for a in names
+                                        if a.startswith("_saved_") and "_raw" + a in names))
         # (attribute, its _raw_ twin, the name shown): strings built once per class
-        self.saved_attrs = tuple((a, "_raw" + a, a[len("_saved_"):]) for a in sorted(
-            a for a in names if a.startswith("_saved_") and "_raw" + a in names))
+        self.saved_fields = tuple((a, "_raw" + a, a[len("_saved_"):]) for a in self.saved_attrs)
         self.has_saved = bool(self.saved_attrs) or self.python_function
         # Does a node of this class need more than op and shape? Most of a big graph does not.
         self.special = self.is_leaf or attributed or (saved and self.has_saved)
@@ -128,8 +130,8 @@ class AutogradWalker:
                 try:
                     meta = fn._input_metadata
                     m = meta[0]
-                    node = new_node(dst, info.name, None, None, tuple(m.shape), strs[m.dtype],
-                                    strs[m.device], None, None, None, len(meta))
+                    node = new_node(dst, info.name, None, None, tuple(map(int, m.shape)),
+                                    strs[m.dtype], strs[m.device], None, None, None, len(meta))
                 except Exception:  # noqa: BLE001 - no outputs, symbolic shape, older torch
                     node = self._node_without_fast_metadata(dst, info.name, fn)
                     shapes = self._has_metadata
@@ -195,7 +197,7 @@ class AutogradWalker:
         m = meta[0]
         node.outputs = len(meta)
         try:
-            node.shape = tuple(m.shape)
+            node.shape = tuple(map(int, m.shape))  # a jagged dim is a SymInt: not plain data
         except Exception:  # noqa: BLE001 - nested / symbolic shapes
             node.shape = None
         node.dtype = self._str_cache[m.dtype]
@@ -245,7 +247,7 @@ class AutogradWalker:
             for k, t in enumerate(values):
                 self._add_saved(out, f"saved_tensors[{k}]", t)
             return out
-        for attr, raw_attr, name in info.saved_attrs:
+        for attr, raw_attr, name in info.saved_fields:
             try:
                 raw = getattr(fn, raw_attr)
                 if _hooked(raw):
@@ -299,8 +301,8 @@ class AutogradWalker:
         counted = key not in self._storages and not elsewhere
         self._storages.add(key)
         try:
-            shape = tuple(t.shape)
-        except RuntimeError:  # nested tensors have no single shape
+            shape = tuple(map(int, t.shape))
+        except Exception:  # nested tensors have no single shape, or a ragged SymInt one
             shape = None
         # tuple.__new__: a NamedTuple's own constructor is a Python function, slow per tensor
         out.append(_new_tuple(SavedTensor, (name, shape, self._str_cache[t.dtype], nbytes,

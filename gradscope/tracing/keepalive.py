@@ -1,0 +1,329 @@
+"""Graphs kept alive across steps by the user's own variables.
+
+Two patterns users post as "memory keeps growing" or "Trying to backward through the graph a
+second time":
+
+- **a variable that accumulates history**: ``total_loss += loss`` (or an EMA of the loss, or
+  ``losses.append(loss)``) chains every step's graph onto the last. Seen by looking, now and
+  then, at the variables of the frames that call a model: a tensor whose history contains the
+  node that variable held at the previous look, built across a backward call, is a chain; a
+  list that keeps growing and holds tensors with history from before a backward call keeps
+  every step's graph.
+- **an input carried into the next forward with its history**: an RNN's hidden state passed
+  to the next batch without ``.detach()``. Seen at each forward of a model: a tensor argument
+  whose ``grad_fn`` is older than the last backward call. That alone is normal (a GAN feeds
+  ``fake`` to the discriminator after the generator's graph was made); it explains a failure
+  (backward through a freed graph, or weights changed in place by the step in between) and,
+  with a chain, growth.
+
+The looks are spread out (forward calls 2, 3, 4, 6, 9, 13, ...: about 20 looks in 10,000
+steps), each a copy of a few frames' variables; a chain costs a walk of the nodes made since
+the previous look. Everything recorded is plain data: names, counts, ``file:line``.
+"""
+from __future__ import annotations
+
+import ast
+import bisect
+import functools
+import linecache
+import sys
+from typing import Any, Callable, Optional
+
+import torch
+
+from .failures import sequence_nr
+from .locations import display_path, frame_locals, is_installed_file, user_variable_name
+from .walk import _TypeInfo, _hooked, storage_key
+
+MAX_FRAMES = 4          # user frames looked at above a model call
+MAX_VARIABLES = 200     # candidate variables remembered
+MAX_LIST = 10_000       # longer containers are not looked into
+MAX_WALK = 200_000      # nodes walked to confirm or measure one chain
+MAX_CARRIED = 50
+MAX_LOOKS = 6           # confirmations per variable; the growth is measured by then
+
+
+class KeepAliveWatch:
+    """``backward_seqs``: the capture's list of autograd sequence numbers at each backward
+    call; ``counters()``: (backward calls, optimizer steps)."""
+
+    def __init__(self, backward_seqs: list, counters: Callable[[], tuple],
+                 step_seqs: Optional[list] = None) -> None:
+        self.backward_seqs = backward_seqs
+        self.step_seqs = step_seqs if step_seqs is not None else []
+        self.counters = counters
+        self.calls = 0
+        self._next_look = 2
+        self._last: dict = {}      # variable key -> what it held at the last look
+        self.kept: dict = {}       # variable key -> record
+        self.carried: dict = {}    # (model, arg, location) -> record
+        self._types: dict = {}
+
+    # -- at every model forward ----------------------------------------------------------------
+    def on_forward(self, label: str, args: Any, attribution: Callable[[], Any]) -> None:
+        self.calls += 1
+        if self.backward_seqs and len(self.carried) < MAX_CARRIED:
+            self._note_carried(label, args, attribution)
+        if self.calls >= self._next_look:
+            self._next_look = max(self.calls + 1, int(self.calls * 1.4))
+            self._look(sys._getframe(1))
+
+    def _note_carried(self, label: str, args: Any, attribution: Callable[[], Any]) -> None:
+        last = self.backward_seqs[-1]
+        for i, arg in enumerate(args if isinstance(args, tuple) else (args,)):
+            t = _first_with_history(arg)
+            if t is None:
+                continue
+            seq = sequence_nr(t.grad_fn)
+            if seq is None or seq >= last:
+                continue  # made since the last backward call: this step's own history
+            from .locations import user_location
+            location = user_location()
+            key = (label, i, location)
+            rec = self.carried.get(key)
+            if rec is None:
+                owner = attribution()(seq)
+                rec = self.carried[key] = {
+                    "model": label, "arg": i, "location": location,
+                    "name": user_variable_name(arg), "op": type(t.grad_fn).__name__,
+                    "made_by": owner[0] if owner else None, "count": 0,
+                    "first_backward": len(self.backward_seqs), "backwards": []}
+            rec["count"] += 1
+            if len(rec["backwards"]) < 64:
+                rec["backwards"].append(len(self.backward_seqs))
+
+    # -- looks at the callers' variables -------------------------------------------------------
+    def _look(self, frame: Any) -> None:
+        looked = 0
+        while frame is not None and looked < MAX_FRAMES:
+            if not is_installed_file(frame.f_code.co_filename):
+                looked += 1
+                self._look_at_frame(frame)
+            frame = frame.f_back
+
+    def _look_at_frame(self, frame: Any) -> None:
+        code = frame.f_code
+        module_level = code.co_name == "<module>"
+        scope = frame.f_globals if module_level else frame_locals(frame)
+        for var, value in list(scope.items()):
+            if var.startswith("__"):
+                continue
+            key = (code.co_filename, code.co_name, var)
+            if isinstance(value, torch.Tensor):
+                if value.grad_fn is not None:
+                    self._tensor(key, value, frame, module_level)
+            elif isinstance(value, (list, tuple)) and value and len(value) <= MAX_LIST:
+                self._container(key, value, frame, module_level)
+
+    def _tensor(self, key: tuple, t: torch.Tensor, frame: Any, module_level: bool) -> None:
+        seq = sequence_nr(t.grad_fn)
+        if seq is None:
+            return
+        now = {"seq": seq, "op": type(t.grad_fn).__name__, "counters": self.counters(),
+               "forwards": self.calls}
+        before = self._last.get(key)
+        if before is None and len(self._last) >= MAX_VARIABLES:
+            return
+        rec = self.kept.get(key)
+        if rec is not None and rec["looks"] >= MAX_LOOKS:
+            return  # its growth is measured: no more walks through an ever longer chain
+        self._last[key] = now
+        if before is None or before["seq"] == seq:
+            return  # first look, or the very same tensor
+        old = _reaches(t.grad_fn, before["seq"], before["op"])
+        if old is None:
+            return  # a new history (the next step's, say), not the old one grown
+        crossed = self._crossed(before["seq"], seq)
+        if rec is None:
+            rec = self.kept[key] = self._record("chain", key, frame, module_level, now["op"])
+            # what it held at the previous look, still inside it: growth from one look on
+            self._measure(rec, [old], before)
+        rec["looks"] += 1
+        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed[0])
+        rec["crossed_steps"] = max(rec["crossed_steps"], crossed[1])
+        self._measure(rec, [t.grad_fn], now)
+
+    def _container(self, key: tuple, items: Any, frame: Any, module_level: bool) -> None:
+        with_history = [t for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+        if not with_history:
+            return
+        seqs = [s for s in (sequence_nr(t.grad_fn) for t in with_history) if s is not None]
+        if not seqs:
+            return
+        now = {"len": len(items), "oldest": min(seqs), "newest": max(seqs),
+               "counters": self.counters(), "forwards": self.calls}
+        before = self._last.get(key)
+        if before is None and len(self._last) >= MAX_VARIABLES:
+            return
+        self._last[key] = now
+        if before is None or "len" not in before or now["len"] <= before["len"]:
+            return
+        crossed = self._crossed(now["oldest"], now["newest"])
+        rec = self.kept.get(key)
+        if rec is None:
+            rec = self.kept[key] = self._record("list", key, frame, module_level,
+                                                type(with_history[-1].grad_fn).__name__)
+            older = [t.grad_fn for t in list(items)[:before["len"]]
+                     if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+            self._measure(rec, older, before)  # the items it held at the previous look
+        rec["looks"] += 1
+        rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed[0])
+        rec["crossed_steps"] = max(rec["crossed_steps"], crossed[1])
+        rec["items"] = len(with_history)
+        self._measure(rec, [t.grad_fn for t in with_history], now)
+
+    def _crossed(self, old: int, new: int) -> tuple:
+        """(backward calls, optimizer steps) that began after node ``old`` was made and before
+        node ``new``: history carried across them was kept on purpose by nobody."""
+        def between(seqs: list) -> int:
+            return bisect.bisect_right(seqs, new) - bisect.bisect_right(seqs, old)
+        return between(self.backward_seqs), between(self.step_seqs)
+
+    def _record(self, kind: str, key: tuple, frame: Any, module_level: bool, op: str) -> dict:
+        path, function, var = key
+        line = update_line(path, frame.f_code.co_firstlineno, var, module_level, frame.f_lineno)
+        source = linecache.getline(path, line).strip()[:120] if line else None
+        return {"kind": kind, "name": var, "scope": "global" if module_level else "local",
+                "function": None if module_level else function,
+                "location": f"{display_path(path)}:{line or frame.f_lineno}",
+                "source": source or None,
+                "op": op, "looks": 0, "crossed_backwards": 0, "crossed_steps": 0,
+                "measures": []}
+
+    def _measure(self, rec: dict, fns: list, look: dict) -> None:
+        """Size of the history behind autograd nodes ``fns``, at the time of ``look``."""
+        nodes, saved = history_memory(fns, self._types)
+        measures = rec["measures"]
+        counters = look["counters"]
+        row = {"forwards": look["forwards"], "backward_calls": counters[0],
+               "optimizer_steps": counters[1], "nodes": nodes, "saved_bytes": saved,
+               "capped": nodes >= MAX_WALK}
+        if len(measures) < 2:
+            measures.append(row)
+        else:
+            measures[-1] = row  # the first and the latest: growth over the longest span
+
+    def records(self) -> list:
+        """Chains and growing lists (``kind`` "chain"/"list"), then carried inputs."""
+        return [dict(r) for r in self.kept.values()] + \
+            [{"kind": "carried", **r} for r in self.carried.values()]
+
+
+def _first_with_history(arg: Any) -> Optional[torch.Tensor]:
+    """The argument, or the first tensor of a (nested, shallow) tuple/list, with a grad_fn:
+    an LSTM's state is one ``(h, c)`` argument."""
+    if isinstance(arg, torch.Tensor):
+        return arg if arg.grad_fn is not None else None
+    if isinstance(arg, (tuple, list)) and len(arg) <= 8:
+        for item in arg:
+            found = _first_with_history(item) if not isinstance(item, (tuple, list)) \
+                or len(item) <= 8 else None
+            if found is not None:
+                return found
+    return None
+
+
+def _reaches(fn: Any, seq: int, op: str) -> Any:
+    """The node numbered ``seq`` (of type ``op``) in the history behind ``fn``, or None. A
+    node's inputs are older than it, so only nodes newer than ``seq`` are walked."""
+    todo = [fn]
+    seen = {id(fn)}
+    while todo and len(seen) < MAX_WALK:
+        node = todo.pop()
+        s = sequence_nr(node)
+        if s == seq and type(node).__name__ == op:
+            return node
+        if s is not None and s < seq:
+            continue
+        for nxt, _ in node.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                todo.append(nxt)
+    return None
+
+
+def history_memory(fns: list, types: dict) -> tuple:
+    """(autograd nodes, bytes of saved tensors still held) behind autograd nodes ``fns``,
+    bounded. Saved tensors held by hooks (checkpointing, offloading) are not unpacked, and
+    parameters are not counted: only what the kept graphs themselves hold."""
+    todo = [fn for fn in fns if fn is not None]
+    seen = {id(fn) for fn in todo}
+    storages: set = set()
+    saved = 0
+    while todo and len(seen) < MAX_WALK:
+        fn = todo.pop()
+        info = types.get(type(fn))
+        if info is None:
+            info = types[type(fn)] = _TypeInfo(fn)
+        if not info.is_leaf and not info.python_function:
+            for attr in info.saved_attrs:
+                try:
+                    if _hooked(getattr(fn, "_raw" + attr)):
+                        continue
+                    value = getattr(fn, attr)
+                except Exception:  # noqa: BLE001 - freed by its backward: nothing held
+                    continue
+                for v in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter):
+                        key, nbytes = storage_key(v)
+                        if key not in storages:
+                            storages.add(key)
+                            saved += nbytes
+        for nxt, _ in fn.next_functions:
+            if nxt is not None and id(nxt) not in seen:
+                seen.add(id(nxt))
+                todo.append(nxt)
+    return len(seen), saved
+
+
+@functools.lru_cache(maxsize=256)
+def _tree(path: str) -> Optional[ast.AST]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def update_line(path: str, first_line: int, var: str, module_level: bool,
+                near: int = 0) -> Optional[int]:
+    """The line where ``var`` is grown in the function starting at ``first_line`` (or at
+    module level): ``var += ...``, ``var = ... var ...``, ``var.append(...)``; not inside other
+    functions or classes defined there, and the one nearest ``near`` (the line running)."""
+    tree = _tree(path)
+    if tree is None:
+        return None
+    scope = tree
+    if not module_level:
+        scope = next((n for n in ast.walk(tree)
+                      if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      and (n.decorator_list[0].lineno if n.decorator_list else n.lineno)
+                      <= first_line <= n.lineno), None)
+        if scope is None:
+            return None
+    lines = []
+    todo = list(ast.iter_child_nodes(scope))
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue  # another scope: its `total` is another variable
+        line = _grows(node, var)
+        if line is not None:
+            lines.append(line)
+        todo.extend(ast.iter_child_nodes(node))
+    return min(lines, key=lambda k: (abs(k - near), k)) if lines else None
+
+
+def _grows(node: ast.AST, var: str) -> Optional[int]:
+    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) \
+            and node.target.id == var:
+        return node.lineno
+    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var
+                                            for t in node.targets):
+        if any(isinstance(n, ast.Name) and n.id == var for n in ast.walk(node.value)):
+            return node.lineno
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr in ("append", "extend", "insert") \
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == var:
+        return node.lineno
+    return None
