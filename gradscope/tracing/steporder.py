@@ -119,6 +119,10 @@ class StepOrderPatches:
         inner = "_clip_grads_with_norm_" in vars(clip_grad)
         if inner:
             self._patch(clip_grad, "_clip_grads_with_norm_", self._norm_helper_wrapper)
+            # its public name, which accelerate (Hugging Face's Trainer) calls itself
+            for module in _clip_modules():
+                if "clip_grads_with_norm_" in vars(module):
+                    self._patch(module, "clip_grads_with_norm_", self._norm_helper_wrapper)
         for module in _clip_modules():
             for name in _CLIP_NAMES:
                 if hasattr(module, name) and not (inner and name != "clip_grad_value_"):
