@@ -68,6 +68,11 @@ def test_accumulation_reads_as_deliberate_and_points_at_this_file(tmp_path, no_l
     found = _findings(report)
     assert "grad-accumulation" in found and found["grad-accumulation"].severity == "info"
     assert "missing-zero-grad" not in found
+    # the Trainer clips (max_grad_norm) and schedules in the right order: seen, and quiet
+    kinds = [e["kind"] for e in report.trace.events if e["kind"] in
+             ("backward", "clip", "step", "scheduler_step")]
+    assert kinds[:5] == ["backward", "backward", "clip", "step", "scheduler_step"]
+    assert not {"clip-grad-order", "scheduler-before-step", "dead-training"} & set(found)
     assert report.trace.optimizer_steps == 2 and report.trace.backward_calls == 4
     assert [s["backward_calls"] for s in report.trace.accumulation] == [2, 2]
     # every recorded place is this test file, never accelerate's or transformers' code

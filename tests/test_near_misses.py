@@ -299,3 +299,26 @@ def test_optimizers_built_per_step_do_not_pile_up_in_the_registry(no_leaks):
         assert len(list(scope._capture.optimizers.live())) <= 2
         assert len(scope._capture.optimizers._live) <= 2  # dead ones dropped, not skipped
     assert len(scope.report().trace.optimizers) == 50
+
+
+def test_a_state_kept_on_the_module_and_detached_each_forward(tmp_path):
+    quiet(tmp_path, """
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.out = nn.LSTM(12, 16, batch_first=True), nn.Linear(16, 4)
+            self.hidden = None
+
+        def forward(self, x):
+            if self.hidden is not None:
+                self.hidden = tuple(h.detach() for h in self.hidden)
+            out, self.hidden = self.rnn(x, self.hidden)
+            return self.out(out[:, -1])
+
+    model = LM()
+    opt = torch.optim.Adam(model.parameters())
+    for step in range(4):
+        opt.zero_grad()
+        F.cross_entropy(model(X.view(4, 8, 12)), Y[:4]).backward()
+        opt.step()
+    """)

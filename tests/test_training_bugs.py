@@ -600,3 +600,116 @@ def test_a_nested_tensor_softmax_does_not_stop_the_report(tmp_path):
     """)
     assert error is None
     trace.to_json()  # plain data all the way (no SymInt in the records)
+
+
+def test_clip_after_step_under_watch_with_the_usual_import(no_leaks):
+    from torch.nn.utils import clip_grad_norm_  # imported before the session opens
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(2):
+            opt.zero_grad()
+            model(torch.randn(3, 4)).sum().backward()
+            opt.step()
+            clip_grad_norm_(model.parameters(), 1.0)
+    [f] = found(scope.report().trace, "clip-grad-order")
+    assert f.data == {"calls": 2, "misplaced": 2, "why": "after-step"}
+    assert "test_training_bugs.py" in f.location
+
+
+@pytest.mark.parametrize("loss, words", [
+    ("((torch.round(torch.sigmoid(model(X)[:, 0])) - (Y > 1).float()) ** 2).mean()",
+     "`torch.round`"),
+    ("F.nll_loss(torch.log(F.softmax(model(X[:1]), dim=0)), Y[:1])", "constant 1"),
+])
+def test_dead_training_on_gradients_that_are_all_zero(tmp_path, loss, words):
+    trace, _, _ = run(tmp_path, loop(f"loss = {loss}"))
+    [f] = found(trace, "dead-training")
+    assert f.data["zero_gradients"] and words in f.message
+
+
+def test_a_threshold_loss_names_the_comparison(tmp_path):
+    trace, _, source = run(tmp_path, loop(
+        "pred = (torch.sigmoid(model(X)[:, 0]) > 0.5).float()  # <-\n"
+        "loss = F.mse_loss(pred, (Y > 1).float())\n"
+        "loss.requires_grad = True"))
+    [f] = found(trace, "dead-training")
+    assert "a comparison (`>`" in f.message
+    assert f.location.endswith(f"train.py:{line(source, '# <-')}")
+
+
+@pytest.mark.parametrize("accumulate, variable", [
+    ("stats['loss'] += loss  # <-", "stats['loss']"),
+    ("history['loss'].append(loss)  # <-", "history['loss']"),
+    ("meter.update(loss)  # <-", "meter.total"),
+])
+def test_accumulators_in_dicts_and_objects(tmp_path, accumulate, variable):
+    trace, _, source = run(tmp_path, f"""
+class Meter:
+    def __init__(self):
+        self.total = 0.0
+    def update(self, value):
+        self.total += value
+model = mlp()
+opt = torch.optim.Adam(model.parameters())
+stats, history, meter = {{"loss": 0.0}}, {{"loss": []}}, Meter()
+for step in range(10):
+    opt.zero_grad()
+    loss = F.cross_entropy(model(X), Y)
+    loss.backward()
+    opt.step()
+    {accumulate}
+""")
+    [f] = found(trace, "graph-kept-alive")
+    assert f.data["variable"] == variable
+    assert f.location.endswith(f"train.py:{line(source, '# <-')}")
+
+
+def test_validation_without_no_grad_inside_a_training_script(tmp_path):
+    trace, _, source = run(tmp_path, """
+        model = mlp()
+        opt = torch.optim.Adam(model.parameters())
+        def validate():
+            model.eval()
+            val_loss = 0
+            for i in range(0, 32, 4):
+                val_loss += F.cross_entropy(model(X[i:i + 4]), Y[i:i + 4])  # <-
+            model.train()
+            return float(val_loss)
+        for epoch in range(2):
+            for step in range(3):
+                opt.zero_grad()
+                F.cross_entropy(model(X), Y).backward()
+                opt.step()
+            validate()
+    """)
+    [f] = found(trace, "graph-kept-alive")
+    assert "torch.no_grad()" in f.hint and f.data["unit"] == "forward"
+    assert f.location.endswith(f"train.py:{line(source, '# <-')}")
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_an_rnn_state_kept_on_the_module(tmp_path, retain):
+    trace, error, _ = run(tmp_path, f"""
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn, self.out = nn.GRU(12, 16, batch_first=True), nn.Linear(16, 4)
+                self.hidden = None
+
+            def forward(self, x):
+                out, self.hidden = self.rnn(x, self.hidden)  # never detached
+                return self.out(out[:, -1])
+
+        model = LM()
+        opt = torch.optim.Adam(model.parameters())
+        for step in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(X.view(4, 8, 12)), Y[:4]).backward(retain_graph={retain})
+            opt.step()
+    """)
+    assert error is not None
+    [f] = found(trace, "graph-kept-alive")
+    assert f.data["explains_failure"] and "`model.hidden`" in f.message
+    assert "self.hidden = tuple(h.detach()" in f.hint
+    assert found(trace, "inplace-modified") == [] and found(trace, "plain-container") == []

@@ -17,6 +17,13 @@ CUT_NAMES = {
     "__int__": "`int(t)` (a Python number)",
     "argmax": "`argmax` (integer indices have no gradient)",
     "argmin": "`argmin` (integer indices have no gradient)",
+    **{op: f"a comparison (`{sym}`: True/False has no gradient)" for op, sym in (
+        ("gt", ">"), ("__gt__", ">"), ("greater", ">"), ("lt", "<"), ("__lt__", "<"),
+        ("less", "<"), ("ge", ">="), ("__ge__", ">="), ("greater_equal", ">="),
+        ("le", "<="), ("__le__", "<="), ("less_equal", "<="), ("eq", "=="), ("__eq__", "=="),
+        ("ne", "!="), ("__ne__", "!="))},
+    **{op: f"`torch.{op}` (its derivative is zero almost everywhere)"
+       for op in ("round", "floor", "ceil", "sign", "sgn", "trunc", "fix")},
 }
 _RANK = {op: k for k, op in enumerate(CUT_NAMES)}
 

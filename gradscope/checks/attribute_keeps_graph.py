@@ -16,7 +16,7 @@ def run(trace) -> list:
     # history that survived a backward call: built before it and extended after it (a
     # tensor kept for the loss or for plotting holds one step's graph, and is fine)
     items = [a for a in trace.attributes
-             if a["kind"] in ("tensor", "buffer") and a.get("backwards_crossed", 0) > 0]
+             if a["kind"] in ("tensor", "buffer", "container") and a.get("backwards_crossed", 0) > 0]
     if not items:
         return []
     paths = [f"{module_path(a['model'], a['module'])}.{a['attr']}" for a in items]
@@ -27,7 +27,7 @@ def run(trace) -> list:
     return [Finding(
         "attribute-keeps-graph", "warning",
         f"{names_list(paths)} {'hold' if many else 'holds'} autograd history "
-        f"(requires_grad=True, grad_fn={worst['grad_fn']}): computed from the activations "
+        f"(requires_grad=True{', grad_fn=' + worst['grad_fn'] if worst.get('grad_fn') else ''}): computed from the activations "
         f"without .detach(), {'they keep' if many else 'it keeps'} the graphs that produced "
         f"{'them' if many else 'it'} alive, {worst['history']:,} autograd nodes{after}. Each "
         "forward chains a new graph onto the old one, so the chain and the memory it holds "

@@ -57,7 +57,8 @@ def _cause(trace, backward_index: Optional[int]) -> dict:
     if not no_grad:
         limit = switch.get("order", 0) if switch else float("inf")
         cuts = [c for c in at_backward(trace.cuts, backward_index)
-                if c.get("order", 0) < limit and c.get("upstream_parameters")]
+                if c.get("order", 0) < limit and c.get("upstream_parameters")
+                and not c.get("flat")]
         if cuts:
             cut = max(cuts, key=lambda c: c.get("order", 0))  # the one nearest the loss
             parts.append(f"the loss was built from {cut_phrase(cut)}, which leaves autograd")
@@ -158,11 +159,56 @@ def _failed(trace, failure: dict) -> Finding:
         data={"explains_failure": True, "cause_location": cause.get("location")})
 
 
+def _flat_cause(trace) -> tuple:
+    """(sentence, line) for gradients that are all exactly zero: an op with a zero derivative
+    on the way to the loss (round, sign, a comparison), or a softmax over a dimension of
+    size 1 (always 1)."""
+    flats = [c for c in trace.cuts if c.get("flat") and c.get("upstream_parameters")]
+    if flats:
+        c = max(flats, key=lambda c: c.get("order", 0))
+        return f"the loss goes through {cut_phrase(c)}", c.get("location")
+    for n in trace.graph.nodes:
+        dim = (trace.node_args.get(n.id) or {}).get("dim")
+        if dim is not None and n.shape and -len(n.shape) <= dim < len(n.shape) \
+                and n.shape[dim] == 1:
+            sites = [c["location"] for c in trace.softmax_calls if c.get("location")]
+            where = f" at {sites[0]}" if len(sites) == 1 else ""
+            return (f"a {n.op.replace('Backward0', '').lower()} over dim {dim}{where}, of "
+                    f"size 1 in its {'x'.join(map(str, n.shape))} input, is constant 1"), \
+                (sites[0] if len(sites) == 1 else None)
+    return "", None
+
+
+def _zero_gradients(trace) -> list:
+    """Steps that received gradients, all exactly zero in every step recorded."""
+    norms = trace.gradients.get("grad_norms") or {}
+    values = [v for series in norms.values() for v in series if v is not None]
+    steps = [s for s in trace.accumulation if s.get("received")]
+    if len(steps) < 2 or not values or any(v != 0.0 for v in values):
+        return []
+    cause, location = _flat_cause(trace)
+    first = steps[0]
+    model = optimizer_model(trace)
+    return [Finding(
+        "dead-training", "error",
+        f"{first['optimizer']}.step() at {first['location']} received gradients for "
+        f"{first['received']} parameter(s){' of ' + model if model else ''}, but every one "
+        f"of them was exactly 0 in all {len(steps)} steps recorded, so nothing changes."
+        + (f" Cause: {cause}." if cause else " The loss is flat in the parameters: an op "
+           "with a zero derivative (round, sign, a comparison) sits between them and the "
+           "loss."),
+        hint="Train on a differentiable surrogate: the raw logits or probabilities "
+             "(F.cross_entropy(logits, y), torch.sigmoid(out)) instead of rounded or "
+             "thresholded values, and softmax over a dimension with more than one entry.",
+        module=model, location=location or first["location"],
+        data={"zero_gradients": True, "steps": len(steps), "cause_location": location})]
+
+
 def run(trace) -> list:
     out = []
     if (trace.failure or {}).get("kind") == "no-grad-loss":
         out.append(_failed(trace, trace.failure))
-    out.extend(_dead_steps(trace))
+    out.extend(_dead_steps(trace) or _zero_gradients(trace))
     return out
 
 

@@ -29,6 +29,16 @@ STATE_HINT = ("Detach the carried state between batches (truncated backpropagati
               "next forward. " + RETAIN_NOTE)
 
 
+def _state_hint(c: dict) -> str:
+    if c.get("kind") != "attribute":
+        return STATE_HINT
+    attr = c["name"].rsplit(".", 1)[-1]
+    return (f"Detach the state kept on the module before it is used again: self.{attr} = "
+            f"tuple(h.detach() for h in self.{attr}) (or self.{attr} = self.{attr}.detach() "
+            "for one tensor) at the start of forward, truncated backpropagation through time. "
+            + RETAIN_NOTE)
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1024 or unit == "GB":
@@ -38,12 +48,21 @@ def _human(n: float) -> str:
 
 
 def _carried_into(trace, backward_index: int) -> Optional[dict]:
-    """The input carried with old history into the forward that fed backward ``index``."""
+    """The input carried with old history into the forward that fed backward ``index``, or
+    a module attribute holding history across backward calls (``self.hidden`` kept on the
+    model, the state never detached), as the same kind of record."""
     hits = [r for r in trace.kept_graphs if r.get("kind") == "carried"
             and backward_index - 1 in (r.get("backwards") or ())]
-    if not hits:
+    if hits:
+        return max(hits, key=lambda r: (r.get("made_by") == r.get("model"), r.get("count", 0)))
+    held = [a for a in trace.attributes if a.get("backwards_crossed", 0) > 0
+            and a.get("kind") in ("tensor", "buffer", "container")]
+    if not held:
         return None
-    return max(hits, key=lambda r: (r.get("made_by") == r.get("model"), r.get("count", 0)))
+    a = max(held, key=lambda a: a.get("history", 0))
+    path = f"{a['model']}.{a['module'] + '.' if a['module'] else ''}{a['attr']}"
+    return {"kind": "attribute", "model": a["model"], "name": path, "made_by": a["model"],
+            "location": a.get("location"), "arg": None}
 
 
 def _last_backward(trace) -> tuple:
@@ -73,12 +92,13 @@ def _freed(trace, failure: dict) -> Optional[Finding]:
             location=where, data={"explains_failure": True})
     name = _name(c)
     if c.get("made_by") in (None, c["model"]):
+        passed = (f"kept on the model (assigned at {c['location']})" if c.get("kind") ==
+                  "attribute" else f"passed to {c['model']}'s forward at {c['location']}")
         message = (f"backward() at {where} failed (torch's 'Trying to backward through the "
-                   f"graph a second time'): {name}, passed to {c['model']}'s forward at "
-                   f"{c['location']}, still carries the autograd history of the previous "
-                   "batch, and the previous backward() freed that graph. A recurrent state "
-                   "carried across batches must be detached.")
-        hint = STATE_HINT
+                   f"graph a second time'): {name}, {passed}, still carries the autograd "
+                   "history of the previous batch, and the previous backward() freed that "
+                   "graph. A recurrent state carried across batches must be detached.")
+        hint = _state_hint(c)
     else:
         message = (f"backward() at {where} failed (torch's 'Trying to backward through the "
                    f"graph a second time'): {name} was made by {c['made_by']} before the "
@@ -111,10 +131,11 @@ def _retained(trace, c: dict) -> Finding:
     return Finding(
         "graph-kept-alive", "error",
         f"backward() at {where} failed with torch's in-place error because {_name(c)} was "
-        f"carried into {c['model']}'s forward at {c['location']} with the previous batch's "
+        f"carried {'on the model' if c.get('kind') == 'attribute' else 'into ' + c['model'] + chr(39) + 's forward'}"
+        f" ({c['location']}) with the previous batch's "
         f"history, kept alive by retain_graph=True at {c['retain_location']}: this backward "
         f"ran back into the previous batch, whose saved weights were changed in place since"
-        f"{step}.", hint=STATE_HINT, module=c["model"], location=c["location"],
+        f"{step}.", hint=_state_hint(c), module=c["model"], location=c["location"],
         data={"explains_failure": True, "carried": c})
 
 
@@ -133,6 +154,15 @@ def _growth(rec: dict) -> dict:
             "bytes": (last["saved_bytes"] - first["saved_bytes"]) / span if span else 0.0}
 
 
+def _evaluation(rec: dict) -> bool:
+    """Grown over forwards in eval mode with gradients on, no backward in between, and holding
+    saved activations: a validation loop without torch.no_grad()."""
+    m = rec["measures"]
+    return len(m) == 2 and all(x.get("eval") for x in m) \
+        and m[0]["backward_calls"] == m[1]["backward_calls"] \
+        and m[1]["saved_bytes"] > m[0]["saved_bytes"]
+
+
 def _growing(trace, explained: set) -> list:
     out = []
     model = next((m["label"] for m in trace.models if m.get("parameters")), None)
@@ -145,7 +175,8 @@ def _growing(trace, explained: set) -> list:
         # over one step's micro-batches, reset at the next step, is not
         crossed = rec.get("crossed_steps") if trace.optimizer_steps else \
             rec.get("crossed_backwards")
-        if not (crossed or (no_backward and rec.get("looks", 0) >= 3)):
+        evaluating = _evaluation(rec)
+        if not (crossed or evaluating or (no_backward and rec.get("looks", 0) >= 3)):
             continue
         if rec["name"] in explained:
             continue  # the failure's finding is about this variable already
@@ -162,7 +193,7 @@ def _growing(trace, explained: set) -> list:
         per = f"{g['nodes']:.0f} nodes per {g['unit']}"
         if g["bytes"] > 0:
             per += f", {_human(g['bytes'])} of saved activations per {g['unit']}"
-        if no_backward:
+        if no_backward or evaluating:
             text = (f"{var}, {scope}{site}, accumulates the autograd history of every forward, "
                     f"and no backward() consumes it: each batch's graph and the activations "
                     f"it saved stay in memory ({grew}: {per}).")

@@ -88,7 +88,8 @@ def scan_attributes(models: dict, backward_seqs: Any = ()) -> tuple:
                                                   backward_seqs))
                 elif isinstance(value, (list, tuple, dict, set)) and value:
                     rec = _container_record(label, qual, mod, attr, value, path, names,
-                                            registered_modules, registered_params)
+                                            registered_modules, registered_params,
+                                            backward_seqs)
                     if rec is not None:
                         records.append(rec)
     return records, names
@@ -142,10 +143,11 @@ def history_size(t: torch.Tensor, backward_seqs: Any = ()) -> tuple:
 
 
 def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: Any, path: str,
-                      names: dict, registered_modules: set, registered_params: set
-                      ) -> Optional[dict]:
+                      names: dict, registered_modules: set, registered_params: set,
+                      backward_seqs: Any = ()) -> Optional[dict]:
     modules, params, tensors = [], 0, 0
     hidden_params = 0
+    history, crossed, with_history = 0, 0, 0  # tensors holding autograd history (an RNN state)
     for key, item in container_items(value):
         if isinstance(item, nn.Module):
             own = id(item) in registered_modules
@@ -155,6 +157,12 @@ def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: A
                 names.setdefault(id(p), f"{path}{key}.{pname}")
                 if id(p) not in registered_params:
                     hidden_params += p.numel()
+        elif isinstance(item, torch.Tensor) and item.grad_fn is not None:
+            # an activation kept with its history (self.hidden = (h, c)): not a parameter
+            nodes, spanned = history_size(item, backward_seqs)
+            history, crossed = max(history, nodes), max(crossed, spanned)
+            with_history += 1
+            tensors += 1
         elif isinstance(item, torch.Tensor):
             names.setdefault(id(item), f"{path}{key}")
             if isinstance(item, nn.Parameter) or item.requires_grad:
@@ -163,9 +171,10 @@ def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: A
                     hidden_params += item.numel()
             else:
                 tensors += 1
-    if not modules and not params:
+    if not modules and not params and not with_history:
         return None
     return {"kind": "container", "model": label, "module": qual, "attr": attr,
             "type": type(mod).__name__, "container": type(value).__name__,
             "modules": modules, "parameters": params, "tensors": tensors,
-            "hidden_parameters": hidden_params, "location": assignment_location(mod, attr)}
+            "hidden_parameters": hidden_params, "location": assignment_location(mod, attr),
+            "with_history": with_history, "history": history, "backwards_crossed": crossed}

@@ -453,7 +453,8 @@ class Capture(steporder.StepOrderEvents):
                     (name, m) for name, m in model.named_modules() if _obeys_training(m)]
                 self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
             if grad and self._trainable[id(model)]:  # a model's forward, not a loss module's
-                self.keepalive.on_forward(label, args, self.tracker.attribution)
+                self._guard("a look for kept graphs", lambda: self.keepalive.on_forward(
+                    label, args, self.tracker.attribution, model.training))
             event = {"model": label, "training": model.training, "grad": grad,
                      "location": user_location()}
             if torch.is_inference_mode_enabled():

@@ -32,10 +32,16 @@ from .locations import display_path, is_installed_file, is_library_file, user_fr
 from .sourcecheck import DROPOUTS, SDPA, passes_mode
 
 CUT_OPS = {"detach", "tolist", "item", "numpy", "argmax", "argmin", "__float__", "__int__"}
+# Comparisons give booleans: no history (a loss from (sigmoid(out) > 0.5).float() is flat).
+COMPARISONS = {"gt", "lt", "ge", "le", "eq", "ne", "__gt__", "__lt__", "__ge__", "__le__",
+               "__eq__", "__ne__", "greater", "less", "greater_equal", "less_equal"}
+# Ops that keep history but whose derivative is zero (almost) everywhere: a loss built on
+# them trains nothing although every parameter "receives" a gradient.
+FLAT_OPS = {"round", "floor", "ceil", "sign", "sgn", "trunc", "fix"}
 FACTORIES = {"tensor", "as_tensor"}
 SWITCH_FACTORIES = {"tensor", "as_tensor", "scalar_tensor"}
 SOFTMAXES = {"softmax", "log_softmax"}
-NAMES = CUT_OPS | FACTORIES | SWITCH_FACTORIES | DROPOUTS | SOFTMAXES | {
+NAMES = CUT_OPS | COMPARISONS | FLAT_OPS | FACTORIES | SWITCH_FACTORIES | DROPOUTS | SOFTMAXES | {
     SDPA, "__get__", "__set__", "requires_grad_"}
 
 MAX_SITES = 100         # distinct sites kept per kind
@@ -78,8 +84,11 @@ class HistoryRecorder:
             if name in FACTORIES:
                 data = args[0] if args else kwargs.get("data")
                 self._cut(f"torch.{name}", data)
-            elif name in CUT_OPS:
-                self._cut(name, args[0] if args else None)
+            elif name in CUT_OPS or name in COMPARISONS or name in FLAT_OPS:
+                first = args[0] if args else None
+                if not isinstance(first, torch.Tensor) and len(args) > 1:
+                    first = args[1]  # 0.5 < t
+                self._cut(name, first, flat=name in FLAT_OPS)
             if name in SWITCH_FACTORIES and kwargs.get("requires_grad"):
                 data = args[0] if args else kwargs.get("data")
                 if not isinstance(data, torch.Tensor):
@@ -123,7 +132,7 @@ class HistoryRecorder:
         text = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
         return (text[:117] + "...") if len(text) > 120 else (text or None)
 
-    def _cut(self, op: str, t: Any) -> None:
+    def _cut(self, op: str, t: Any, flat: bool = False) -> None:
         if not isinstance(t, torch.Tensor) or not t.requires_grad:
             return
         location, current = self._where()
@@ -134,7 +143,8 @@ class HistoryRecorder:
             "module": current[1] if current else None, "in_forward": current is not None,
             "shape": shape_of(t),
             "grad_fn": type(t.grad_fn).__name__ if t.grad_fn is not None else None,
-            "count": 0, "backwards": [], "upstream_modules": [], "upstream_parameters": 0})
+            "count": 0, "backwards": [], "upstream_modules": [], "upstream_parameters": 0,
+            "flat": flat})
         if rec is not None and first:
             modules, count = self._upstream(t)
             rec["upstream_modules"], rec["upstream_parameters"] = modules, count

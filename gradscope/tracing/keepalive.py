@@ -27,6 +27,7 @@ import bisect
 import functools
 import linecache
 import sys
+import types
 from typing import Any, Callable, Optional
 
 import torch
@@ -40,7 +41,9 @@ MAX_VARIABLES = 200     # candidate variables remembered
 MAX_LIST = 10_000       # longer containers are not looked into
 MAX_WALK = 200_000      # nodes walked to confirm or measure one chain
 MAX_CARRIED = 50
-MAX_LOOKS = 6           # confirmations per variable; the growth is measured by then
+MAX_LOOKS = 6           # measured confirmations per chain; its growth is known by then
+EVAL_LOOKS = 6          # looks at the first forwards of an evaluation run without no_grad
+MAX_MEMBERS = 50        # entries of a dict / attributes of an object looked into
 
 
 class KeepAliveWatch:
@@ -54,18 +57,28 @@ class KeepAliveWatch:
         self.counters = counters
         self.calls = 0
         self._next_look = 2
+        self._eval_run = 0          # eval-mode forwards with grad enabled in a row
+        self._seen_now: set = set()
+        self._evaluating = False    # the look now is during one
         self._last: dict = {}      # variable key -> what it held at the last look
         self.kept: dict = {}       # variable key -> record
         self.carried: dict = {}    # (model, arg, location) -> record
         self._types: dict = {}
 
     # -- at every model forward ----------------------------------------------------------------
-    def on_forward(self, label: str, args: Any, attribution: Callable[[], Any]) -> None:
+    def on_forward(self, label: str, args: Any, attribution: Callable[[], Any],
+                   training: bool = True) -> None:
+        """A forward of a model with grad enabled. An eval-mode one with grad enabled is an
+        evaluation without torch.no_grad(): the first few of each such run are all looked at,
+        since a short validation loop falls between the spread-out looks."""
         self.calls += 1
         if self.backward_seqs and len(self.carried) < MAX_CARRIED:
             self._note_carried(label, args, attribution)
-        if self.calls >= self._next_look:
-            self._next_look = max(self.calls + 1, int(self.calls * 1.4))
+        self._eval_run = 0 if training else self._eval_run + 1
+        if self.calls >= self._next_look or 0 < self._eval_run <= EVAL_LOOKS:
+            if self.calls >= self._next_look:
+                self._next_look = max(self.calls + 1, int(self.calls * 1.4))
+            self._evaluating = not training
             self._look(sys._getframe(1))
 
     def _note_carried(self, label: str, args: Any, attribution: Callable[[], Any]) -> None:
@@ -94,6 +107,7 @@ class KeepAliveWatch:
 
     # -- looks at the callers' variables -------------------------------------------------------
     def _look(self, frame: Any) -> None:
+        self._seen_now = set()  # ids looked at in this look: one object, one record
         looked = 0
         while frame is not None and looked < MAX_FRAMES:
             if not is_installed_file(frame.f_code.co_filename):
@@ -108,25 +122,35 @@ class KeepAliveWatch:
         for var, value in list(scope.items()):
             if var.startswith("__"):
                 continue
-            key = (code.co_filename, code.co_name, var)
-            if isinstance(value, torch.Tensor):
-                if value.grad_fn is not None:
-                    self._tensor(key, value, frame, module_level)
-            elif isinstance(value, (list, tuple)) and value and len(value) <= MAX_LIST:
-                self._container(key, value, frame, module_level)
+            self._look_at_value((code.co_filename, code.co_name, var), value, frame,
+                                module_level)
+            # one level into dicts and the user's own objects: stats["loss"] += loss,
+            # history["loss"].append(loss), an AverageMeter's .sum, a Trainer's self.epoch_loss
+            for path, member in _members(var, value):
+                self._look_at_value((code.co_filename, code.co_name, path), member, frame,
+                                    module_level)
+
+    def _look_at_value(self, key: tuple, value: Any, frame: Any, module_level: bool) -> None:
+        if id(value) in self._seen_now:
+            return  # the same object under another name, in an outer frame (meter / losses)
+        if isinstance(value, (torch.Tensor, list, tuple)):
+            self._seen_now.add(id(value))
+        if isinstance(value, torch.Tensor):
+            if value.grad_fn is not None:
+                self._tensor(key, value, frame, module_level)
+        elif isinstance(value, (list, tuple)) and value and len(value) <= MAX_LIST:
+            self._container(key, value, frame, module_level)
 
     def _tensor(self, key: tuple, t: torch.Tensor, frame: Any, module_level: bool) -> None:
         seq = sequence_nr(t.grad_fn)
         if seq is None:
             return
         now = {"seq": seq, "op": type(t.grad_fn).__name__, "counters": self.counters(),
-               "forwards": self.calls}
+               "forwards": self.calls, "eval": self._evaluating}
         before = self._last.get(key)
         if before is None and len(self._last) >= MAX_VARIABLES:
             return
         rec = self.kept.get(key)
-        if rec is not None and rec["looks"] >= MAX_LOOKS:
-            return  # its growth is measured: no more walks through an ever longer chain
         self._last[key] = now
         if before is None or before["seq"] == seq:
             return  # first look, or the very same tensor
@@ -136,12 +160,17 @@ class KeepAliveWatch:
         crossed = self._crossed(before["seq"], seq)
         if rec is None:
             rec = self.kept[key] = self._record("chain", key, frame, module_level, now["op"])
-            # what it held at the previous look, still inside it: growth from one look on
+        if rec.get("tip") != before["seq"]:
+            # a chain seen for the first time, or started anew (the next epoch's val_loss):
+            # its growth is measured from what it held at the previous look
+            rec["measures"], rec["looks"] = [], 0
             self._measure(rec, [old], before)
+        rec["tip"] = seq
         rec["looks"] += 1
         rec["crossed_backwards"] = max(rec["crossed_backwards"], crossed[0])
         rec["crossed_steps"] = max(rec["crossed_steps"], crossed[1])
-        self._measure(rec, [t.grad_fn], now)
+        if rec["looks"] <= MAX_LOOKS:  # then its growth is known: no more walks of a long chain
+            self._measure(rec, [t.grad_fn], now)
 
     def _container(self, key: tuple, items: Any, frame: Any, module_level: bool) -> None:
         with_history = [t for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
@@ -151,7 +180,7 @@ class KeepAliveWatch:
         if not seqs:
             return
         now = {"len": len(items), "oldest": min(seqs), "newest": max(seqs),
-               "counters": self.counters(), "forwards": self.calls}
+               "counters": self.counters(), "forwards": self.calls, "eval": self._evaluating}
         before = self._last.get(key)
         if before is None and len(self._last) >= MAX_VARIABLES:
             return
@@ -197,7 +226,7 @@ class KeepAliveWatch:
         counters = look["counters"]
         row = {"forwards": look["forwards"], "backward_calls": counters[0],
                "optimizer_steps": counters[1], "nodes": nodes, "saved_bytes": saved,
-               "capped": nodes >= MAX_WALK}
+               "capped": nodes >= MAX_WALK, "eval": look.get("eval", False)}
         if len(measures) < 2:
             measures.append(row)
         else:
@@ -205,8 +234,28 @@ class KeepAliveWatch:
 
     def records(self) -> list:
         """Chains and growing lists (``kind`` "chain"/"list"), then carried inputs."""
-        return [dict(r) for r in self.kept.values()] + \
+        return [{k: v for k, v in r.items() if k != "tip"} for r in self.kept.values()] + \
             [{"kind": "carried", **r} for r in self.carried.values()]
+
+
+def _members(var: str, value: Any) -> list:
+    """(path, value) of the entries of a dict and the attributes of an object of the user's
+    own class (defined in the user's files: not a module, a tensor or a library's object),
+    one level deep. Never raises (lazy modules, proxies)."""
+    try:
+        if type(value) is dict:
+            items = list(value.items())[:MAX_MEMBERS]
+            return [(f"{var}[{k!r}]", v) for k, v in items if isinstance(k, (str, int))]
+        if isinstance(value, (torch.Tensor, torch.nn.Module, type, types.ModuleType,
+                              types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+            return []
+        source = getattr(sys.modules.get(type(value).__module__), "__file__", None)
+        if not source or is_installed_file(source) or "__dict__" not in dir(type(value)):
+            return []
+        attrs = list(object.__getattribute__(value, "__dict__").items())[:MAX_MEMBERS]
+    except Exception:  # noqa: BLE001 - an object that resists being looked at is not ours
+        return []
+    return [(f"{var}.{a}", v) for a, v in attrs if isinstance(a, str) and not a.startswith("_")]
 
 
 def _first_with_history(arg: Any) -> Optional[torch.Tensor]:
@@ -301,7 +350,8 @@ def update_line(path: str, first_line: int, var: str, module_level: bool,
                       <= first_line <= n.lineno), None)
         if scope is None:
             return None
-    lines = []
+    lines, calls = [], []
+    base = var.split(".")[0].split("[")[0]
     todo = list(ast.iter_child_nodes(scope))
     while todo:
         node = todo.pop()
@@ -310,20 +360,37 @@ def update_line(path: str, first_line: int, var: str, module_level: bool,
         line = _grows(node, var)
         if line is not None:
             lines.append(line)
+        elif base != var and _updates(node, base) is not None:
+            calls.append(node.lineno)
         todo.extend(ast.iter_child_nodes(node))
+    lines = lines or calls
     return min(lines, key=lambda k: (abs(k - near), k)) if lines else None
 
 
+def _text(node: ast.AST) -> str:
+    return ast.unparse(node) if isinstance(node, (ast.Name, ast.Attribute, ast.Subscript)) \
+        else ""
+
+
 def _grows(node: ast.AST, var: str) -> Optional[int]:
-    if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) \
-            and node.target.id == var:
+    """The line of ``var += ...``, ``var = ... var ...`` or ``var.append(...)``; ``var`` may
+    be a path (``self.epoch_loss``, ``stats['loss']``)."""
+    if isinstance(node, ast.AugAssign) and _text(node.target) == var:
         return node.lineno
-    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == var
-                                            for t in node.targets):
-        if any(isinstance(n, ast.Name) and n.id == var for n in ast.walk(node.value)):
+    if isinstance(node, ast.Assign) and any(_text(t) == var for t in node.targets):
+        if any(_text(n) == var for n in ast.walk(node.value)):
             return node.lineno
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
             and node.func.attr in ("append", "extend", "insert") \
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == var:
+            and _text(node.func.value) == var:
+        return node.lineno
+    return None
+
+
+def _updates(node: ast.AST, base: str) -> Optional[int]:
+    """The line of a method call on ``base`` (``losses.update(loss, n)``: an AverageMeter
+    growing its own ``.sum``)."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and _text(node.func.value) == base:
         return node.lineno
     return None

@@ -113,9 +113,19 @@ class StepOrderPatches:
         # A wrapper from an earlier install that someone else's wrapper kept in place must stay
         # a pass-through: it answers only to the install that made it (the generation).
         self.generation += 1
+        import torch.nn.utils.clip_grad as clip_grad
+        # clip_grad_norm_ looks its helper up at each call: wrapping the helper also sees the
+        # clip_grad_norm_ a program imported by name before gradscope started (watch)
+        inner = "_clip_grads_with_norm_" in vars(clip_grad)
+        if inner:
+            self._patch(clip_grad, "_clip_grads_with_norm_", self._norm_helper_wrapper)
+            # its public name, which accelerate (Hugging Face's Trainer) calls itself
+            for module in _clip_modules():
+                if "clip_grads_with_norm_" in vars(module):
+                    self._patch(module, "clip_grads_with_norm_", self._norm_helper_wrapper)
         for module in _clip_modules():
             for name in _CLIP_NAMES:
-                if hasattr(module, name):
+                if hasattr(module, name) and not (inner and name != "clip_grad_value_"):
                     self._patch(module, name, lambda f, g, n=name: self._clip_wrapper(f, g, n))
         for cls in _scheduler_classes():
             self._patch(cls, "step", self._scheduler_wrapper)
@@ -180,6 +190,21 @@ class StepOrderPatches:
             return patches._nested("clip_depth",
                                    lambda: original(parameters, *args, **kwargs))
         return clip
+
+    def _norm_helper_wrapper(self, original: Any, generation: int) -> Any:
+        patches = self
+
+        @pass_through
+        @functools.wraps(original)
+        def clip_grads_with_norm_(parameters: Any, max_norm: Any, *args: Any,
+                                  **kwargs: Any) -> Any:
+            if patches._listening(generation):
+                params = [parameters] if isinstance(parameters, torch.Tensor) \
+                    else list(parameters)  # (clip_grad_norm_ passes a list)
+                patches._tell("a gradient clipping call", "_on_clip", "clip_grad_norm_",
+                              params, max_norm)
+            return original(parameters, max_norm, *args, **kwargs)
+        return clip_grads_with_norm_
 
     def _scheduler_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
