@@ -26,7 +26,8 @@ from __future__ import annotations
 import math
 import weakref
 from math import isfinite
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, call, is_
 from typing import Any, Optional
 
 import torch
@@ -83,6 +84,7 @@ class _ParamState:
 
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
+_REF = attrgetter("ref")
 _ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
 MAX_FINGERPRINTS = 64
@@ -95,8 +97,7 @@ class GradientRecorder:
     def __init__(self) -> None:
         self._params: dict = {}          # id(param) -> _ParamState
         self._watched: list = []         # the same states, in order, for the passes
-        self._plist: list = []           # their parameters, in the same order
-        self._pids: list = []
+        self._pids: list = []            # ids of their parameters, in the same order
         self._uniform = UniformSteps()   # the counts all share while the loop is uniform
         self._before: Optional[list] = None  # (.grad ref, version) per state, during a backward
         self._backwards = 0              # backward calls seen since the last optimizer step
@@ -131,11 +132,8 @@ class GradientRecorder:
             return
         self._uniform.write_back(self._watched)
         state = self._params[id(param)] = _ParamState(param, name)
-        self._watched = [s for s in self._watched if s.ref() is not None] + [state]
-        # The passes read .grad through these (a weak reference each would cost a call per
-        # parameter); the session holds the models anyway, and finish() lets go of them.
-        self._plist = [s.ref() for s in self._watched]
-        self._pids = [id(p) for p in self._plist]
+        self._watched.append(state)
+        self._pids.append(id(param))
         self._step_params.clear()
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
@@ -165,7 +163,8 @@ class GradientRecorder:
         if stream_capturing():
             self._before = None
             return
-        grads = list(map(GRAD, self._plist))  # one C loop over the parameters
+        params = self._params_now()
+        grads = list(map(GRAD, params))  # one C loop over the parameters
         uniform = self._uniform
         if uniform.on:
             if uniform.before(grads):
@@ -194,6 +193,19 @@ class GradientRecorder:
                 self._fingerprint(state, grad)
         self._before = snapshot
 
+    def _params_now(self) -> list:
+        """The watched parameters, in order, through their weak references (one C loop); the
+        states of parameters that died (replaced, say) are dropped first."""
+        params = list(map(call, map(_REF, self._watched)))
+        if any(map(is_, params, repeat(None))):
+            self._uniform.write_back(self._watched)
+            self._watched = [s for s, p in zip(self._watched, params) if p is not None]
+            self._pids = [pid for pid, p in zip(self._pids, params) if p is not None]
+            params = [p for p in params if p is not None]
+            self._step_params.clear()
+            self._before = None  # this backward's snapshot no longer lines up
+        return params
+
     def _fingerprint(self, state: _ParamState, grad: torch.Tensor) -> None:
         if state.index is None or state.index.device != grad.device:
             state.index = _fingerprint_index(grad.numel(), grad.device)
@@ -210,7 +222,11 @@ class GradientRecorder:
         if snapshot is None or (snapshot is not _ALL_NONE and len(snapshot) != len(self._watched)):
             return  # not seen starting (CUDA graph capture), or parameters added meanwhile
         self._backwards += 1
-        grads = list(map(GRAD, self._plist))
+        watched = len(self._watched)
+        params = self._params_now()
+        if len(params) != watched:
+            return  # a parameter died meanwhile: the snapshot no longer lines up
+        grads = list(map(GRAD, params))
         seen = self.seen
         uniform = self._uniform
         if uniform.on:
@@ -219,13 +235,13 @@ class GradientRecorder:
                 return
             uniform.write_back(self._watched)
         if snapshot is _ALL_NONE:  # every .grad that exists now is this backward's
-            for state, param, grad in zip(self._watched, self._plist, grads):
+            for state, param, grad in zip(self._watched, params, grads):
                 if grad is not None:
                     state.since_step += 1
                     seen.add(id(param))
                     state.last_grad = weakref.ref(grad)
             return
-        for state, param, grad, before in zip(self._watched, self._plist, grads, snapshot):
+        for state, param, grad, before in zip(self._watched, params, grads, snapshot):
             if grad is None:
                 continue
             if before is None or before[0]() is not grad or before[1] != grad._version:
@@ -366,7 +382,7 @@ class GradientRecorder:
         # written by other code
         self._dead_training(step, serial, sum(map(_REQUIRES_GRAD, tensors)), len(pairs),
                             sum(1 for p in others if p.grad is not None))
-        uniform.stepped(new, list(map(GRAD, self._plist)))
+        uniform.stepped(new, list(map(GRAD, self._params_now())))
         self._backwards = 0
         return True
 
@@ -570,8 +586,7 @@ class GradientRecorder:
             state.last_grad = None
         self._uniform.write_back(self._watched)
         self._step_params.clear()
-        self._plist = []
-        self._pids = []
+
         self._before = None
 
     def snapshot(self) -> dict:
