@@ -344,8 +344,10 @@ class ModuleTracker:
         # registering them as models kept every replica (and its weights) alive and ran the
         # checks on them. Their work is the user's model's, which the wrapper's call records.
         # (Parametrizations run outside any forward are muted instead: see _muted.)
+        # (__dict__, not getattr: a missing attribute goes through Module.__getattr__, a
+        # microsecond and a half twice per module call)
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
-            or getattr(module, "_is_replica", False)
+            or module.__dict__.get("_is_replica", False)
 
     def unmute(self) -> None:
         """Backward calls and optimizer steps never run inside a parametrization: a muting
