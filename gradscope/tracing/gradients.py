@@ -40,7 +40,7 @@ from .locations import user_location
 FINGERPRINT = 4           # elements compared per parameter
 MAX_NORM_STEPS = 1000     # per-step norms kept; beyond that every other one is dropped
 DENSE_NORMS = 8           # norms (and non-finite values) read at every one of the first steps,
-SPARSE_NORMS = 4          # then at every 4th step: on CPU the read costs ~1.2 us per parameter
+SPARSE_NORMS = 8          # then at every 8th step: on CPU the read costs ~1.2 us per parameter
 SPARSE_MAXABS = 32        # max-abs: every step of the first ones, then every 32nd
 
 
