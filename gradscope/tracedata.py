@@ -5,15 +5,14 @@ documented in ``docs/json-schema.md``; ``SCHEMA_VERSION`` changes whenever a fie
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import io
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterable, Iterator, Optional
+from typing import IO, Any, Iterable, Optional
 
+from ._gc import collector_paused
 from ._version import __version__
 from .findings import Finding
 from .graph import Graph, edge_json_lines, joined_lines, node_json_lines
@@ -155,7 +154,7 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":
-        with _collector_paused():
+        with collector_paused():
             return cls.from_dict(json.loads(text))
 
     def save_json(self, path: str) -> None:
@@ -165,20 +164,6 @@ class Trace:
     def load(cls, path: str) -> "Trace":
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Loading a big graph makes millions of dicts and lists and no cycles; the cyclic
-    collector, triggered every few hundred of them, only slows it (a 1,000,000-node trace:
-    about a third of the load time)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
