@@ -155,6 +155,7 @@ def configs(dev: torch.device, scale: float) -> list:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies every step count")
+    ap.add_argument("--steps", type=int, help="steps of each kind for every model (else per model)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (issue 7's GPU sizes)")
     ap.add_argument("--only", help="run the models whose name contains this")
     ap.add_argument("--out")
@@ -180,6 +181,8 @@ def main():
         if args.only and args.only not in name:
             continue
         model, x, y = model.to(dev), x.to(dev), y.to(dev)
+        if args.steps:
+            steps, block = args.steps, min(block, args.steps)
         lines.append(bench(name, model, x, y, steps, block, amp))
         print(lines[-1], flush=True)
     if args.out:
