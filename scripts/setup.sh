@@ -18,6 +18,7 @@ EXTRAS_PRESENT='import importlib.util as u, sys
 sys.exit(any(u.find_spec(m) is None for m in ("transformers", "accelerate", "lightning")))'
 # Fast path: everything was set up after the last change to the package metadata.
 if [ -f "$STAMP" ] && [ "$STAMP" -nt setup.cfg ] && [ "$STAMP" -nt scripts/setup.sh ] \
+        && [ "$STAMP" -nt scripts/test-constraints.txt ] \
         && command -v dot >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1 \
         && [ -x "$VENV/bin/gradscope" ] \
         && "$VENV/bin/python" -c "$EXTRAS_PRESENT" 2>/dev/null \
@@ -66,7 +67,7 @@ fi
 
 say "installing gradscope (editable), its dependencies and the hf/lightning extras"
 # torch is installed first: the extras' own torch requirement is then already met and kept.
-"$VPY" -m pip install -q -e '.[test,hf,lightning]'
+"$VPY" -m pip install -q -e '.[test,hf,lightning]' -c scripts/test-constraints.txt
 
 if ! command -v dot >/dev/null 2>&1; then
     apt_install graphviz

@@ -18,6 +18,8 @@ def run(trace) -> list:
         hidden_modules = [m for m in a["modules"] if not m["registered"]]
         if not hidden_modules and not a["hidden_parameters"]:
             continue  # everything in it is registered elsewhere too: an alias, not a bug
+        if a.get("library") and not a["hidden_parameters"]:
+            continue  # weightless helpers a library keeps its own way: not the user's to fix
         owner = module_path(a["model"], a["module"])
         path = f"{owner}.{a['attr']}"
         kinds = sorted({m["type"] for m in hidden_modules})

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .failures import sequence_nr
-from .locations import display_path
+from .locations import display_path, is_installed_file
 
 # Attributes every nn.Module has: torch's own bookkeeping, never user state.
 _MODULE_INTERNALS = frozenset(vars(nn.Module())) | {"_compiled_call_impl"}
@@ -177,4 +177,16 @@ def _container_record(label: str, qual: str, mod: nn.Module, attr: str, value: A
             "type": type(mod).__name__, "container": type(value).__name__,
             "modules": modules, "parameters": params, "tensors": tensors,
             "hidden_parameters": hidden_params, "location": assignment_location(mod, attr),
-            "with_history": with_history, "history": history, "backwards_crossed": crossed}
+            "with_history": with_history, "history": history, "backwards_crossed": crossed,
+            "library": _library_class(type(mod))}
+
+
+@functools.lru_cache(maxsize=512)
+def _library_class(cls: type) -> bool:
+    """Is the module's class defined in an installed library (transformers' attention keeping
+    its kernel functions in a dict), not in the user's code?"""
+    try:
+        path = inspect.getsourcefile(cls) or ""
+    except (OSError, TypeError):
+        return False
+    return is_installed_file(path)
