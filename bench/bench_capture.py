@@ -46,16 +46,25 @@ def with_gradscope(model, x):
 
 
 def without_op_watch(model, x):
-    # The same trace with the TorchFunctionMode (device copies, in-place ops) left out: the
-    # difference to the column before is what that mode costs.
+    # The same trace with the TorchFunctionMode (device copies, in-place ops, graph cuts) left
+    # out: the difference to the column before is what that mode costs.
+    import types
+
     import gradscope.tracing.capture as capture
 
-    real = capture.OpWatch
-    capture.OpWatch = lambda tracker: None
+    real_watch, real_init = capture.OpWatch, capture.Capture.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.opwatch = None
+        self.tracker.direct.nested = False  # (only the op watch looks inside forwards)
+
+    capture.OpWatch = lambda tracker: types.SimpleNamespace(history=types.SimpleNamespace())
+    capture.Capture.__init__ = init
     try:
         gradscope.trace(model, x, loss_fn=loss_of)
     finally:
-        capture.OpWatch = real
+        capture.OpWatch, capture.Capture.__init__ = real_watch, real_init
 
 
 def with_torchlens(model, x):
@@ -134,6 +143,11 @@ def chain_walk(n, reps=1):
     except RecursionError:
         viz = "RecursionError"
     out["torchviz"] = (viz, time.perf_counter() - t0)
+    from bench_walk import free_deep  # freeing a touched deep chain overflows the main stack
+
+    holder = [y]
+    del y
+    free_deep(holder)
     return out
 
 
@@ -157,6 +171,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller inputs and fewer repetitions")
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for issue 7's GPU sizes")
+    ap.add_argument("--only", help="run the models whose name contains this")
+    ap.add_argument("--walk", action="store_true",
+                    help="also the million-node chain (bench_walk.py measures it properly)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -178,16 +195,19 @@ def main():
              "without the op watch | torchviz make_dot | TorchLens trace |",
              "|---|---|---|---|---|---|---|"]
     for name, model, x in configs:
+        if args.only and args.only not in name:
+            continue
         row = bench(name, model, x, reps)
         lines.append(table_row(name, row))
         print(lines[-1], flush=True)
-    n = 200_000 if args.quick else 1_000_000
-    walk = chain_walk(n)
-    lines += ["", f"Walking a {n:,}-node chain (`y = y + 1` repeated): "
-              f"structure only (`graph_of(y, shapes=False)`) {walk[False]:.2f} s, "
-              f"with shapes, dtypes and saved tensors (`graph_of(y)`) {walk[True]:.2f} s; "
-              f"torchviz make_dot: {walk['torchviz'][0]}."]
-    print(lines[-1])
+    if args.walk:
+        n = 200_000 if args.quick else 1_000_000
+        walk = chain_walk(n)
+        lines += ["", f"Walking a {n:,}-node chain (`y = y + 1` repeated): "
+                  f"structure only (`graph_of(y, shapes=False)`) {walk[False]:.2f} s, "
+                  f"with shapes, dtypes and saved tensors (`graph_of(y)`) {walk[True]:.2f} s; "
+                  f"torchviz make_dot: {walk['torchviz'][0]}."]
+        print(lines[-1])
     if args.out:
         with open(args.out, "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -11,6 +11,7 @@ if [ ! -d bench/.deps/torchviz ] || [ ! -d bench/.deps/torchview ] || [ ! -d ben
 fi
 export PYTHONPATH="$PWD/bench/.deps${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" bench/bench_capture.py --out bench/RESULTS-capture.md "$@"
-"$PY" bench/bench_watch.py --steps 40 --out bench/RESULTS-watch.md
+"$PY" bench/bench_walk.py --reps 3 --out bench/RESULTS-walk.md
+"$PY" bench/bench_watch.py --out bench/RESULTS-watch.md
 "$PY" bench/bench_render.py --out bench/RESULTS-render.md
 "$PY" -m torch.distributed.run --standalone --nproc-per-node 2 bench/bench_ddp.py --steps 60 --out bench/RESULTS-ddp.md

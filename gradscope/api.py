@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from ._gc import collector_paused, collector_paused_during
 from .checks import run_checks, select_checks
 from .errors import GradscopeError, InputError, TracedProgramError
 from .graph import Graph
@@ -21,6 +22,7 @@ from .tracing.modules import unwrap
 from .tracing.walk import storage_key, walk_autograd_graph
 
 
+@collector_paused_during  # no reference cycles to collect in one traced step (gradscope._gc)
 def trace(model: nn.Module, *inputs: Any, loss_fn: Optional[Callable[[Any], Any]] = None,
           label: Optional[str] = None, only: Optional[list] = None,
           disable: Optional[list] = None, **kwargs: Any) -> Report:
@@ -77,6 +79,9 @@ def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
             if not capture.intercept_backward:  # else the patched backward already saw it
                 capture.on_backward_error([loss], e)
             raise
+        finally:
+            if not capture.intercept_backward:
+                capture.after_backward()
         capture.grad_norms.update(gradient_norms(model, capture))
 
 
@@ -181,8 +186,9 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
 
 def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> Report:
     """Close ``capture`` (if still open) and turn what it recorded into a checked Report."""
-    capture.close()
-    return report_from(capture, capture.snapshot, run, checks)
+    with collector_paused():  # the snapshot and the checks: plain data in bulk, no cycles
+        capture.close()
+        return report_from(capture, capture.snapshot, run, checks)
 
 
 def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] = None) -> Report:

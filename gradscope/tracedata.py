@@ -12,9 +12,10 @@ import os
 import tempfile
 from typing import IO, Any, Iterable, Optional
 
+from ._gc import collector_paused
 from ._version import __version__
 from .findings import Finding
-from .graph import Graph, edge_json_lines, node_json_lines
+from .graph import Graph, edge_json_lines, joined_lines, node_json_lines
 
 SCHEMA_VERSION = 1
 
@@ -153,7 +154,8 @@ class Trace:
 
     @classmethod
     def from_json(cls, text: str) -> "Trace":
-        return cls.from_dict(json.loads(text))
+        with collector_paused():
+            return cls.from_dict(json.loads(text))
 
     def save_json(self, path: str) -> None:
         write_atomically(path, self.write_json)
@@ -165,11 +167,9 @@ class Trace:
 
 
 def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
-    sep = "\n   "
     wrote = False
-    for line in lines:
-        fp.write(sep + line)
-        sep = ",\n   "
+    for piece in joined_lines(lines, ",\n   "):
+        fp.write(piece if wrote else "\n   " + piece)
         wrote = True
     if wrote:
         fp.write("\n  ")

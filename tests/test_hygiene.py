@@ -116,3 +116,19 @@ def test_a_closed_capture_cannot_be_reused():
     with pytest.raises(gradscope.SessionClosedError, match="records one run"):
         with cap:
             pass
+
+
+def test_trace_and_reports_leave_the_garbage_collector_as_they_found_it():
+    # gradscope pauses the cyclic collector while it builds plain data in bulk (gradscope._gc)
+    import gc
+
+    model = nn.Linear(3, 2)
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            gradscope.trace(model, torch.randn(4, 3))
+            with gradscope.watch(model):
+                model(torch.randn(4, 3)).sum().backward()
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()

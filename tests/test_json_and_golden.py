@@ -138,3 +138,34 @@ def test_saved_files_are_ordinary_files_and_replace_atomically(tmp_path):
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert json.loads(path.read_text())["gradscope"]
     assert [p.name for p in tmp_path.iterdir()] == ["trace.json"]  # no temp file left behind
+
+
+def test_loading_fills_missing_node_keys_and_checks_every_id():
+    from gradscope.graph import Edge, Graph
+
+    # A hand-written file: the fast path (all keys present) does not apply to these nodes.
+    g = Graph.from_dict({"roots": ["n0"], "nodes": [{"id": "n0", "op": "SumBackward0"},
+                                                   {"id": "n1", "shape": [2], "saved": []}],
+                         "edges": [{"src": "n1", "dst": "n0"}]})
+    assert g.nodes[0].shape is None and g.nodes[0].outputs == 1 and g.nodes[0].saved == ()
+    assert g.nodes[1].shape == (2,) and g.edges == [Edge("n1", "n0")]
+    good = {"id": "n0", "op": None, "module": None, "model": None, "shape": None, "dtype": None,
+            "device": None, "param": None, "leaf": None, "saved": [], "outputs": 1}
+    for bad in ({"nodes": [dict(good, id='n0"];x[URL="j')]},
+                {"nodes": [good], "edges": [{"src": "1n", "dst": "n0"}]},
+                {"nodes": [good], "edges": [{"src": "n0", "dst": "n0\n"}]},
+                {"nodes": [good], "roots": [3]}):
+        with pytest.raises(ValueError, match="invalid node id"):
+            Graph.from_dict(bad)
+
+
+def test_fast_json_lines_with_mixed_ids_and_generators():
+    from gradscope.graph import Edge, Node, edge_json_lines, node_json_lines
+
+    nodes = [Node("n0", "A"), Node("caf\u00e9", "B"), Node("", "C")]
+    lines = list(node_json_lines(iter(nodes)))
+    assert lines == [json.dumps(n.to_dict(), sort_keys=True) for n in nodes]
+    edges = [Edge("n0", "caf\u00e9"), Edge("n1", "")]
+    assert list(edge_json_lines(iter(edges))) == [
+        json.dumps({"src": e.src, "dst": e.dst}, sort_keys=True) for e in edges]
+    assert list(edge_json_lines([Edge("n0", "n1")])) == ['{"dst": "n1", "src": "n0"}']

@@ -156,3 +156,58 @@ def test_structure_only_walk_matches_the_full_one():
     assert bare.edges == full.edges
     assert all(n.saved == () for n in bare.nodes)
     assert all(n.shape is None for n in bare.nodes if n.leaf is None)
+
+
+def _bfs_edges(root):
+    """Node ops and edges in breadth-first order, ids from a counter: written apart from the
+    walk (a dict keyed by id(), no fast paths) to check its set-and-lazy-index bookkeeping."""
+    order, ids = [root.grad_fn], {id(root.grad_fn): "n0"}
+    edges = []
+    for fn in order:
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            if id(nxt) not in ids:
+                ids[id(nxt)] = f"n{len(order)}"
+                order.append(nxt)
+            edges.append((ids[id(nxt)], ids[id(fn)]))
+    return [type(fn).__name__ for fn in order], edges
+
+
+def _shared_everywhere():
+    # A weight reused at every step and a residual path: most edges reach a node seen before.
+    w = nn.Parameter(torch.randn(3, 3))
+    h = torch.randn(2, 3, requires_grad=True)
+    skip = h
+    for _ in range(40):
+        h = torch.tanh(h @ w) + skip
+        skip = h * 0.5
+    return h.sum()
+
+
+@pytest.mark.parametrize("name,model,inputs", zoo(), ids=[z[0] for z in zoo()])
+def test_edges_and_ids_match_a_plain_breadth_first_walk(name, model, inputs):
+    loss = _loss(model(*inputs))
+    ops, edges = _bfs_edges(loss)
+    for shapes in (True, False):
+        g = gradscope.graph_of(loss, shapes=shapes)
+        assert [n.op for n in g.nodes] == ops
+        assert [tuple(e) for e in g.edges] == edges
+
+
+def test_nodes_reached_many_times_keep_one_id():
+    loss = _shared_everywhere()
+    ops, edges = _bfs_edges(loss)
+    g = gradscope.graph_of(loss)
+    assert [n.op for n in g.nodes] == ops and [tuple(e) for e in g.edges] == edges
+    assert len({n.id for n in g.nodes}) == len(g.nodes)
+
+
+def test_a_shape_the_fast_path_cannot_read_keeps_dtype_and_device():
+    # A nested tensor's metadata has no single shape: the slow path keeps the rest.
+    nt = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], requires_grad=True)
+    y = nt * 2
+    g = gradscope.graph_of(y)
+    mul = g.nodes[0]
+    assert mul.op == "MulBackward0" and mul.shape is None
+    assert mul.dtype == "float32" and mul.device == "cpu" and mul.outputs == 1

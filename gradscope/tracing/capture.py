@@ -27,6 +27,7 @@ from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .keepalive import KeepAliveWatch
+from .lightmode import LightForwards
 from .opwatch import OpWatch
 from .patches import PATCHES, tensors_in
 from .optimizers import OptimizerRegistry
@@ -147,6 +148,8 @@ class Capture(steporder.StepOrderEvents):
             self.opwatch = OpWatch(self.tracker)
             self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
             self.tracker.direct.nested = True  # the op watch looks inside forwards too
+        # watch: after the first steps, module calls recorded without a hook per call
+        self.light = LightForwards(self.tracker) if mode == "watch" else None
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)
         self._backward_failure: Optional[dict] = None
         self.registrations = RegistrationRecorder(self.tracker)
@@ -176,6 +179,7 @@ class Capture(steporder.StepOrderEvents):
         self.internal_errors: list = []
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
+        self._watch_key: Any = None          # what the watched parameter set was made from
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -192,6 +196,8 @@ class Capture(steporder.StepOrderEvents):
             quiet.install()  # before our hooks exist: it looks for the program's own
             self.handles.on_remove(quiet.remove)
             self.tracker.install(self.handles)
+            if self.light is not None:
+                self.handles.on_remove(self.light.stop)  # before the tracker's hooks go
             self.registrations.install(self.handles)
             # Run eagerly even when the user compiles opt.step(): traced, the hook's Python
             # became graph breaks and recompiles (8 graphs instead of 1 in a reviewer's test).
@@ -384,6 +390,15 @@ class Capture(steporder.StepOrderEvents):
     def _watch_gradients(self) -> None:
         # Checked before each backward, so heads added late and lazy parameters (materialised in
         # the first forward) are watched too; the recorder ignores parameters it already has.
+        # The walk over every parameter is skipped while nothing it depends on changed (after
+        # the first backward calls; every 64th still walks, for requires_grad switched on).
+        optimizers = list(self.optimizers.live())
+        key = (self.registrations.generation, len(self.tracker.models),
+               [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
+        calls = self.backward_calls + self.grad_calls
+        if key == self._watch_key and calls > 8 and calls % 64:
+            return
+        self._watch_key = key
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
@@ -392,7 +407,7 @@ class Capture(steporder.StepOrderEvents):
                     self.gradients.watch(p, (label, name), self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
-        for o, opt in enumerate(list(self.optimizers.live())):
+        for o, opt in enumerate(optimizers):
             kind = type(opt).__name__ + (f"#{o + 1}" if o else "")  # unique per optimizer
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
@@ -525,7 +540,8 @@ class Capture(steporder.StepOrderEvents):
                         root=type(roots_[0].grad_fn).__name__ if roots_ else None, **extra)
             self.tracker.unmute()
             if kind == "backward":
-                self.gradients.note_loss(roots, index)
+                self.gradients.before_backward()
+                self.gradients.note_loss(roots, index, location)
                 if _peek_sequence_nr is not None and len(self.backward_seqs) < 100_000:
                     self.backward_seqs.append(_peek_sequence_nr())
             if self._wants_graph():
@@ -533,6 +549,10 @@ class Capture(steporder.StepOrderEvents):
                 if tensors:
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
+
+    def after_backward(self) -> None:
+        """Called just after a backward call returned (or raised): which gradients it wrote."""
+        self._guard("a backward call", self.gradients.after_backward)
 
     def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         def record() -> None:
@@ -544,6 +564,10 @@ class Capture(steporder.StepOrderEvents):
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
                         optimizer_id=serial, location=user_location())
             self.gradients.on_step(optimizer, self.optimizer_steps, serial)
+            if self.light is not None:
+                self.light.on_step(self.optimizer_steps, self._graph_has_model
+                                   and self.nonfinite is None and not self.tracker.compiled
+                                   and not self.tracker.direct.records)
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)

@@ -1,16 +1,20 @@
 """Gradient accumulation and gradient health, recorded without a host sync inside any hook.
 
-Per parameter, two tensor hooks:
-- before accumulation (``Tensor.register_hook`` on the leaf): every backward looks at ``.grad``
-  as the user left it. ``None`` or another tensor object than after the previous accumulation
-  means it was reset (``zero_grad(set_to_none=True)``, ``p.grad = None``). The same object is
-  fingerprinted: a few fixed elements are copied on the device. At the next step, zeros mean it
-  was zeroed in place (``zero_grad(set_to_none=False)``, ``p.grad.data.zero_()``, which no
-  version counter reveals), and values equal to those at the previous step mean the old gradient
-  was carried into this step (a forgotten ``zero_grad``).
-- after accumulation (``register_post_accumulate_grad_hook``): counts backward contributions.
+Per parameter, no hook at all: torch's two per-tensor hooks cost little to call, but two Python
+calls per parameter per backward were most of gradscope's cost on a fast training step. Instead
+one pass over the watched parameters runs just before each backward call and one just after it
+(from the patched ``torch.autograd.backward``):
+- before: ``.grad`` as the user left it. ``None`` or another tensor object than after the
+  previous accumulation means it was reset (``zero_grad(set_to_none=True)``, ``p.grad = None``).
+  The same object is fingerprinted: a few fixed elements are copied on the device; zeros at the
+  next step mean it was zeroed in place (``zero_grad(set_to_none=False)``, ``.data.zero_()``,
+  which no version counter reveals). Before the first backward after a step, the same object
+  with the version counter it had after that step was not touched at all: unless those
+  elements are zero, the old gradient is carried into this step (a forgotten ``zero_grad``).
+- after: a ``.grad`` that is a new object or has a new version got this backward's
+  contribution (the count per step: gradient accumulation).
 
-At each optimizer step (global step pre-hook) the gradient norms and max-abs values of the
+At each optimizer step (global step post-hook) the gradient norms and max-abs values of the
 stepped parameters are computed on their device with fused ``_foreach_norm`` kernels, and
 everything pending is read back in **one** transfer per device: at most one synchronisation per
 optimizer step, by design. Nothing here draws random numbers or keeps user tensors alive: the
@@ -21,20 +25,25 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any, Callable, Optional
+from math import isfinite
+from itertools import repeat
+from operator import attrgetter, call, is_
+from typing import Any, Optional
 
 import torch
 
+from .gradnorms import fused_norms, max_abs, read_per_device  # noqa: F401 - also imported here
+from .uniform import GRAD, UniformSteps, all_none, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location
 
 FINGERPRINT = 4           # elements compared per parameter
 MAX_NORM_STEPS = 1000     # per-step norms kept; beyond that every other one is dropped
-DENSE_MAXABS = 8          # max-abs read at every one of the first steps, then every SPARSE-th
-SPARSE_MAXABS = 8
+DENSE_NORMS = 8           # norms (and non-finite values) read at every one of the first steps,
+SPARSE_NORMS = 8          # then at every 8th step: on CPU the read costs ~1.2 us per parameter
+SPARSE_MAXABS = 32        # max-abs: every step of the first ones, then every 32nd
 
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _CUDA: list = []  # torch.cuda.is_available(), asked once
 
 
@@ -46,50 +55,6 @@ def stream_capturing() -> bool:
     return _CUDA[0] and torch.cuda.is_current_stream_capturing()
 
 
-def fused_norms(grads: list, order: float = 2.0) -> list:
-    """Norms of many tensors of one device as float32 scalars, one fused kernel per dtype.
-
-    fp16/bf16 L2 norms are accumulated and returned in float32: in fp16 a norm above 65504
-    overflows to Inf (a gradient of 100 elements of 10,000 would read as non-finite). float64
-    and complex gradients keep their own precision (torch refuses to narrow them) and only
-    the result is cast. The max-abs norm is exact in any dtype."""
-    by_dtype: dict = {}
-    for k, g in enumerate(grads):
-        by_dtype.setdefault(g.dtype, []).append(k)
-    out: list = [None] * len(grads)
-    for dtype, ks in by_dtype.items():
-        norms = _norms_of_one_dtype([grads[k] for k in ks], order,
-                                    dtype in _LOW_PRECISION and order != float("inf"))
-        for k, n in zip(ks, norms):
-            out[k] = n if n.dtype == torch.float32 else n.float()
-    return out
-
-
-def read_per_device(values: list) -> list:
-    """The Python values of 0-d device tensors, in order, with one transfer per device: a read
-    per tensor would be one synchronisation each on a GPU."""
-    by_device: dict = {}
-    for k, v in enumerate(values):
-        by_device.setdefault(v.device, []).append(k)
-    host: list = [None] * len(values)
-    for ks in by_device.values():
-        for k, v in zip(ks, torch.stack([values[k] for k in ks]).tolist()):
-            host[k] = v
-    return host
-
-
-def _norms_of_one_dtype(grads: list, order: float, upcast: bool) -> list:
-    try:
-        if upcast:
-            return list(torch._foreach_norm(grads, order, dtype=torch.float32))
-        return list(torch._foreach_norm(grads, order))
-    except (AttributeError, TypeError, RuntimeError):  # a torch without it, or without dtype=
-        if order == float("inf"):
-            return [g.abs().max() for g in grads]
-        return [torch.linalg.vector_norm(g, order, dtype=torch.float32 if upcast else None)
-                for g in grads]
-
-
 def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
     """Positions 0, n/3, 2n/3 and n-1, made on the device: ``torch.tensor(list, device=cuda)``
     would be a blocking host-to-device copy, one per parameter, inside the backward hooks."""
@@ -99,21 +64,28 @@ def _fingerprint_index(numel: int, device: torch.device) -> torch.Tensor:
 
 
 class _ParamState:
-    __slots__ = ("ref", "name", "since_step", "summed", "last_grad",
-                 "fp_after", "fps", "reset_at", "index", "grad_version")
+    __slots__ = ("ref", "name", "display", "since_step", "summed", "last_grad", "version",
+                 "untouched", "fps", "reset_at", "index", "norms", "maxes")
 
     def __init__(self, param: torch.Tensor, name: tuple) -> None:
         self.ref = weakref.ref(param)
         self.name = name                 # (model, qualified name)
+        self.display = _display(name)    # the name in the report, made once
         self.since_step = 0              # backward contributions since the last optimizer step
         self.summed = 0                  # contributions in .grad since its last reset
         self.last_grad: Any = None       # weak ref to .grad after the last accumulation
-        self.fp_after: Optional[torch.Tensor] = None  # fingerprint at the last step
+        self.version: Optional[int] = None  # its version counter after the last step
+        self.untouched = False           # .grad at the first backward after the step: as left
         self.fps: list = []              # (fingerprint, since_step) before each backward
         self.reset_at: Optional[int] = None  # since_step when .grad was last replaced/cleared
         self.index: Optional[torch.Tensor] = None
-        self.grad_version: Optional[int] = None  # .grad's version counter after the last step
+        self.norms: Optional[list] = None  # its series in GradientRecorder.norms / .maxabs
+        self.maxes: Optional[list] = None
 
+
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_REF = attrgetter("ref")
+_ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
 MAX_FINGERPRINTS = 64
 MAX_STEP_RECORDS = 10_000  # accumulation records kept; later steps still feed the checks' counts  # per parameter and step: backward calls looked at before giving up
@@ -124,6 +96,13 @@ class GradientRecorder:
 
     def __init__(self) -> None:
         self._params: dict = {}          # id(param) -> _ParamState
+        self._watched: list = []         # the same states, in order, for the passes
+        self._pids: list = []            # ids of their parameters, in the same order
+        self._uniform = UniformSteps()   # the counts all share while the loop is uniform
+        self._before: Optional[list] = None  # (.grad ref, version) per state, during a backward
+        self._backwards = 0              # backward calls seen since the last optimizer step
+        self._fingerprinted = False      # a fingerprint was taken since the last step
+        self._step_params: dict = {}     # id(optimizer) -> (param groups key, [(state, p)])
         self.seen: set = set()           # ids of parameters that ever received a gradient
         self.steps: list = []            # plain-data record per optimizer step
         self.norm_steps: list = []       # step indices whose norms are kept
@@ -140,6 +119,8 @@ class GradientRecorder:
 
     # -- registration --------------------------------------------------------------------------
     def watch(self, param: torch.Tensor, name: tuple, handles: HandleGroup) -> None:
+        """Watch ``param`` from the next backward on (``handles``: kept for callers; no hook is
+        installed, the passes around each backward do the work)."""
         if param.numel() == 0 or param.device.type == "meta":
             # nothing to measure (index/foreach kernels reject empty tensors; meta tensors,
             # used for shape runs, have no values to read)
@@ -149,16 +130,20 @@ class GradientRecorder:
             if state.name[0] is None and name[0] is not None:
                 self._rename(state, name)  # watched as an optimizer's, then its model ran
             return
+        self._uniform.write_back(self._watched)
         state = self._params[id(param)] = _ParamState(param, name)
-        handles.add(param.register_hook(self._make_pre_hook(state)))
-        handles.add(param.register_post_accumulate_grad_hook(self._make_post_hook(state)))
+        self._watched.append(state)
+        self._pids.append(id(param))
+        self._step_params.clear()
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
         old, new = _display(state.name), _display(name)
-        state.name = name
+        state.name, state.display = name, new
         for series in (self.norms, self.maxabs):
             if old in series:
                 series[new] = series.pop(old) + series.pop(new, [])
+        for other in self._watched:  # their series may be new lists now
+            other.norms = other.maxes = None
         for record in self.steps:
             record["carried"] = [new if n == old else n for n in record.get("carried", [])]
 
@@ -166,63 +151,119 @@ class GradientRecorder:
         state = self._params.get(id(param))
         return state is not None and state.ref() is param
 
+    # -- the passes around each backward ------------------------------------------------------
     @ours
-    def _safely(self, fn: Callable, state: _ParamState) -> None:
-        # Hooks run inside the user's backward: a bug of ours must never surface there.
-        try:
-            fn(state)
-        except Exception as e:  # noqa: BLE001 - kept for the report's notes
-            if len(self.errors) < 10:
-                self.errors.append(f"gradient hook for {_display(state.name)}: {e!r}")
-
-    def _make_pre_hook(self, state: _ParamState) -> Callable:
-        def before_accumulation(grad: torch.Tensor) -> None:
-            self._safely(self._before, state)
-            return None  # a returned value would replace the gradient
-        return before_accumulation
-
-    def _make_post_hook(self, state: _ParamState) -> Callable:
-        def after_accumulation(param: torch.Tensor) -> None:
-            self._safely(self._after, state)
-            return None
-        return after_accumulation
-
-    def _after(self, state: _ParamState) -> None:
-        state.since_step += 1
-        param = state.ref()
-        if param is not None:
-            self.seen.add(id(param))
-            state.last_grad = weakref.ref(param.grad) if param.grad is not None else None
-
-    def _before(self, state: _ParamState) -> None:
-        """Before each accumulation: was .grad reset since the last one?
+    def before_backward(self) -> None:
+        """Just before a backward call: was each .grad reset since its last accumulation?
 
         A cleared or replaced .grad (set_to_none, ``p.grad = None``, a new tensor) is seen at
         once. A gradient zeroed in place (``zero_grad(set_to_none=False)``, ``.data.zero_()``)
         is only visible in its values, so a few elements are copied on the device and compared
         at the next optimizer step (no host read here)."""
         if stream_capturing():
+            self._before = None
             return
-        param = state.ref()
-        grad = None if param is None else param.grad
-        last = state.last_grad() if state.last_grad is not None else None
-        if grad is None or grad is not last:
-            state.reset_at = state.since_step
+        params = self._params_now()
+        grads = list(map(GRAD, params))  # one C loop over the parameters
+        uniform = self._uniform
+        if uniform.on:
+            if uniform.before(grads):
+                self._before = _ALL_NONE
+                return
+            uniform.write_back(self._watched)
+        if all_none(grads):  # all cleared (set_to_none): the usual case
+            for state in self._watched:
+                state.reset_at = state.since_step
+            self._before = _ALL_NONE
             return
-        if len(state.fps) < MAX_FINGERPRINTS:
-            if state.index is None or state.index.device != grad.device:
-                state.index = _fingerprint_index(grad.numel(), grad.device)
-            with torch.no_grad():
-                fp = grad.detach().reshape(-1).index_select(0, state.index)  # a new tensor
-            state.fps.append((fp, state.since_step))
+        snapshot = []
+        for state, grad in zip(self._watched, grads):
+            if grad is None:
+                snapshot.append(None)
+                state.reset_at = state.since_step
+                continue
+            snapshot.append((weakref.ref(grad), grad._version))
+            last = state.last_grad() if state.last_grad is not None else None
+            if grad is not last:
+                state.reset_at = state.since_step
+                continue
+            if state.since_step == 0 and not state.fps:  # the first backward after the step
+                state.untouched = grad._version == state.version
+            if len(state.fps) < MAX_FINGERPRINTS:
+                self._fingerprint(state, grad)
+        self._before = snapshot
 
-    def note_loss(self, roots: Any, index: int) -> None:
-        """Queue a finiteness check of a backward root (read at the next sync)."""
+    def _params_now(self) -> list:
+        """The watched parameters, in order, through their weak references (one C loop); the
+        states of parameters that died (replaced, say) are dropped first."""
+        params = list(map(call, map(_REF, self._watched)))
+        if any(map(is_, params, repeat(None))):
+            self._uniform.write_back(self._watched)
+            self._watched = [s for s, p in zip(self._watched, params) if p is not None]
+            self._pids = [pid for pid, p in zip(self._pids, params) if p is not None]
+            params = [p for p in params if p is not None]
+            self._step_params.clear()
+            self._before = None  # this backward's snapshot no longer lines up
+        return params
+
+    def _fingerprint(self, state: _ParamState, grad: torch.Tensor) -> None:
+        if state.index is None or state.index.device != grad.device:
+            state.index = _fingerprint_index(grad.numel(), grad.device)
+        with torch.no_grad():
+            fp = grad.detach().reshape(-1).index_select(0, state.index)  # a new tensor
+        state.fps.append((fp, state.since_step))
+        self._fingerprinted = True
+
+    @ours
+    def after_backward(self) -> None:
+        """Just after a backward call: a .grad that is a new object, or has a new version,
+        received this backward's contribution."""
+        snapshot, self._before = self._before, None
+        if snapshot is None or (snapshot is not _ALL_NONE and len(snapshot) != len(self._watched)):
+            return  # not seen starting (CUDA graph capture), or parameters added meanwhile
+        self._backwards += 1
+        watched = len(self._watched)
+        params = self._params_now()
+        if len(params) != watched:
+            return  # a parameter died meanwhile: the snapshot no longer lines up
+        grads = list(map(GRAD, params))
+        seen = self.seen
+        uniform = self._uniform
+        if uniform.on:
+            if snapshot is _ALL_NONE and uniform.after(grads):
+                seen.update(self._pids)
+                return
+            uniform.write_back(self._watched)
+        if snapshot is _ALL_NONE:  # every .grad that exists now is this backward's
+            for state, param, grad in zip(self._watched, params, grads):
+                if grad is not None:
+                    state.since_step += 1
+                    seen.add(id(param))
+                    state.last_grad = weakref.ref(grad)
+            return
+        for state, param, grad, before in zip(self._watched, params, grads, snapshot):
+            if grad is None:
+                continue
+            if before is None or before[0]() is not grad or before[1] != grad._version:
+                state.since_step += 1
+                seen.add(id(param))
+                state.last_grad = weakref.ref(grad)
+
+    def note_loss(self, roots: Any, index: int, location: Optional[str] = None) -> None:
+        """Queue a finiteness check of a backward root (read at the next sync).
+
+        A one-element loss is kept as it is (a view, no kernel) and checked with all the
+        others at the read; a larger root, or one that would keep a larger tensor alive, is
+        reduced now to one value that is finite exactly when the root is."""
         if isinstance(roots, torch.Tensor) and roots.is_floating_point() \
                 and roots.device.type != "meta" and not stream_capturing():
             with torch.no_grad():
-                ok = torch.isfinite(roots.detach()).all()
-            self._pending_losses.append((index, user_location(), ok))
+                value = roots.detach()
+                if value.numel() == 1 and value.untyped_storage().nbytes() <= 64:
+                    value = value.reshape(())
+                else:
+                    value = torch.where(torch.isfinite(value).all(), 0.0, math.nan)
+            self._pending_losses.append((index, location or user_location(), value))
             if len(self._pending_losses) >= 256:  # no optimizer steps to read them with
                 self.finish_losses()
 
@@ -232,6 +273,13 @@ class GradientRecorder:
         if stream_capturing():
             self.captured_steps += 1
             return
+        pairs, tensors, others = self._stepped(optimizer)
+        uniform = self._uniform
+        if uniform.on:
+            if len(pairs) == len(self._watched) and self._uniform_step(
+                    optimizer, step, serial, pairs, tensors, others):
+                return
+            uniform.write_back(self._watched)
         states = []
         cleared = 0  # parameters that got gradients since the last step, and have none now
         # dead-training: of the trainable parameters this step updates, how many received a
@@ -253,8 +301,8 @@ class GradientRecorder:
                 elif p.grad is not None and (state.last_grad is None
                                              or state.last_grad() is not p.grad):
                     assigned += 1
-                elif p.grad is not None and state.grad_version is not None \
-                        and p.grad._version != state.grad_version:
+                elif p.grad is not None and state.version is not None \
+                        and p.grad._version != state.version:
                     # p.grad.copy_(...) (Reptile's meta step), or only zero_() by zero_grad
                     # (set_to_none=False): told apart by the norm read below
                     written.add(id(p))
@@ -264,11 +312,16 @@ class GradientRecorder:
                         state.since_step, state.reset_at, state.fps = 0, None, []
                 elif p.grad.layout == torch.strided:
                     states.append((state, p))
-        keep_norms = (step - 1) % self._norm_stride == 0
-        # The L2 norm is read every step (it also reveals NaN/Inf); the max-abs pass costs as
-        # much again (a read of every gradient), so after the first steps it is sampled.
-        want_max = step <= DENSE_MAXABS or step % SPARSE_MAXABS == 0
-        values = self._read_once(states, want_max, _scaler_found_inf(optimizer))
+        if not self._backwards:
+            self._unseen_backward(states)
+        # Fingerprints to compare, gradients written in place and GradScaler's flag are read at
+        # every step they exist (still in the one read).
+        want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
+        if want_norms or self._fingerprinted or written or found_inf is not None:
+            values = self._read_once(states, want_max, found_inf)
+        else:
+            values = {"norm": [None] * len(states), "max": [None] * len(states),
+                      "flags": [()] * len(states), "found_inf": None}
         if values["found_inf"]:
             # GradScaler found Inf/NaN and the fused optimizer skipped this update: like a skipped
             # step of any other optimizer (which is never called), it adds no gradient norms
@@ -277,17 +330,95 @@ class GradientRecorder:
         self._record_step(optimizer, step, states, values, keep_norms, cleared)
         assigned += sum(1 for k, (_, p) in enumerate(states)
                         if id(p) in written and values["norm"][k] not in (0.0, None))
+        self._dead_training(step, serial, trainable, received, assigned)
+        for state, p in states:  # what the next backward is compared with
+            state.version = p.grad._version
+            state.untouched = False
+        self._backwards = 0
+        if len(pairs) == len(self._watched) and len(states) == len(pairs):
+            uniform.start()  # the next steps may take the uniform path
+
+    def _reads(self, optimizer: Any, step: int) -> tuple:
+        """(norms wanted, max-abs wanted, norms kept, GradScaler's flag) for this step.
+
+        The L2 norm (it also reveals NaN/Inf) is a read of every gradient, a kernel per
+        parameter on a CPU: after the first steps it is taken at every SPARSE_NORMS-th step,
+        and the max-abs pass (as costly again) at every SPARSE_MAXABS-th."""
+        dense = len(self.norm_steps) < DENSE_NORMS  # steps GradScaler skipped do not count
+        want_norms = dense or step % SPARSE_NORMS == 0
+        return (want_norms, want_norms and (dense or step % SPARSE_MAXABS == 0),
+                want_norms and (step - 1) % self._norm_stride == 0, _scaler_found_inf(optimizer))
+
+    def _dead_training(self, step: int, serial: Optional[int], trainable: int, received: int,
+                       assigned: int) -> None:
         if len(self.steps) <= MAX_STEP_RECORDS and self.steps[-1]["step"] == step:
             self.steps[-1].update(optimizer_id=serial, trainable=trainable, received=received,
                                   assigned=assigned)
         elif trainable and not received and not assigned:
             self.dead_steps_past_records += 1
-        for state, p in states:  # what the next backward calls are compared with
-            if state.index is None or state.index.device != p.grad.device:
-                state.index = _fingerprint_index(p.grad.numel(), p.grad.device)
-            with torch.no_grad():
-                state.fp_after = p.grad.detach().reshape(-1).index_select(0, state.index)
-            state.grad_version = p.grad._version
+
+    def _uniform_step(self, optimizer: Any, step: int, serial: Optional[int], pairs: list,
+                      tensors: list, others: list) -> bool:
+        """Record a step of the uniform loop (see ``uniform``); False if it is not one."""
+        uniform = self._uniform
+        grads = list(map(GRAD, (p for _, p in pairs)))
+        if not uniform.step_ready(grads, self._backwards):
+            return False
+        want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
+        if want_norms or found_inf is not None:
+            values = self._read_once(pairs, want_max, found_inf)
+        else:
+            values = {"norm": [None] * len(pairs), "max": [None] * len(pairs),
+                      "found_inf": None}
+        if values["found_inf"]:
+            keep_norms = False
+        new = uniform.since - uniform.reset
+        names = [state.display for state, _ in pairs]
+        norms = values["norm"]
+        record = uniform_record(step, optimizer, user_location(), names, new, norms)
+        bad = [] if norms[0] is None else [n for n, v in zip(names, norms) if not isfinite(v)]
+        self._store_step(record, optimizer, step, pairs, values, keep_norms, bad)
+        # every watched one received its gradient from backward; the others, if any, had theirs
+        # written by other code
+        self._dead_training(step, serial, sum(map(_REQUIRES_GRAD, tensors)), len(pairs),
+                            sum(1 for p in others if p.grad is not None))
+        uniform.stepped(new, list(map(GRAD, self._params_now())))
+        self._backwards = 0
+        return True
+
+    def _stepped(self, optimizer: Any) -> tuple:
+        """``[(state, param)]`` of the watched tensors in ``optimizer.param_groups``, all its
+        tensors, and those not watched; looked up again only when its groups (or the watched
+        set) change."""
+        key = [(id(g["params"]), len(g["params"])) for g in optimizer.param_groups]
+        cached = self._step_params.get(id(optimizer))
+        if cached is None or cached[0] != key or cached[1]() is not optimizer:
+            found, tensors, others = [], [], []
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if not isinstance(p, torch.Tensor):
+                        continue
+                    tensors.append(p)
+                    state = self._params.get(id(p))
+                    if state is not None and state.ref() is p:
+                        found.append((state, p))
+                    else:
+                        others.append(p)
+            # The optimizer holds these tensors anyway; finish() lets them go with it.
+            cached = self._step_params[id(optimizer)] = (key, weakref.ref(optimizer),
+                                                         (found, tensors, others))
+        return cached[2]
+
+    def _unseen_backward(self, states: list) -> None:
+        """No backward call passed through us since the last step (a reference to
+        ``torch.autograd.backward`` taken before gradscope started, say), yet gradients are
+        here: a .grad that changed since the last step counts as one contribution."""
+        for state, p in states:
+            last = state.last_grad() if state.last_grad is not None else None
+            if p.grad is not last or p.grad._version != state.version:
+                state.since_step += 1
+                self.seen.add(id(p))
+                state.last_grad = weakref.ref(p.grad)
 
     def _read_once(self, states: list, want_max: bool,
                    found_inf: Optional[torch.Tensor] = None) -> dict:
@@ -304,21 +435,22 @@ class GradientRecorder:
         for device, ks in by_device.items():
             scaler_flag = found_inf if found_inf is not None and found_inf.device == device \
                 and out["found_inf"] is None else None
-            grads = [states[k][1].grad.detach() for k in ks]
+            grads = [states[k][1].grad for k in ks]  # read under no_grad: no detach needed
             with torch.no_grad():
-                norms = fused_norms(grads)
-                maxes = fused_norms(grads, float("inf")) if want_max else norms
-                parts = [torch.stack(norms), torch.stack(maxes)]  # float32 already
-                layout = []  # per parameter: how many fingerprint flags follow
+                parts = [torch.stack(fused_norms(grads))]  # float32 already
+                if want_max:
+                    parts.append(max_abs(grads))
+                layout = [0] * len(ks)  # per parameter: how many fingerprint flags follow
                 flags: list = []
-                unknown = torch.zeros((), dtype=torch.bool, device=device)  # one per device
-                for k in ks:
-                    mine = _fingerprint_flags(states[k][0], device, unknown)
-                    layout.append(len(mine))
+                for j, k in enumerate(ks) if self._fingerprinted else ():
+                    mine = _fingerprint_flags(states[k][0], device)
+                    layout[j] = len(mine)
                     flags.extend(mine)
-                losses = [ok for _, _, ok in self._pending_losses if ok.device == device]
-                if flags or losses:  # one stack and one cast for all flags, not one per flag
-                    parts.append(torch.stack(flags + losses).float())
+                losses = [v for _, _, v in self._pending_losses if v.device == device]
+                if flags:  # one stack and one cast for all flags, not one per flag
+                    parts.append(torch.stack(flags).float())
+                if losses:
+                    parts.append(_finite(losses))
                 if scaler_flag is not None:
                     parts.append(scaler_flag.reshape(-1)[:1].float())
                 flat = torch.cat(parts)
@@ -327,12 +459,15 @@ class GradientRecorder:
             if scaler_flag is not None:
                 out["found_inf"] = host.pop() > 0.5
             n = len(ks)
-            pos = 2 * n
-            for j, k in enumerate(ks):
-                out["norm"][k] = host[j]
-                out["max"][k] = host[n + j] if want_max else None
-                out["flags"][k] = [v > 0.5 for v in host[pos:pos + layout[j]]]
-                pos += layout[j]
+            pos = 2 * n if want_max else n
+            if n == len(states) and not flags:  # one device, no fingerprints: the usual step
+                out["norm"], out["max"] = host[:n], host[n:pos] if want_max else [None] * n
+            else:
+                for j, k in enumerate(ks):
+                    out["norm"][k] = host[j]
+                    out["max"][k] = host[n + j] if want_max else None
+                    out["flags"][k] = [v > 0.5 for v in host[pos:pos + layout[j]]]
+                    pos += layout[j]
             if losses:
                 self._resolve_losses(device, host[pos:])
         return out
@@ -355,23 +490,29 @@ class GradientRecorder:
         carried_names = []
         bad = []
         contributed, zeros = cleared, 0
-        for k, (state, p) in enumerate(states):
-            carried, new = _carried(state, values["flags"][k])
+        isfinite = math.isfinite
+        for (state, _), norm, flags in zip(states, values["norm"], values["flags"]):
+            if flags or state.fps:
+                carried, new = _carried(state, flags)
+            else:  # no fingerprint: _carried's answer without the call
+                carried, new = False, state.since_step - (state.reset_at or 0)
             if new > 0:
                 contributed += 1
-                if values["norm"][k] == 0.0:  # zeroed in place, or truly zero (dead units)
+                if norm == 0.0:  # zeroed in place, or truly zero (dead units); None: not read
                     zeros += 1
             state.summed = new + (state.summed if carried else 0)
-            name = _display(state.name)
+            name = state.display
             if carried:
                 carried_names.append(name)
             summed.setdefault(state.summed, []).append(name)
             fresh[new] = fresh.get(new, 0) + 1
-            if not math.isfinite(values["norm"][k]):
+            if norm is not None and not isfinite(norm):
                 bad.append(name)
             state.since_step = 0
             state.reset_at = None
-            state.fps = []
+            if state.fps:
+                state.fps = []
+        self._fingerprinted = False
         record = {"step": step, "optimizer": type(optimizer).__name__,
                   "location": user_location(), "parameters": len(states),
                   # backward calls in .grad since the previous step or the last reset, whichever
@@ -381,13 +522,18 @@ class GradientRecorder:
                   "summed": {str(n): names if len(summed) > 1 else len(names)
                              for n, names in sorted(summed.items())},
                   "carried": carried_names}
-        if values.get("found_inf"):
-            record["skipped_by_scaler"] = True
         if cleared or zeros:
             # of the parameters that received gradients since the previous step, how many have
             # none (.grad is None) and how many all zeros when this step runs
             record["cleared"], record["zeros"] = cleared, zeros
             record["contributed"] = contributed
+        self._store_step(record, optimizer, step, states, values, keep_norms, bad)
+
+    def _store_step(self, record: dict, optimizer: Any, step: int, states: list, values: dict,
+                    keep_norms: bool, bad: list) -> None:
+        """Keep a step's record, its non-finite gradients and its norms."""
+        if values.get("found_inf"):
+            record["skipped_by_scaler"] = True
         if len(self.steps) < MAX_STEP_RECORDS:
             self.steps.append(record)
         elif len(self.steps) == MAX_STEP_RECORDS:
@@ -398,14 +544,16 @@ class GradientRecorder:
             self.nonfinite.append({"step": step, "params": bad})
         if keep_norms:
             self.norm_steps.append(step)
-            for k, (state, _) in enumerate(states):
-                key = _display(state.name)
-                self.norms.setdefault(key, []).append(values["norm"][k])
-                self.maxabs.setdefault(key, []).append(values["max"][k])
+            for (state, _), norm, top in zip(states, values["norm"], values["max"]):
+                if state.norms is None:  # its two series, looked up once
+                    state.norms = self.norms.setdefault(state.display, [])
+                    state.maxes = self.maxabs.setdefault(state.display, [])
+                state.norms.append(norm)
+                state.maxes.append(top)
             if len(self.norm_steps) >= MAX_NORM_STEPS:  # keep memory flat on long runs
                 self.norm_steps = self.norm_steps[::2]
-                self.norms = {k: v[::2] for k, v in self.norms.items()}
-                self.maxabs = {k: v[::2] for k, v in self.maxabs.items()}
+                for series in (*self.norms.values(), *self.maxabs.values()):
+                    del series[1::2]  # in place: the states keep pointing at them
                 self._norm_stride *= 2
 
     def _skipped_by_scaler(self, optimizer: Any, read: Optional[bool]) -> bool:
@@ -424,8 +572,8 @@ class GradientRecorder:
     def finish_losses(self) -> None:
         """Read the pending loss checks (one transfer per device)."""
         for device in {ok.device for _, _, ok in self._pending_losses}:
-            flags = torch.stack([ok for _, _, ok in self._pending_losses
-                                 if ok.device == device]).float().tolist()
+            flags = _finite([v for _, _, v in self._pending_losses
+                             if v.device == device]).tolist()
             self.syncs += 1
             self._resolve_losses(device, flags)
 
@@ -433,9 +581,13 @@ class GradientRecorder:
         """Read what is still pending (losses after the last step) and drop device tensors."""
         self.finish_losses()
         for state in self._params.values():
-            state.fp_after = state.index = None
+            state.index = None
             state.fps = []
             state.last_grad = None
+        self._uniform.write_back(self._watched)
+        self._step_params.clear()
+
+        self._before = None
 
     def snapshot(self) -> dict:
         return {"accumulation": list(self.steps), "norm_steps": list(self.norm_steps),
@@ -446,31 +598,30 @@ class GradientRecorder:
                 "dead_steps_past_records": self.dead_steps_past_records}
 
 
-def _fingerprint_flags(state: _ParamState, device: Any, unknown: torch.Tensor) -> list:
-    """Device booleans for one parameter: [unchanged since the last step and non-zero, then one
-    "all zero" flag per fingerprint taken before a backward]. ``unknown`` is a shared False."""
+def _finite(values: list) -> torch.Tensor:
+    """1.0 for each finite value, 0.0 for the others, in one float32 vector (two kernels)."""
+    return torch.isfinite(torch.stack(values)).float()
+
+
+def _fingerprint_flags(state: _ParamState, device: Any) -> list:
+    """Device booleans for one parameter: one "all zero" flag per fingerprint taken before a
+    backward (none if a fingerprint lives on another device)."""
     fps = [(fp, c) for fp, c in state.fps if fp.device == device]
     if len(fps) != len(state.fps):
         return []
-    if fps and fps[0][1] == 0 and state.fp_after is not None \
-            and state.fp_after.device == device:
-        same = (fps[0][0] == state.fp_after).all() & fps[0][0].ne(0).any()
-    else:
-        same = unknown
-    return [same] + [(fp == 0).all() for fp, _ in fps]
+    return [(fp == 0).all() for fp, _ in fps]
 
 
 def _carried(state: _ParamState, flags: list) -> tuple:
     """(old gradient carried into this step?, backward calls since the step or the last reset)."""
     latest = state.reset_at                  # cleared or replaced before that backward
-    if flags:
-        for (_, count), zero in zip(state.fps, flags[1:]):
-            if zero:                         # zeroed in place before that backward
-                latest = count if latest is None else max(latest, count)
+    for (_, count), zero in zip(state.fps, flags):
+        if zero:                             # zeroed in place before that backward
+            latest = count if latest is None else max(latest, count)
     if latest is not None:
         return False, state.since_step - latest
-    if flags and flags[0] and state.reset_at is None:
-        return True, state.since_step       # untouched since the step: carried over
+    if flags and state.untouched:
+        return True, state.since_step       # untouched since the step and not zero: carried
     return False, state.since_step           # first step, or changed in place (scaled, say)
 
 

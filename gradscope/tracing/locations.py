@@ -33,6 +33,11 @@ _SKIP_FILES = ("runpy.py", "contextlib.py", "functools.py")
 _INSTALLED = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 
 
+# Looked up on every recorded event (each backward, step and zero_grad of a watched loop):
+# a display path is cached per (working directory, path).
+_DISPLAY: dict = {}
+
+
 @functools.lru_cache(maxsize=4096)
 def is_library_file(filename: str) -> bool:
     """True for files of torch, gradscope and the standard library's plumbing (runpy, ...)."""
@@ -77,10 +82,19 @@ def code_location(start: Optional[FrameType] = None) -> Optional[str]:
 
 def display_path(path: str) -> str:
     try:
-        rel = os.path.relpath(path)
-    except ValueError:
+        key = (os.getcwd(), path)  # a quarter of a microsecond; relpath alone takes 3.6
+    except OSError:  # the working directory was removed
         return path
-    return path if rel.startswith("..") else rel
+    shown = _DISPLAY.get(key)
+    if shown is None:
+        if len(_DISPLAY) > 10_000:
+            _DISPLAY.clear()
+        try:
+            rel = os.path.relpath(path)
+        except ValueError:
+            rel = ".."
+        shown = _DISPLAY[key] = path if rel.startswith("..") else rel
+    return shown
 
 
 def user_variable_name(obj: object) -> Optional[str]:

@@ -116,6 +116,9 @@ class ModuleTracker:
         self._failure_exc_id: Optional[int] = None
         self._norm_types: dict = {}   # type -> is a batch norm
         self._handles: Optional[HandleGroup] = None
+        self._forward_handles: list = []
+        self.light_entry: Optional[tuple] = None  # (model, name) of a light forward running
+        self.root_modules: dict = {}  # id -> weak ref of every module called at top level
         self._wrapped: set = set()    # ids of modules whose compiled call we wrapped
         self.on_root_call: Optional[Callable[..., None]] = None
         self.direct = DirectCalls(self, _peek_sequence_nr)  # model.forward(x) called directly
@@ -131,9 +134,21 @@ class ModuleTracker:
 
     def install(self, handles: HandleGroup) -> None:
         self._handles = handles
-        reg = nn.modules.module
-        handles.add(reg.register_module_forward_pre_hook(self._pre_hook))
-        handles.add(reg.register_module_forward_hook(self._post_hook, always_call=True))
+        self.forward_hooks(True)
+        handles.on_remove(lambda: self.forward_hooks(False))
+
+    def forward_hooks(self, on: bool) -> None:
+        """Put the two global forward hooks in (they see every module call) or take them out
+        (a watch session's light steps, see ``lightmode``). Idempotent."""
+        if on and not self._forward_handles:
+            reg = nn.modules.module
+            self._forward_handles = [
+                reg.register_module_forward_pre_hook(self._pre_hook),
+                reg.register_module_forward_hook(self._post_hook, always_call=True)]
+        elif not on:
+            for handle in self._forward_handles:
+                handle.remove()
+            self._forward_handles = []
 
     def clear_references(self) -> None:
         """Drop every strong reference to user objects (called when the session ends)."""
@@ -146,6 +161,7 @@ class ModuleTracker:
         self.failure_exc = None
         self._stacks.clear()
         self._muted_depth.clear()
+        self.root_modules.clear()
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
 
@@ -160,7 +176,7 @@ class ModuleTracker:
         self._ranges.clear()
 
     def in_forward(self) -> bool:
-        return bool(self._stack)
+        return bool(self._stack) or self.light_entry is not None
 
     def count_call(self, model: str, name: str, module: nn.Module) -> None:
         """A call the hooks did not see (a forward called directly): counted all the same."""
@@ -185,8 +201,9 @@ class ModuleTracker:
         return self._stack[-1][0] if self._stack else None
 
     def current(self) -> Optional[tuple]:
-        """``(model, name)`` of the innermost forward running now, or None."""
-        return (self._stack[-1][1], self._stack[-1][2]) if self._stack else None
+        """``(model, name)`` of the innermost forward running now (in a light forward: the
+        model), or None."""
+        return (self._stack[-1][1], self._stack[-1][2]) if self._stack else self.light_entry
 
     def invalidate_names(self) -> None:
         """A module was assigned onto a model: name its tree again before the next call."""
@@ -327,8 +344,10 @@ class ModuleTracker:
         # registering them as models kept every replica (and its weights) alive and ran the
         # checks on them. Their work is the user's model's, which the wrapper's call records.
         # (Parametrizations run outside any forward are muted instead: see _muted.)
+        # (__dict__, not getattr: a missing attribute goes through Module.__getattr__, a
+        # microsecond and a half twice per module call)
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
-            or getattr(module, "_is_replica", False)
+            or module.__dict__.get("_is_replica", False)
 
     def unmute(self) -> None:
         """Backward calls and optimizer steps never run inside a parametrization: a muting
@@ -389,19 +408,29 @@ class ModuleTracker:
             # batch statistics: training mode, or a norm that tracks no running statistics
             self._note_batch(module, entry, args)
         if not stack:
-            self.root_calls += 1
-            self.failure = self.failure_exc = None  # an error caught by the program is past
-            self._note_inputs(args)
-            if self._stale:
-                self._rename_stale()
-            # A model, or a wrapper around one (DDP, DataParallel, torch.compile: the model
-            # itself then runs nested, or compiled without hooks): one forward of the model.
-            model = self.models.get(entry[1])
-            if self.on_root_call is not None and model is not None \
-                    and (entry[2] == "" or entry[2].startswith("<")):
-                self.on_root_call(model, entry[1], args)
+            self.root_call(module, entry, args)
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
+
+    def root_call(self, module: nn.Module, entry: tuple, args: Any) -> None:
+        """A forward at top level (no other running): count it and tell the capture."""
+        self.root_calls += 1
+        self.root_modules[id(module)] = weakref.ref(module)
+        self.failure = self.failure_exc = None  # an error caught by the program is past
+        self._note_inputs(args)
+        if self._stale:
+            self._rename_stale()
+        # A model, or a wrapper around one (DDP, DataParallel, torch.compile: the model
+        # itself then runs nested, or compiled without hooks): one forward of the model.
+        model = self.models.get(entry[1])
+        if self.on_root_call is not None and model is not None \
+                and (entry[2] == "" or entry[2].startswith("<")):
+            self.on_root_call(model, entry[1], args)
+
+    def entry_of(self, module: nn.Module) -> Optional[tuple]:
+        """``(module, model, name)`` of a module named so far, else None."""
+        entry = self._names.get(id(module))
+        return entry if entry is not None and entry[0] is module else None
 
     @hook_of_ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:

@@ -63,6 +63,25 @@ _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloo
                     "__irshift__", "__imatmul__", "__setitem__"}
 
 
+class _Watched(dict):
+    """function name -> does ``__torch_function__`` have anything to do for it? Decided once
+    per name, from the same sets it tests (an ``inplace=True`` keyword is looked at apart)."""
+
+    def __missing__(self, name: str) -> bool:
+        watched = (name in _LAYER_FUNCS or name in _INPLACE_DUNDERS or name in _COPY_METHODS
+                   or name in _HOST_READS or name in _FACTORIES or name in _LOSSES
+                   or name in _SUBTRACTIONS or name in _SHAPE_LOSSES or name in _ITERATIONS
+                   or name in _HISTORY_NAMES
+                   or (name.endswith("_") and not name.startswith("__")
+                       and name not in _NOT_INPLACE))
+        if len(self) < 10_000:
+            self[name] = watched
+        return watched
+
+
+_WATCHED = _Watched()
+
+
 def _peek_seq() -> int:
     return _peek_sequence_nr() if _peek_sequence_nr is not None else 0
 
@@ -97,6 +116,12 @@ class OpWatch(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (),
                            kwargs: Optional[dict] = None) -> Any:
+        # Most torch calls of a program are of no interest (relu, add, view, ...): one dict
+        # lookup by name says so, and the call goes through with nothing else done. (Also
+        # what the compiler would see: the call and nothing of ours.)
+        if not _WATCHED[getattr(func, "__name__", "")] \
+                and not (kwargs and kwargs.get("inplace") is True):
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         if not self._active or torch.compiler.is_compiling():
             # While torch.compile traces, this is constant-folded away: the compiled graph

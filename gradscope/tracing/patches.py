@@ -79,6 +79,9 @@ class _Patches:
                 raise
             finally:
                 patches.local.depth = depth
+                if not nested and kind == "backward":
+                    for cap in patches._open():
+                        cap.after_backward()  # which gradients this backward wrote
             for cap in armed:
                 cap._guard("the non-finite search", cap.nonfinite.collect)
             return result

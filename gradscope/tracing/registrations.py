@@ -28,6 +28,7 @@ class RegistrationRecorder:
         self.constructions: dict = {}
         self._module_key: dict = {}   # id(module) -> (weakref, key)
         self._param_owner: dict = {}  # id(param) -> (weakref, key, parameter name)
+        self.generation = 0           # registrations seen: a model's parameters may have changed
 
     def install(self, handles: HandleGroup) -> None:
         reg = nn.modules.module
@@ -37,6 +38,7 @@ class RegistrationRecorder:
     # -- hooks ---------------------------------------------------------------------------------
     @hook_of_ours
     def _on_parameter(self, module: nn.Module, name: str, param: Any) -> None:
+        self.generation += 1
         if param is None or not self.tracker.in_forward():
             return
         key = self._key_of(module)
@@ -57,6 +59,7 @@ class RegistrationRecorder:
 
     @hook_of_ours
     def _on_module(self, parent: nn.Module, name: str, submodule: Any) -> None:
+        self.generation += 1
         if submodule is None or not self.tracker.in_forward():
             return
         owner = self.tracker.lookup(parent)
