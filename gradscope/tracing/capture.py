@@ -156,7 +156,8 @@ class Capture(steporder.StepOrderEvents):
         self.handles = HandleGroup()
         self.leaves: list = []               # unregistered leaves of the drawn graph, described
         self._leaf_refs: dict = {}           # node id -> weak reference to that leaf tensor
-        self.gradients = GradientRecorder()  # accumulation, norms, non-finite values
+        # accumulation, norms, non-finite values (norms sampled only under watch)
+        self.gradients = GradientRecorder(sampled=mode == "watch")
         self._mode_modules: dict = {}        # id(model) -> [(name, module)] that obey .training
         self._trainable: dict = {}           # id(model) -> has parameters that require grad
         self.graph: Optional[Graph] = None

@@ -94,7 +94,10 @@ MAX_STEP_RECORDS = 10_000  # accumulation records kept; later steps still feed t
 class GradientRecorder:
     """Accumulation per step, gradient norms per step, non-finite gradients and losses."""
 
-    def __init__(self) -> None:
+    def __init__(self, sampled: bool = True) -> None:
+        # Sampled norms are watch's (left on in training); a diagnostic run (gradscope trace)
+        # reads every step's, so its report names the exact step a gradient went non-finite.
+        self.sampled = sampled
         self._params: dict = {}          # id(param) -> _ParamState
         self._watched: list = []         # the same states, in order, for the passes
         self._pids: list = []            # ids of their parameters, in the same order
@@ -345,8 +348,9 @@ class GradientRecorder:
         parameter on a CPU: after the first steps it is taken at every SPARSE_NORMS-th step,
         and the max-abs pass (as costly again) at every SPARSE_MAXABS-th."""
         dense = len(self.norm_steps) < DENSE_NORMS  # steps GradScaler skipped do not count
-        want_norms = dense or step % SPARSE_NORMS == 0
-        return (want_norms, want_norms and (dense or step % SPARSE_MAXABS == 0),
+        want_norms = dense or step % SPARSE_NORMS == 0 or not self.sampled
+        every = SPARSE_MAXABS if self.sampled else SPARSE_NORMS
+        return (want_norms, want_norms and (dense or step % every == 0),
                 want_norms and (step - 1) % self._norm_stride == 0, _scaler_found_inf(optimizer))
 
     def _dead_training(self, step: int, serial: Optional[int], trainable: int, received: int,
