@@ -22,16 +22,14 @@ def tensors_in(value: Any) -> list:
     return []
 
 
-class _Patches:
-    """The shared wrappers (see the module docstring); ``add(capture)`` / ``remove(capture)``.
-    A capture receives ``on_backward``, ``on_backward_error``, ``_arm_nonfinite`` and
-    ``_event("zero_grad", ...)``."""
+class SharedPatches:
+    """Wrappers shared by every open capture: installed with the first capture, removed with
+    the last, in whatever order they close. Subclasses define ``_install``/``_uninstall``."""
 
     def __init__(self) -> None:
         self.captures: list = []
         self.lock = threading.Lock()
-        self.local = threading.local()  # backward calls nested inside a backward are torch's
-        self.installed: Optional[dict] = None
+        self.local = threading.local()
 
     def add(self, capture: Any) -> None:
         with self.lock:
@@ -43,11 +41,27 @@ class _Patches:
         with self.lock:
             if capture in self.captures:
                 self.captures.remove(capture)
-            if not self.captures and self.installed is not None:
+            if not self.captures:
                 self._uninstall()
 
     def _open(self) -> list:
         return [c for c in list(self.captures) if c.state == "open"]
+
+    def _install(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _uninstall(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _Patches(SharedPatches):
+    """The shared wrappers (see the module docstring); ``add(capture)`` / ``remove(capture)``.
+    A capture receives ``on_backward``, ``on_backward_error``, ``_arm_nonfinite`` and
+    ``_event("zero_grad", ...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()  # (self.local: backward calls nested inside a backward are torch's)
+        self.installed: Optional[dict] = None
 
     def _install(self) -> None:
         autograd = torch.autograd
@@ -115,6 +129,8 @@ class _Patches:
         self.installed = {"originals": originals, "wrappers": wrappers}
 
     def _uninstall(self) -> None:
+        if self.installed is None:
+            return
         originals, wrappers = self.installed["originals"], self.installed["wrappers"]
         self.installed = None
         # Only undo our own patches: if someone patched on top of us, theirs stays, and our

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import types
 from typing import Any, Callable, Optional
 
 import torch
 
 from .handles import pass_through
+from .patches import SharedPatches
 from .optimizers import unwrap_optimizer
 
 _CLIP_NAMES = ("clip_grad_norm_", "clip_grad_value_", "clip_grad_norm")
@@ -66,34 +66,16 @@ def _scaler_classes() -> list:
     return classes
 
 
-class StepOrderPatches:
+class StepOrderPatches(SharedPatches):
     """The shared wrappers. ``add(capture)`` / ``remove(capture)``; a capture receives
     ``_on_clip(name, params)``, ``_on_scheduler_step(scheduler)``,
     ``_on_optimizer_created(optimizer)`` and ``_on_scaler_skip(optimizer)``."""
 
     def __init__(self) -> None:
-        self.captures: list = []
-        self.lock = threading.Lock()
-        self.local = threading.local()
+        super().__init__()
         self.undo: list = []  # (owner, attribute, original, wrapper)
         self.generation = 0
         self.relocator: Optional[Any] = None
-
-    def add(self, capture: Any) -> None:
-        with self.lock:
-            if not self.captures:
-                self._install()
-            self.captures.append(capture)
-
-    def remove(self, capture: Any) -> None:
-        with self.lock:
-            if capture in self.captures:
-                self.captures.remove(capture)
-            if not self.captures:
-                self._uninstall()
-
-    def _open(self) -> list:
-        return [c for c in list(self.captures) if c.state == "open"]
 
     def _tell(self, what: str, method: str, *args: Any) -> None:
         for cap in self._open():
