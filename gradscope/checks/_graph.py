@@ -7,13 +7,27 @@ from ..render.view import op_category
 
 class Adjacency:
     def __init__(self, graph) -> None:
-        self.graph = graph
         self.producers: dict = {}
         self.consumers: dict = {}
         for src, dst in graph.edges:
             self.producers.setdefault(dst, []).append(src)
             self.consumers.setdefault(src, []).append(dst)
         self.op = {n.id: n.op for n in graph.nodes}
+        self._size = (len(graph.nodes), len(graph.edges))
+
+    @classmethod
+    def of(cls, graph) -> "Adjacency":
+        """The adjacency of ``graph``, built once for all the checks that need it (kept on the
+        graph itself, without a reference back: it goes with the graph; rebuilt if the graph
+        grew)."""
+        adj = getattr(graph, "_adjacency", None)
+        if adj is None or adj._size != (len(graph.nodes), len(graph.edges)):
+            adj = cls(graph)
+            try:
+                graph._adjacency = adj
+            except AttributeError:  # a graph type without room for it: build per check
+                pass
+        return adj
 
     def source_through_views(self, node_id: str, limit: int = 8, first: bool = False) -> list:
         """The non-view producers of ``node_id``'s inputs, looking through up to ``limit``

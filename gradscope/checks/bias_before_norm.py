@@ -16,7 +16,7 @@ def _is_batchnorm(op: str) -> bool:
 
 
 def run(trace) -> list:
-    adj = Adjacency(trace.graph)
+    adj = Adjacency.of(trace.graph)
     trained = {(m["model"], m["name"]) for m in trace.modules if m.get("batch_stats")}
     pairs: dict = {}
     for n in trace.graph.nodes:

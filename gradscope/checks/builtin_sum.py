@@ -9,7 +9,7 @@ THRESHOLD = 16  # one-element additions of the same tensor before it is worth a 
 
 
 def run(trace) -> list:
-    adj = Adjacency(trace.graph)
+    adj = Adjacency.of(trace.graph)
     out = []
     for n in trace.graph.nodes:
         if n.op == "UnbindBackward0":

@@ -24,7 +24,7 @@ def _loss_site(trace, function: str):
 
 
 def run(trace) -> list:
-    adj = Adjacency(trace.graph)
+    adj = Adjacency.of(trace.graph)
     found: dict = {}
     for n in trace.graph.nodes:
         pair = PAIRS.get(n.op or "")

@@ -55,7 +55,7 @@ def _call_site(trace, fn: str, shape: list):
 def run(trace) -> list:
     if not trace.node_args:
         return []
-    adj = Adjacency(trace.graph)
+    adj = Adjacency.of(trace.graph)
     roots = set(trace.graph.roots)
     out = []
     for n in trace.graph.nodes:
