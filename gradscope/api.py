@@ -174,13 +174,17 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     names = capture.tracker.lookup(model)
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
+    strided = torch.strided
     for n, p in unwrap(model).named_parameters():  # the names the report uses
-        if p.grad is not None and p.grad.layout == torch.strided and p.grad.device.type != "meta":
-            by_device.setdefault(p.grad.device, []).append((n, p.grad.detach()))
+        g = p.grad
+        # (get_device(): an int, -1 on the CPU; .device would build an object per gradient)
+        if g is not None and g.layout is strided and not g.is_meta:
+            by_device.setdefault(g.get_device(), []).append((n, g))
     out = {}
-    for items in by_device.values():
-        values = torch.stack(fused_norms([g for _, g in items])).tolist()  # float32 norms
-        out.update({(label, n): v for (n, _), v in zip(items, values)})
+    with torch.no_grad():  # (no .detach() per gradient: norms of a create_graph grad too)
+        for items in by_device.values():
+            values = torch.stack(fused_norms([g for _, g in items])).tolist()  # float32 norms
+            out.update({(label, n): v for (n, _), v in zip(items, values)})
     return out
 
 

@@ -70,15 +70,22 @@ def scan_attributes(models: dict, backward_seqs: Any = ()) -> tuple:
         registered_params = {id(p) for _, m in tree for p in m._parameters.values()
                              if p is not None}
         for qual, mod in tree:
-            prefix = f"{qual}." if qual else ""
             for attr, value in list(mod._buffers.items()):
                 if isinstance(value, torch.Tensor) and value.grad_fn is not None:
                     # a registered buffer re-assigned a value with autograd history
                     records.append({**_tensor_record(label, qual, mod, attr, value,
                                                      backward_seqs), "kind": "buffer"})
-            for attr, value in list(vars(mod).items()):
-                if attr in _MODULE_INTERNALS:
-                    continue
+            state = vars(mod)
+            # torch's own attributes left out in one set operation (most modules have none
+            # of their own but sizes); the dict's order is kept for deterministic records
+            own = state.keys() - _MODULE_INTERNALS
+            if not own:
+                continue
+            prefix = f"{qual}." if qual else ""
+            for attr in own if len(own) == 1 else [a for a in list(state) if a in own]:
+                value = state[attr]
+                if not isinstance(value, (torch.Tensor, list, tuple, dict, set)):
+                    continue  # sizes, flags, strings: nothing torch would have to manage
                 path = prefix + attr
                 if isinstance(value, torch.Tensor) and _derived_by_torch(mod, attr):
                     continue

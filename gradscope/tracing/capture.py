@@ -588,9 +588,15 @@ class Capture(steporder.StepOrderEvents):
                 continue
             total = 0
             aliases: dict = {}
+            unique = []  # what named_parameters() lists: each parameter under its first name
             for name, p in model.named_parameters(remove_duplicate=False):
-                aliases.setdefault(id(p), []).append(name)
-            for name, p in model.named_parameters():
+                known = aliases.get(id(p))
+                if known is None:
+                    aliases[id(p)] = [name]
+                    unique.append((name, p))
+                else:
+                    known.append(name)
+            for name, p in unique:
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
                 numel = 0 if lazy else p.numel()
                 total += numel
