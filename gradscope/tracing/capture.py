@@ -316,12 +316,18 @@ class Capture(steporder.StepOrderEvents):
         say) and a later one does: the report is about the model, so that one replaces it.
         """
         params, storages = self._parameter_tables()
-        names: dict = {}
-        if any(m is not None for m in self.tracker.models.values()):
-            names = scan_attributes(self.tracker.models)[1]
+        names: list = []  # the attribute names of tensors, scanned at the first leaf to name
+
+        def attribute_names() -> dict:
+            if not names:
+                models = self.tracker.models
+                names.append(scan_attributes(models)[1]
+                             if any(m is not None for m in models.values()) else {})
+            return names[0]
+
         walker = AutogradWalker(params, self.tracker.input_ids, self.tracker.attribution(),
                                 param_storage_keys=storages,
-                                describe_leaf=lambda t: self._describe_leaf(t, names))
+                                describe_leaf=lambda t: self._describe_leaf(t, attribute_names))
         walker.forwards = lambda: self.tracker.replayed
         buffers = buffer_copies(m for m in self.tracker.models.values() if m is not None)
         versions = [b._version for b, _ in buffers]
@@ -377,13 +383,13 @@ class Capture(steporder.StepOrderEvents):
                     self.tracker.record_ranges = False  # later graphs are not drawn
         return graph
 
-    def _describe_leaf(self, tensor: Any, names: dict) -> dict:
+    def _describe_leaf(self, tensor: Any, attribute_names: Callable[[], dict]) -> dict:
         ref = weakref.ref(tensor)  # to ask the optimizers about it at the end, without keeping it
         owner = self.registrations.owner_of(tensor)
         if owner is not None:
             return {"origin": "built-in-forward", "construction": owner[0], "name": owner[1],
                     "_ref": ref}
-        name = names.get(id(tensor))
+        name = attribute_names().get(id(tensor))
         if name is not None:
             return {"origin": "attribute", "name": name, "_ref": ref}
         return {"origin": "unknown", "name": None, "_ref": ref}
@@ -582,6 +588,8 @@ class Capture(steporder.StepOrderEvents):
         optimized = self.optimizers.optimized
         any_optimizer = self.optimizers.active
         models, parameters = [], []
+        dtypes: dict = {}   # their names, made once each
+        devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
         for label, model in self.tracker.models.items():
             if model is None:
@@ -600,11 +608,14 @@ class Capture(steporder.StepOrderEvents):
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
                 numel = 0 if lazy else p.numel()
                 total += numel
+                dtype, device = p.dtype, p.device
                 parameters.append({
                     "model": label, "name": name, "module": name.rpartition(".")[0],
                     "shape": None if lazy else list(p.shape),
-                    "dtype": str(p.dtype).replace("torch.", ""),
-                    "device": str(p.device), "numel": numel,
+                    "dtype": dtypes.get(dtype) or dtypes.setdefault(
+                        dtype, str(dtype).replace("torch.", "")),
+                    "device": devices.get(device) or devices.setdefault(device, str(device)),
+                    "numel": numel,
                     "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
                     "in_optimizer": (id(p) in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
@@ -643,19 +654,22 @@ class Capture(steporder.StepOrderEvents):
         rows = []
         records = self.tracker.records
         seen = set()
+        typos: dict = {}  # per class: the misspelled __init__ is a property of the class
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
             for name, sub in model.named_modules():
                 rec = records.get((label, name))
                 seen.add((label, name))
+                cls = type(sub)
+                typo = typos[cls] if cls in typos else typos.setdefault(cls, init_typo(cls))
+                own = sub._parameters  # the module's own, without a generator walk per module
                 rows.append({
-                    "model": label, "name": name, "type": type(sub).__name__, "registered": True,
+                    "model": label, "name": name, "type": cls.__name__, "registered": True,
                     "calls": rec.calls if rec else 0, "output": rec.output if rec else None,
-                    # _parameters: the module's own, without a generator walk per module
-                    "parameters": sum(p.numel() for p in sub._parameters.values()
-                                      if p is not None and not _uninitialized(p)),
-                    "location": None, "init_typo": init_typo(type(sub)),
+                    "parameters": sum(p.numel() for p in own.values()
+                                      if p is not None and not _uninitialized(p)) if own else 0,
+                    "location": None, "init_typo": typo,
                 })
                 if rec is not None and rec.batch_stats:
                     rows[-1]["batch_stats"] = _batch_rows(rec.batch_stats)
