@@ -124,6 +124,28 @@ def test_real_nan_gradient_and_nan_loss_are_errors():
     assert found["nonfinite-loss"].location.startswith("tests/test_watch.py:")
 
 
+@pytest.mark.parametrize("shape", ["scalar", "view", "vector"])
+def test_a_nan_loss_is_found_whatever_its_shape(shape):
+    # a 0-d loss is kept as it is until the read; a view of a larger tensor, or a loss of
+    # several values, is reduced first: all three must be checked, at the step it happened
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for step in range(20):
+            opt.zero_grad()
+            per_sample = nn.functional.cross_entropy(model(x), y, reduction="none")
+            if step == 13:
+                per_sample = per_sample * float("nan")
+            loss = {"scalar": per_sample.mean(), "view": per_sample[:1].mean(0, keepdim=True)[0],
+                    "vector": per_sample[:2]}[shape]
+            loss.backward(torch.ones_like(loss) if shape == "vector" else None)
+            if step != 13:  # (a step on NaN gradients would make every later loss NaN too)
+                opt.step()
+    losses = scope.report().trace.gradients["nonfinite_losses"]
+    assert [l["backward"] for l in losses] == [14]
+
+
 def test_session_states(no_leaks):
     model = _mlp()
     scope = gradscope.watch(model)

@@ -19,7 +19,7 @@ import torch.optim.optimizer as torch_optimizer
 from ..errors import GradscopeWarning, SessionClosedError
 from ..graph import Graph
 from .handles import HandleGroup, ours
-from .locations import user_location, user_variable_name
+from .locations import refresh_cwd, user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
@@ -191,6 +191,7 @@ class Capture(steporder.StepOrderEvents):
                 f"this gradscope capture is {self.state}; a capture records one run. "
                 "Create a new one for the next run.")
         self.state = "open"
+        refresh_cwd()
         try:
             self.tracker.on_root_call = self._on_root_call
             quiet = CompileHookWarningFilter()
@@ -233,6 +234,7 @@ class Capture(steporder.StepOrderEvents):
             self.handles.remove()
         finally:
             try:
+                refresh_cwd()
                 self.gradients.finish()
                 self._snapshot = self._take_snapshot()
             finally:
@@ -568,9 +570,10 @@ class Capture(steporder.StepOrderEvents):
             if _peek_sequence_nr is not None and len(self.step_seqs) < 100_000:
                 self.step_seqs.append(_peek_sequence_nr())
             serial = self.optimizers.stepped(optimizer)
+            location = user_location()
             self._event("step", index=self.optimizer_steps, optimizer=type(optimizer).__name__,
-                        optimizer_id=serial, location=user_location())
-            self.gradients.on_step(optimizer, self.optimizer_steps, serial)
+                        optimizer_id=serial, location=location)
+            self.gradients.on_step(optimizer, self.optimizer_steps, serial, location)
             if self.light is not None:
                 self.light.on_step(self.optimizer_steps, self._graph_has_model
                                    and self.nonfinite is None and not self.tracker.compiled
@@ -651,6 +654,8 @@ class Capture(steporder.StepOrderEvents):
                               "nonfinite_search": self.nonfinite is not None}}
 
     def _module_table(self) -> list:
+        if self.light is not None:
+            self.light.flush()  # forwards replayed since the last read
         rows = []
         records = self.tracker.records
         seen = set()

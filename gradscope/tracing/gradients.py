@@ -27,7 +27,7 @@ import math
 import weakref
 from math import isfinite
 from itertools import repeat
-from operator import attrgetter, call, is_
+from operator import attrgetter, call, is_, itemgetter
 from typing import Any, Optional
 
 import torch
@@ -84,6 +84,7 @@ class _ParamState:
 
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
+_SECOND = itemgetter(1)
 _REF = attrgetter("ref")
 _ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
@@ -106,6 +107,9 @@ class GradientRecorder:
         self._backwards = 0              # backward calls seen since the last optimizer step
         self._fingerprinted = False      # a fingerprint was taken since the last step
         self._step_params: dict = {}     # id(optimizer) -> (param groups key, [(state, p)])
+        self._step_names: dict = {}      # id(optimizer) -> (display names, in watch order)
+        self._before_params: Optional[list] = None  # the watched parameters, during a backward
+        self._all_seen = False           # every id in _pids is in seen
         self.seen: set = set()           # ids of parameters that ever received a gradient
         self.steps: list = []            # plain-data record per optimizer step
         self.norm_steps: list = []       # step indices whose norms are kept
@@ -137,11 +141,13 @@ class GradientRecorder:
         state = self._params[id(param)] = _ParamState(param, name)
         self._watched.append(state)
         self._pids.append(id(param))
+        self._all_seen = False
         self._step_params.clear()
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
         old, new = _display(state.name), _display(name)
         state.name, state.display = name, new
+        self._step_params.clear()  # their cached display names
         for series in (self.norms, self.maxabs):
             if old in series:
                 series[new] = series.pop(old) + series.pop(new, [])
@@ -166,7 +172,7 @@ class GradientRecorder:
         if stream_capturing():
             self._before = None
             return
-        params = self._params_now()
+        params = self._before_params = self._params_now()  # held until after_backward only
         grads = list(map(GRAD, params))  # one C loop over the parameters
         uniform = self._uniform
         if uniform.on:
@@ -204,6 +210,7 @@ class GradientRecorder:
             self._uniform.write_back(self._watched)
             self._watched = [s for s, p in zip(self._watched, params) if p is not None]
             self._pids = [pid for pid, p in zip(self._pids, params) if p is not None]
+            self._all_seen = False
             params = [p for p in params if p is not None]
             self._step_params.clear()
             self._before = None  # this backward's snapshot no longer lines up
@@ -222,19 +229,24 @@ class GradientRecorder:
         """Just after a backward call: a .grad that is a new object, or has a new version,
         received this backward's contribution."""
         snapshot, self._before = self._before, None
+        params, self._before_params = self._before_params, None
         if snapshot is None or (snapshot is not _ALL_NONE and len(snapshot) != len(self._watched)):
             return  # not seen starting (CUDA graph capture), or parameters added meanwhile
         self._backwards += 1
         watched = len(self._watched)
-        params = self._params_now()
-        if len(params) != watched:
-            return  # a parameter died meanwhile: the snapshot no longer lines up
+        if params is None or len(params) != watched:
+            # parameters added or dropped during the backward: look again
+            params = self._params_now()
+            if len(params) != watched:
+                return  # a parameter died meanwhile: the snapshot no longer lines up
         grads = list(map(GRAD, params))
         seen = self.seen
         uniform = self._uniform
         if uniform.on:
             if snapshot is _ALL_NONE and uniform.after(grads):
-                seen.update(self._pids)
+                if not self._all_seen:  # else all of them are in seen already
+                    seen.update(self._pids)
+                    self._all_seen = True
                 return
             uniform.write_back(self._watched)
         if snapshot is _ALL_NONE:  # every .grad that exists now is this backward's
@@ -259,19 +271,23 @@ class GradientRecorder:
         others at the read; a larger root, or one that would keep a larger tensor alive, is
         reduced now to one value that is finite exactly when the root is."""
         if isinstance(roots, torch.Tensor) and roots.is_floating_point() \
-                and roots.device.type != "meta" and not stream_capturing():
-            with torch.no_grad():
-                value = roots.detach()
-                if value.numel() == 1 and value.untyped_storage().nbytes() <= 64:
-                    value = value.reshape(())
-                else:
-                    value = torch.where(torch.isfinite(value).all(), 0.0, math.nan)
+                and not roots.is_meta and not (roots.is_cuda and stream_capturing()):
+            if roots.dim() == 0 and not roots._is_view():
+                value = roots.detach()  # the usual loss: its own one-element storage
+            else:
+                with torch.no_grad():
+                    value = roots.detach()
+                    if value.numel() == 1 and value.untyped_storage().nbytes() <= 64:
+                        value = value.reshape(())
+                    else:
+                        value = torch.where(torch.isfinite(value).all(), 0.0, math.nan)
             self._pending_losses.append((index, location or user_location(), value))
             if len(self._pending_losses) >= 256:  # no optimizer steps to read them with
                 self.finish_losses()
 
     # -- optimizer step ------------------------------------------------------------------------
-    def on_step(self, optimizer: Any, step: int, serial: Optional[int] = None) -> None:
+    def on_step(self, optimizer: Any, step: int, serial: Optional[int] = None,
+                location: Optional[str] = None) -> None:
         """Record the step: accumulation per parameter, norms, non-finite values; one sync."""
         if stream_capturing():
             self.captured_steps += 1
@@ -280,7 +296,7 @@ class GradientRecorder:
         uniform = self._uniform
         if uniform.on:
             if len(pairs) == len(self._watched) and self._uniform_step(
-                    optimizer, step, serial, pairs, tensors, others):
+                    optimizer, step, serial, pairs, tensors, others, location):
                 return
             uniform.write_back(self._watched)
         states = []
@@ -330,7 +346,7 @@ class GradientRecorder:
             # step of any other optimizer (which is never called), it adds no gradient norms
             # (partly Inf: filtering those out left a tiny total that seemed to explode later).
             keep_norms = False
-        self._record_step(optimizer, step, states, values, keep_norms, cleared)
+        self._record_step(optimizer, step, states, values, keep_norms, cleared, location)
         assigned += sum(1 for k, (_, p) in enumerate(states)
                         if id(p) in written and values["norm"][k] not in (0.0, None))
         self._dead_training(step, serial, trainable, received, assigned)
@@ -362,10 +378,10 @@ class GradientRecorder:
             self.dead_steps_past_records += 1
 
     def _uniform_step(self, optimizer: Any, step: int, serial: Optional[int], pairs: list,
-                      tensors: list, others: list) -> bool:
+                      tensors: list, others: list, location: Optional[str] = None) -> bool:
         """Record a step of the uniform loop (see ``uniform``); False if it is not one."""
         uniform = self._uniform
-        grads = list(map(GRAD, (p for _, p in pairs)))
+        grads = list(map(GRAD, map(_SECOND, pairs)))
         if not uniform.step_ready(grads, self._backwards):
             return False
         want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
@@ -377,16 +393,16 @@ class GradientRecorder:
         if values["found_inf"]:
             keep_norms = False
         new = uniform.since - uniform.reset
-        names = [state.display for state, _ in pairs]
+        names, in_watch_order = self._step_names[id(optimizer)]
         norms = values["norm"]
-        record = uniform_record(step, optimizer, user_location(), names, new, norms)
+        record = uniform_record(step, optimizer, location or user_location(), names, new, norms)
         bad = [] if norms[0] is None else [n for n, v in zip(names, norms) if not isfinite(v)]
         self._store_step(record, optimizer, step, pairs, values, keep_norms, bad)
         # every watched one received its gradient from backward; the others, if any, had theirs
         # written by other code
         self._dead_training(step, serial, sum(map(_REQUIRES_GRAD, tensors)), len(pairs),
                             sum(1 for p in others if p.grad is not None))
-        uniform.stepped(new, list(map(GRAD, self._params_now())))
+        uniform.stepped(new, grads if in_watch_order else list(map(GRAD, self._params_now())))
         self._backwards = 0
         return True
 
@@ -411,6 +427,12 @@ class GradientRecorder:
             # The optimizer holds these tensors anyway; finish() lets them go with it.
             cached = self._step_params[id(optimizer)] = (key, weakref.ref(optimizer),
                                                          (found, tensors, others))
+            # for the uniform path: display names made once, and whether the pairs are the
+            # watched states in their order (then one list of gradients serves both)
+            self._step_names[id(optimizer)] = (
+                [state.display for state, _ in found],
+                len(found) == len(self._watched)
+                and all(map(is_, (state for state, _ in found), self._watched)))
         return cached[2]
 
     def _unseen_backward(self, states: list) -> None:
@@ -488,7 +510,8 @@ class GradientRecorder:
         self._pending_losses = rest
 
     def _record_step(self, optimizer: Any, step: int, states: list, values: dict,
-                     keep_norms: bool, cleared: int = 0) -> None:
+                     keep_norms: bool, cleared: int = 0,
+                     location: Optional[str] = None) -> None:
         summed: dict = {}
         fresh: dict = {}
         carried_names = []
@@ -518,7 +541,7 @@ class GradientRecorder:
                 state.fps = []
         self._fingerprinted = False
         record = {"step": step, "optimizer": type(optimizer).__name__,
-                  "location": user_location(), "parameters": len(states),
+                  "location": location or user_location(), "parameters": len(states),
                   # backward calls in .grad since the previous step or the last reset, whichever
                   # came later (the most common count over the step's parameters)
                   "backward_calls": max(fresh, key=fresh.get) if fresh else 0,
@@ -590,8 +613,8 @@ class GradientRecorder:
             state.last_grad = None
         self._uniform.write_back(self._watched)
         self._step_params.clear()
-
-        self._before = None
+        self._step_names.clear()
+        self._before = self._before_params = None
 
     def snapshot(self) -> dict:
         return {"accumulation": list(self.steps), "norm_steps": list(self.norm_steps),

@@ -7,7 +7,8 @@ each module it has seen called at top level (the models, or the wrappers around 
 forward whose inputs (shapes, dtypes, devices, small scalar arguments) and modes (training,
 grad, autocast; the training flags of dropout and batch-norm layers) match those of a forward
 recorded in full is counted by replaying that recording: each module's call count and
-batch-norm statistics grow as they did then. A forward that matches none is recorded in full,
+batch-norm statistics grow as they did then (added up when the records are read: the report,
+or the next full recording). A forward that matches none is recorded in full,
 with the global hooks back for its duration; so is every forward of the periodic full steps
 (see ``Capture``), which also find models first called after the warm-up.
 
@@ -43,6 +44,7 @@ class LightForwards:
         self._full: Optional[tuple] = None  # (root, key, counts before) of a full forward
         self._root: Optional[Any] = None     # the root module of the light forward running
         self._pattern: Optional[_Pattern] = None
+        self._replayed: list = []      # patterns with replays not yet added to the records
 
     # -- switching -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -63,6 +65,7 @@ class LightForwards:
         if not self.active:
             return
         self.active = False
+        self.flush()
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -93,6 +96,7 @@ class LightForwards:
         key = (id(module), self._signature(module, args, kwargs))
         pattern = self._patterns.get(key)
         if entry is None or pattern is None or tracker._stale:
+            self.flush()
             self._full = (module, key, _counts(tracker.records))
             tracker.forward_hooks(True)
             tracker._pre_hook(module, args)  # its own global pre-hook was not in yet
@@ -116,7 +120,16 @@ class LightForwards:
             tracker.light_entry = None
             if output is None:  # it raised: name the model at least
                 tracker._note_failure(module, args)
-            pattern.replay(tracker.records)
+            if not pattern.pending:
+                self._replayed.append(pattern)
+            pattern.pending += 1  # added to the records when they are read (flush)
+
+    def flush(self) -> None:
+        """Add the replays counted so far to the module records (before anyone reads them:
+        the report, or a full recording measuring what one forward adds)."""
+        replayed, self._replayed = self._replayed, []
+        for pattern in replayed:
+            pattern.replay(self.tracker.records)
 
     # -- what makes two forwards the same ------------------------------------------------------
     def _signature(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
@@ -125,16 +138,18 @@ class LightForwards:
             modes = self._modes[id(module)] = [m for m in module.modules() if isinstance(
                 m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm))]
         return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
-                tuple(m.training for m in modes), _describe(args, 2),
-                tuple((k, _describe(v, 1)) for k, v in kwargs.items()))
+                tuple([m.training for m in modes]) if modes else (),
+                tuple(map(_describe_arg, args)) if isinstance(args, tuple) else _describe(args, 2),
+                tuple([(k, _describe(v, 1)) for k, v in kwargs.items()]) if kwargs else ())
 
 
 class _Pattern:
     """What one forward added to the module records: calls and batch-norm statistics."""
 
-    __slots__ = ("calls", "batches")
+    __slots__ = ("calls", "batches", "pending")
 
     def __init__(self, before: dict, records: dict) -> None:
+        self.pending = 0  # forwards replayed since the last flush
         self.calls: list = []
         self.batches: list = []
         for key, rec in records.items():
@@ -146,14 +161,16 @@ class _Pattern:
                     self.batches.append((key, shape, n - stats.get(shape, 0)))
 
     def replay(self, records: dict) -> None:
+        """Add ``pending`` forwards' worth of calls and statistics to ``records``."""
+        times, self.pending = self.pending, 0
         for key, n in self.calls:
             rec = records.get(key)
             if rec is not None:
-                rec.calls += n
+                rec.calls += n * times
         for key, shape, n in self.batches:
             rec = records.get(key)
             if rec is not None and rec.batch_stats is not None:
-                rec.batch_stats[shape] = rec.batch_stats.get(shape, 0) + n
+                rec.batch_stats[shape] = rec.batch_stats.get(shape, 0) + n * times
 
 
 def _counts(records: dict) -> dict:
@@ -161,12 +178,17 @@ def _counts(records: dict) -> dict:
             for key, rec in records.items()}
 
 
+def _describe_arg(value: Any) -> Any:
+    """One positional argument of a forward (:func:`_describe` one level deep)."""
+    return _describe(value, 1)
+
+
 def _describe(value: Any, depth: int) -> Any:
     """A hashable summary of a forward argument: tensors by shape, dtype, device and
     requires_grad; small scalars by value (they may choose a branch); containers one level."""
     if isinstance(value, torch.Tensor):
         try:
-            shape = tuple(value.shape)
+            shape = value.shape  # a torch.Size: a tuple, hashable as it is
         except RuntimeError:  # a nested tensor has no single shape
             shape = "nested"
         return (shape, value.dtype, value.device, value.requires_grad)

@@ -20,6 +20,7 @@ import functools
 import inspect
 import os
 import sys
+from time import monotonic
 from types import FrameType
 from typing import Optional
 
@@ -51,12 +52,30 @@ def is_installed_file(filename: str) -> bool:
     return is_library_file(filename) or any(part in filename for part in _INSTALLED)
 
 
+# Per file name: is it installed code? Asked for every frame of every recorded event; a plain
+# dict is several times cheaper than calling the lru_cache of is_installed_file. (Keyed by the
+# name, not the code object: code objects of the same source in two files compare equal.)
+_INSTALLED_FILE: dict = {}
+
+
+def _installed(filename: str) -> bool:
+    if len(_INSTALLED_FILE) > 50_000:
+        _INSTALLED_FILE.clear()
+    answer = _INSTALLED_FILE[filename] = is_installed_file(filename)
+    return answer
+
+
 def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
     """The innermost frame that belongs to the user's code (not torch, gradscope or another
     installed library), or None."""
     frame = start if start is not None else sys._getframe(1)
+    known = _INSTALLED_FILE.get
     while frame is not None:
-        if not is_installed_file(frame.f_code.co_filename):
+        filename = frame.f_code.co_filename
+        installed = known(filename)
+        if installed is None:
+            installed = _installed(filename)
+        if not installed:
             return frame
         frame = frame.f_back
     return None
@@ -80,9 +99,29 @@ def code_location(start: Optional[FrameType] = None) -> Optional[str]:
     return f"{display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
+# os.getcwd() is a system call (about 5 us right after torch work on a busy core, five times a
+# step in a watched loop): it is asked again when CWD_SECONDS have passed since the last time.
+# A path shown within that time after an os.chdir() is relative to the directory before it
+# (each capture asks afresh when it opens and when it closes).
+CWD_SECONDS = 0.25
+_CWD: list = [None, -1.0]
+
+
+def refresh_cwd() -> None:
+    """Ask for the working directory at the next display path (a session starts or ends)."""
+    _CWD[1] = -1.0
+
+
+def _cwd() -> str:
+    now = monotonic()
+    if now - _CWD[1] > CWD_SECONDS:
+        _CWD[0], _CWD[1] = os.getcwd(), now
+    return _CWD[0]
+
+
 def display_path(path: str) -> str:
     try:
-        key = (os.getcwd(), path)  # a quarter of a microsecond; relpath alone takes 3.6
+        key = (_cwd(), path)  # relpath alone takes 3.6 us
     except OSError:  # the working directory was removed
         return path
     shown = _DISPLAY.get(key)
