@@ -401,10 +401,15 @@ class Capture(steporder.StepOrderEvents):
         # the first forward) are watched too; the recorder ignores parameters it already has.
         # The walk over every parameter is skipped while nothing it depends on changed (after
         # the first backward calls; every 64th still walks, for requires_grad switched on).
-        optimizers = list(self.optimizers.live())
+        calls = self.backward_calls + self.grad_calls
+        live = self.optimizers._live
+        if len(live) == 1:  # the usual case, without a generator and a list of all of them
+            only = next(iter(live.values()))()
+            optimizers = [only] if only is not None else []
+        else:
+            optimizers = list(self.optimizers.live())
         key = (self.registrations.generation, len(self.tracker.models),
                [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
-        calls = self.backward_calls + self.grad_calls
         if key == self._watch_key and calls > 8 and calls % 64:
             return
         self._watch_key = key

@@ -85,6 +85,7 @@ class _ParamState:
 
 _REQUIRES_GRAD = attrgetter("requires_grad")
 _SECOND = itemgetter(1)
+_DEVICE = attrgetter("device")
 _REF = attrgetter("ref")
 _ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
@@ -386,7 +387,7 @@ class GradientRecorder:
             return False
         want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
         if want_norms or found_inf is not None:
-            values = self._read_once(pairs, want_max, found_inf)
+            values = self._read_once(pairs, want_max, found_inf, grads)
         else:
             values = {"norm": [None] * len(pairs), "max": [None] * len(pairs),
                       "found_inf": None}
@@ -400,8 +401,9 @@ class GradientRecorder:
         self._store_step(record, optimizer, step, pairs, values, keep_norms, bad)
         # every watched one received its gradient from backward; the others, if any, had theirs
         # written by other code
-        self._dead_training(step, serial, sum(map(_REQUIRES_GRAD, tensors)), len(pairs),
-                            sum(1 for p in others if p.grad is not None))
+        # (a watched parameter holding this step's gradient from backward requires grad)
+        self._dead_training(step, serial, len(pairs) + sum(map(_REQUIRES_GRAD, others)),
+                            len(pairs), sum(1 for p in others if p.grad is not None))
         uniform.stepped(new, grads if in_watch_order else list(map(GRAD, self._params_now())))
         self._backwards = 0
         return True
@@ -447,21 +449,30 @@ class GradientRecorder:
                 state.last_grad = weakref.ref(p.grad)
 
     def _read_once(self, states: list, want_max: bool,
-                   found_inf: Optional[torch.Tensor] = None) -> dict:
+                   found_inf: Optional[torch.Tensor] = None,
+                   all_grads: Optional[list] = None) -> dict:
         """Everything this step needs from the devices, in one transfer per device.
 
         ``found_inf`` is GradScaler's flag on a fused optimizer: read with the gradients of its
         device, so that a skipped step costs no second synchronisation. (This runs after the
-        step: a fused kernel has unscaled ``.grad`` in place by then, so norms are true ones.)"""
+        step: a fused kernel has unscaled ``.grad`` in place by then, so norms are true ones.)
+        ``all_grads``: the ``.grad`` of each of ``states``, when the caller has them already."""
+        if all_grads is None:
+            all_grads = list(map(GRAD, map(_SECOND, states)))
         by_device: dict = {}
-        for k, (state, p) in enumerate(states):
-            by_device.setdefault(p.grad.device, []).append(k)
+        devices = list(map(_DEVICE, all_grads))
+        if devices.count(devices[0]) == len(devices) if devices else False:
+            by_device[devices[0]] = range(len(states))  # the usual: all on one device
+        else:
+            for k, device in enumerate(devices):
+                by_device.setdefault(device, []).append(k)
         out = {"norm": [math.nan] * len(states), "max": [math.nan] * len(states),
                "flags": [[] for _ in states], "found_inf": None}
         for device, ks in by_device.items():
             scaler_flag = found_inf if found_inf is not None and found_inf.device == device \
                 and out["found_inf"] is None else None
-            grads = [states[k][1].grad for k in ks]  # read under no_grad: no detach needed
+            # read under no_grad: no detach needed
+            grads = all_grads if len(ks) == len(all_grads) else [all_grads[k] for k in ks]
             with torch.no_grad():
                 parts = [torch.stack(fused_norms(grads))]  # float32 already
                 if want_max:
@@ -476,7 +487,7 @@ class GradientRecorder:
                 if flags:  # one stack and one cast for all flags, not one per flag
                     parts.append(torch.stack(flags).float())
                 if losses:
-                    parts.append(_finite(losses))
+                    parts.append(_loss_values(losses))
                 if scaler_flag is not None:
                     parts.append(scaler_flag.reshape(-1)[:1].float())
                 flat = torch.cat(parts)
@@ -503,7 +514,7 @@ class GradientRecorder:
         it = iter(flags)
         for index, location, ok in self._pending_losses:
             if ok.device == device:
-                if next(it) < 0.5:
+                if not isfinite(next(it)):
                     self.losses_nonfinite.append({"backward": index, "location": location})
             else:
                 rest.append((index, location, ok))
@@ -599,7 +610,7 @@ class GradientRecorder:
     def finish_losses(self) -> None:
         """Read the pending loss checks (one transfer per device)."""
         for device in {ok.device for _, _, ok in self._pending_losses}:
-            flags = _finite([v for _, _, v in self._pending_losses
+            flags = _loss_values([v for _, _, v in self._pending_losses
                              if v.device == device]).tolist()
             self.syncs += 1
             self._resolve_losses(device, flags)
@@ -625,9 +636,14 @@ class GradientRecorder:
                 "dead_steps_past_records": self.dead_steps_past_records}
 
 
-def _finite(values: list) -> torch.Tensor:
-    """1.0 for each finite value, 0.0 for the others, in one float32 vector (two kernels)."""
-    return torch.isfinite(torch.stack(values)).float()
+def _loss_values(values: list) -> torch.Tensor:
+    """One float32 vector whose entries are finite exactly where ``values`` are: the values
+    themselves (one kernel; float16 and bfloat16 widen exactly), or, with a float64 among
+    them (which could overflow float32), 1.0 and NaN from an isfinite test."""
+    if any(v.dtype == torch.float64 for v in values):
+        return torch.where(torch.isfinite(torch.stack([v.double() for v in values])), 1.0,
+                           math.nan).float()
+    return torch.stack([v if v.dtype == torch.float32 else v.float() for v in values])
 
 
 def _fingerprint_flags(state: _ParamState, device: Any) -> list:

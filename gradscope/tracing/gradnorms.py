@@ -5,9 +5,12 @@ watch session's per-step path, where every kernel launch and Python call shows o
 """
 from __future__ import annotations
 
+from operator import attrgetter
+
 import torch
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+_DTYPE = attrgetter("dtype")
 
 
 def fused_norms(grads: list, order: float = 2.0) -> list:
@@ -17,6 +20,11 @@ def fused_norms(grads: list, order: float = 2.0) -> list:
     overflows to Inf (a gradient of 100 elements of 10,000 would read as non-finite). float64
     and complex gradients keep their own precision (torch refuses to narrow them) and only
     the result is cast. The max-abs norm is exact in any dtype."""
+    dtypes = list(map(_DTYPE, grads))
+    if dtypes and dtypes.count(dtypes[0]) == len(dtypes):  # the usual: one dtype, no regrouping
+        norms = _norms_of_one_dtype(grads, order,
+                                    dtypes[0] in _LOW_PRECISION and order != float("inf"))
+        return norms if norms[0].dtype == torch.float32 else [n.float() for n in norms]
     by_dtype: dict = {}
     for k, g in enumerate(grads):
         by_dtype.setdefault(g.dtype, []).append(k)

@@ -68,9 +68,12 @@ class UniformSteps:
 
     def step_ready(self, grads: list, backwards: int) -> bool:
         """At a step over every watched parameter: may it be recorded the uniform way?"""
-        return backwards > 0 and self.since > 0 and self.reset is not None \
-            and none_missing(grads) \
-            and list(map(_LAYOUT, grads)).count(torch.strided) == len(grads)
+        if backwards <= 0 or self.since <= 0 or self.reset is None:
+            return False
+        try:  # one pass: a missing gradient (None) has no layout
+            return list(map(_LAYOUT, grads)).count(torch.strided) == len(grads)
+        except AttributeError:
+            return False
 
     def stepped(self, new: int, grads_in_watch_order: list) -> None:
         self.since, self.reset, self.summed = 0, None, new
