@@ -81,10 +81,14 @@ SYNC = lambda: None  # noqa: E731 - torch.cuda.synchronize under --device cuda
 AMP = {"enabled": False}  # autocast settings for the current model (bf16 GPT on the GPU)
 
 
+CLOCK = {"now": time.perf_counter}  # --clock cpu: time.process_time (CPU time of the process)
+
+
 def timed(fn, *args):
     gc.collect()
     SYNC()
-    t0 = time.perf_counter()
+    clock = CLOCK["now"]
+    t0 = clock()
     try:
         with torch.autocast(**AMP) if AMP["enabled"] else contextlib.nullcontext():
             fn(*args)
@@ -93,7 +97,7 @@ def timed(fn, *args):
         return "RecursionError"
     except Exception as e:  # noqa: BLE001 - a peer that cannot handle a model: say so
         return f"fails: {type(e).__name__}"
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def bench(name, model, x, reps):
@@ -172,12 +176,20 @@ def main():
     ap.add_argument("--out", default=None, help="also write the markdown table here")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for issue 7's GPU sizes")
     ap.add_argument("--only", help="run the models whose name contains this")
+    ap.add_argument("--reps", type=int, help="interleaved repetitions (default 7, --quick 3)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: CPU time of the process, steadier than wall time on a shared "
+                         "machine (on a CPU it also counts torch's other threads)")
+    ap.add_argument("--threads", type=int,
+                    help="torch threads (1 with --clock cpu: no idle worker spinning counted)")
     ap.add_argument("--walk", action="store_true",
                     help="also the million-node chain (bench_walk.py measures it properly)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    reps = 3 if args.quick else 7
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
+    reps = args.reps or (3 if args.quick else 7)
+    if args.clock == "cpu":
+        CLOCK["now"] = time.process_time
     if args.device != "cpu":
         return gpu_main(args, reps)
     configs = [
@@ -190,7 +202,7 @@ def main():
     ]
     lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
              f"torch threads, torch {torch.__version__}, Python {platform.python_version()}; "
-             f"{reps} interleaved repetitions, medians.", "",
+             f"{reps} interleaved repetitions, medians of {args.clock} time.", "",
              "| model | autograd nodes | plain fwd+bwd | gradscope.trace | gradscope.trace "
              "without the op watch | torchviz make_dot | TorchLens trace |",
              "|---|---|---|---|---|---|---|"]
