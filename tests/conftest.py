@@ -59,6 +59,7 @@ def _step_order_attributes():
             clip_grad.clip_grad_value_, lr_scheduler.LRScheduler.__dict__["step"],
             lr_scheduler.ReduceLROnPlateau.__dict__["step"],
             torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"],
+            torch.amp.GradScaler.__dict__["scale"],
             torch.nn.Module.__dict__["load_state_dict"], vars(clip_grad).get("_clip_grads_with_norm_"),
             vars(utils).get("clip_grads_with_norm_"))
 

@@ -376,6 +376,13 @@ def expect_clip_after_step(d):
     assert "SGD.step()" in f["message"]
 
 
+def expect_clip_scaled_grads(d):
+    [f] = _only(d, "clip-grad-order")
+    assert _at(f) == "clip_scaled_grads.py:32" and f["data"] == {
+        "calls": 6, "misplaced": 6, "why": "scaled", "scale": 65536.0}
+    assert "scaler.unscale_(optimizer)" in f["message"] and "unscale_" in f["hint"]
+
+
 def expect_scheduler_before_step(d):
     [f] = _only(d, "scheduler-before-step")
     assert _at(f) == "scheduler_before_step.py:28" and f["data"]["initial_lr"] == 0.001
@@ -427,6 +434,7 @@ EXPECT = {
     "rnn_state_not_detached.py": expect_rnn_state_not_detached,
     "rnn_tbptt_ok.py": expect_nothing,
     "clip_after_step.py": expect_clip_after_step,
+    "clip_scaled_grads.py": expect_clip_scaled_grads,
     "scheduler_before_step.py": expect_scheduler_before_step,
     "optimizer_in_loop.py": expect_optimizer_in_loop,
     "step_order_ok.py": expect_nothing,

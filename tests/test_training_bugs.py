@@ -617,6 +617,69 @@ def test_clip_after_step_under_watch_with_the_usual_import(no_leaks):
     assert "test_training_bugs.py" in f.location
 
 
+@pytest.mark.parametrize("unscale, enabled, clip, expect", [
+    (False, True, "norm", "scaled"),    # the bug: clipping the scaled gradients
+    (False, True, "value", "scaled"),   # clip_grad_value_ likewise
+    (True, True, "norm", None),         # unscale_ first, as torch's AMP notes say
+    (False, False, "norm", None),       # a disabled scaler scales nothing
+    (True, True, "inf", None),          # clip_grad_norm_(params, inf): a measured norm
+    (False, True, "inf", None),         # (even on scaled gradients: it changes nothing)
+])
+def test_clipping_gradscalers_scaled_gradients_under_watch(no_leaks, unscale, enabled, clip,
+                                                            expect):
+    # clip_grad_norm_ imported by name before the session is seen (through its helper);
+    # clip_grad_value_ has none, so it is called through the module, as watch needs
+    from torch.nn.utils import clip_grad_norm_
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    scaler = torch.amp.GradScaler("cpu", enabled=enabled)  # made before the session, too
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with gradscope.watch(model, opt) as scope:
+        for _ in range(5):
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if unscale:
+                scaler.unscale_(opt)
+            if clip == "value":
+                torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)
+            else:
+                clip_grad_norm_(model.parameters(), float("inf") if clip == "inf" else 1.0)
+            scaler.step(opt)
+            scaler.update()
+    findings = found(scope.report().trace, "clip-grad-order")
+    if expect is None:
+        assert findings == []
+    else:
+        [f] = findings
+        assert f.data["why"] == expect and f.data["misplaced"] == 5
+        assert "test_training_bugs.py" in f.location
+
+
+def test_two_optimizers_one_scaler_each_unscaled_is_quiet(no_leaks):
+    # a GAN-style loop: one GradScaler, each optimizer unscaled before its own clipping;
+    # and a warm-up optimizer over the same parameters, still alive, never unscaled again
+    torch.manual_seed(0)
+    d, g = nn.Linear(4, 1), nn.Linear(2, 4)
+    opt_d = torch.optim.SGD(d.parameters(), lr=0.1)
+    opt_g = torch.optim.SGD(g.parameters(), lr=0.1)
+    warmup_g = torch.optim.SGD(g.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+    with gradscope.watch(d, opt_d) as scope:
+        for _ in range(4):
+            for opt, params, loss_of in (
+                    (opt_d, d.parameters(), lambda: d(g(torch.randn(8, 2)).detach()).mean()),
+                    (opt_g, g.parameters(), lambda: -d(g(torch.randn(8, 2))).mean())):
+                opt.zero_grad()
+                scaler.scale(loss_of()).backward()
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(list(params), 1.0)
+                scaler.step(opt)
+            scaler.update()
+    assert found(scope.report().trace, "clip-grad-order") == []
+    assert warmup_g.param_groups  # kept alive on purpose through the loop
+
+
 @pytest.mark.parametrize("loss, words", [
     ("((torch.round(torch.sigmoid(model(X)[:, 0])) - (Y > 1).float()) ** 2).mean()",
      "`torch.round`"),

@@ -4,10 +4,13 @@
 ``optimizer.step()``. After the step the update has already used the unclipped gradients (and
 the next ``zero_grad()`` throws the clipped ones away); right after ``zero_grad()``, before
 backward, it clips gradients that are about to be replaced. Either way training runs unclipped,
-which is the instability the clipping was added for. Clipping between backward and step
-(with ``GradScaler``: after ``scaler.unscale_(optimizer)``), once per step or once per
-micro-batch, is silent, and so is ``clip_grad_norm_(params, float("inf"))`` anywhere: it only
-measures the norm, for the logs.
+which is the instability the clipping was added for. With ``GradScaler``, clipping between
+backward and step without ``scaler.unscale_(optimizer)`` first clips the *scaled* gradients:
+``max_norm`` then bounds the scaled norm, and once the scaler divides by its scale (65536 at
+the start by default) every update is cut to ``max_norm / scale``, so the model barely learns.
+Clipping between backward and step (with ``GradScaler``: after ``scaler.unscale_(optimizer)``),
+once per step or once per micro-batch, is silent, and so is
+``clip_grad_norm_(params, float("inf"))`` anywhere: it only measures the norm, for the logs.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def _bad_clips(trace) -> list:
             elif (last is None or last.get("kind") == "zero_grad") \
                     and _backward_before_step(events, k, owners):
                 bad.append((e, "before-backward", last))
+            elif e.get("scaled"):
+                bad.append((e, "scaled", last))
     return bad
 
 
@@ -60,6 +65,22 @@ def run(trace) -> list:
     clips = sum(1 for e in trace.events if e.get("kind") == "clip" and not e.get("measure_only"))
     e, why, before = bad[0]
     fn = e.get("fn", "clip_grad_norm_")
+    if why == "scaled":
+        scale = e.get("scaled")
+        message = (f"{fn} at {e.get('location')} clips gradients that GradScaler still holds "
+                   f"multiplied by its loss scale ({scale:g} at the start): scaler.unscale_"
+                   "(optimizer) was not called before it, so the limit applies to the scaled "
+                   "gradients, and after the scaler divides by the scale every update is cut to "
+                   "about limit / scale")
+        return [Finding(
+            "clip-grad-order", "warning",
+            f"{message} ({len(bad)} of {clips} clipping calls). The model barely learns, and "
+            "nothing fails.",
+            hint="Unscale first: scaler.scale(loss).backward(); scaler.unscale_(optimizer); "
+                 "torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm); "
+                 "scaler.step(optimizer); scaler.update().",
+            module=optimizer_model(trace), location=e.get("location"),
+            data={"calls": clips, "misplaced": len(bad), "why": why, "scale": scale})]
     if why == "after-step":
         message = (f"{fn} at {e.get('location')} runs after {before.get('optimizer')}.step() at "
                    f"{before.get('location')}: the update already used the unclipped "
@@ -79,5 +100,5 @@ def run(trace) -> list:
 
 
 CHECK = Check("clip-grad-order", "warning",
-              "clip_grad_norm_/clip_grad_value_ after optimizer.step() or before backward(): "
-              "clipping has no effect", run)
+              "clip_grad_norm_/clip_grad_value_ after optimizer.step(), before backward(), "
+              "or on GradScaler's scaled gradients (no unscale_): clipping misfires", run)

@@ -16,12 +16,16 @@ and tells the open captures what happened; a capture records plain data only.
   and ``Module.load_state_dict``: weights restored before it (test-time adaptation episodes).
 - ``GradScaler.step``: an optimizer step it skipped (Inf/NaN gradients) never reaches the
   optimizer, so a scheduler stepping right after it is not the user's ordering mistake.
+- ``GradScaler.scale``: which scalers are in use, so that a clipping call can tell whether the
+  gradients it clips are still multiplied by the loss scale (no ``scaler.unscale_(opt)``
+  before it): the scaler's own per-optimizer stage says so, read without a device access.
 """
 from __future__ import annotations
 
 import functools
 import math
 import types
+import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -115,6 +119,8 @@ class StepOrderPatches(SharedPatches):
         self._patch(torch.nn.Module, "load_state_dict", self._load_wrapper)
         for cls in _scaler_classes():
             self._patch(cls, "step", self._scaler_wrapper)
+            if "scale" in vars(cls):
+                self._patch(cls, "scale", self._scale_wrapper)
         # torch's own warnings from these calls ("Detected call of `lr_scheduler.step()`
         # before `optimizer.step()`") name their caller's line: the user's, not ours.
         from .userwarnings import WarningRelocator
@@ -243,6 +249,18 @@ class StepOrderPatches(SharedPatches):
         return step
 
 
+    def _scale_wrapper(self, original: Any, generation: int) -> Any:
+        patches = self
+
+        @pass_through
+        @functools.wraps(original)
+        def scale(scaler: Any, outputs: Any) -> Any:
+            for cap in patches._listening(generation):
+                cap._note_scaler(scaler)
+            return original(scaler, outputs)
+        return scale
+
+
 def _initial(scheduler: Any) -> bool:
     """The step a scheduler's constructor makes itself (not the user's): torch marks it with
     ``_is_initial``; older releases only with ``_step_count == 0`` (which
@@ -303,14 +321,55 @@ class StepOrderEvents:
         except Exception:  # noqa: BLE001 - an odd object: never an error in the user's call
             return -1
 
+    def _note_scaler(self, scaler: Any) -> None:
+        """A GradScaler scaled a loss (its ``scale`` is called every step: kept cheap)."""
+        scalers = self.__dict__.get("_scalers")
+        if scalers is None:
+            scalers = self.__dict__["_scalers"] = weakref.WeakSet()
+        try:
+            scalers.add(scaler)
+        except TypeError:  # not weak-referenceable: an odd subclass
+            pass
+
+    def _scaled_clip(self, owners: list) -> Optional[float]:
+        """The initial scale of an enabled GradScaler whose gradients for one of the optimizers
+        ``owners`` are still scaled (it has not unscaled them for this step), else None."""
+        scalers = self.__dict__.get("_scalers")
+        if not scalers:
+            return None
+        live = [self.optimizers._live.get(serial) for serial in owners]
+        optimizers = [ref() for ref in live if ref is not None]
+        for scaler in list(scalers):
+            try:
+                if not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+                    continue
+                states = dict(scaler._per_optimizer_states)  # (a defaultdict: never .get-create)
+                stages = []
+                for opt in optimizers:
+                    state = states.get(id(opt))
+                    stage = state.get("stage") if state else None
+                    stages.append(getattr(stage, "name", "READY") if stage is not None
+                                  else "READY")
+                # Still scaled only if no optimizer holding these parameters was unscaled (or
+                # stepped) by this scaler: an earlier optimizer over the same parameters (a
+                # warm-up stage's, still alive) is never unscaled again, and is no evidence.
+                if stages and all(stage == "READY" for stage in stages):
+                    return float(getattr(scaler, "_init_scale", 65536.0))
+            except Exception:  # noqa: BLE001 - another GradScaler's internals: no finding
+                continue
+        return None
+
     def _on_clip(self, name: str, params: list, limit: Any = None) -> None:
         from .locations import user_location
         extra = {}
         if isinstance(limit, (int, float)) and math.isinf(limit):
             extra["measure_only"] = True  # clip_grad_norm_(params, inf): a norm for the logs
-        self._event("clip", fn=name, location=user_location(),
-                    optimizer_ids=self.optimizers.owners(params), parameters=len(params),
-                    **extra)
+        owners = self.optimizers.owners(params)
+        scale = self._scaled_clip(owners) if not extra else None
+        if scale is not None:
+            extra["scaled"] = scale  # GradScaler's gradients, clipped before unscale_
+        self._event("clip", fn=name, location=user_location(), optimizer_ids=owners,
+                    parameters=len(params), **extra)
 
     def _on_scheduler_step(self, scheduler: Any, lr_before: Optional[float] = None) -> None:
         from .locations import user_location
