@@ -180,3 +180,63 @@ def test_the_optimizer_watched_is_the_one_inside_accelerates_wrapper():
     inner = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     assert unwrap_optimizer(AcceleratedOptimizer(inner, device_placement=False)) is inner
     assert unwrap_optimizer(inner) is inner and unwrap_optimizer(None) is None
+
+
+DDP_SCRIPT = '''
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+from gradscope.integrations.hf import GradscopeCallback
+
+VOCAB = 50
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=VOCAB,
+                                       n_positions=16, bos_token_id=0, eos_token_id=0))
+    g = torch.Generator().manual_seed(1)
+    data = [{"input_ids": torch.randint(0, VOCAB, (8,), generator=g),
+             "labels": torch.randint(0, VOCAB, (8,), generator=g)} for _ in range(8)]
+    args = TrainingArguments(output_dir=sys.argv[1], per_device_train_batch_size=2, max_steps=2,
+                             report_to="none", use_cpu=True, save_strategy="no",
+                             logging_steps=1, disable_tqdm=True, seed=0, ddp_backend="gloo")
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[GradscopeCallback()]).train()
+'''
+
+
+def test_ddp_under_torchrun_writes_one_folder_per_rank_quietly_and_merges(tmp_path):
+    # a real 2-process DDP run of the Trainer (torchrun, gloo on CPU): a correct loop stays
+    # quiet on every rank (the Trainer wraps the model in DistributedDataParallel)
+    import socket
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "train_hf_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                           f"--master-port={port}", str(script), str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = out / "gradscope"
+    assert sorted(os.listdir(folder)) == ["rank-0", "rank-1"]
+    for rank in (0, 1):
+        d = json.load(open(folder / f"rank-{rank}" / "trace.json"))
+        assert d["optimizer_steps"] == 2 and d["run"]["mode"] == "watch"
+        assert [f["check"] for f in d["findings"]] == ["tied-weights"]  # info: GPT-2's own
+    r = CliRunner().invoke(main, ["merge", str(folder), "--out", str(tmp_path / "merged"),
+                                  "--fail-on", "warning"])
+    assert r.exit_code == 0, r.output
+    merged = json.load(open(tmp_path / "merged" / "trace.json"))
+    assert [x["rank"] for x in merged["ranks"]] == [0, 1]
+    assert all(f["severity"] == "info" for f in merged["findings"])

@@ -135,3 +135,76 @@ def test_an_unwritable_report_folder_is_a_warning_not_a_failed_fit(tmp_path, no_
     with pytest.warns(GradscopeWarning, match="could not write its report to .*a-file"):
         trainer_for(tmp_path, callback).fit(model, loader())
     assert callback.report.trace.optimizer_steps == 2 and callback.paths == []
+
+
+DDP_SCRIPT = '''
+import sys
+import torch
+from torch import nn
+import lightning as L
+from gradscope.integrations.lightning import GradscopeCallback
+
+
+class Regressor(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        self.aux = nn.Linear(8, 3)  # seeded bug: the loss never reaches it
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+if __name__ == "__main__":
+    g = torch.Generator().manual_seed(2)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4, generator=g),
+                                          torch.randn(16, 1, generator=g))
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true",
+                        max_steps=3, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False, logger=False, default_root_dir=sys.argv[1],
+                        callbacks=[GradscopeCallback()])
+    trainer.fit(Regressor(), torch.utils.data.DataLoader(data, batch_size=2))
+'''
+
+
+def test_ddp_on_two_cpu_ranks_writes_one_folder_per_rank_and_merges(tmp_path):
+    # a real 2-process DDP run (gloo): Lightning launches the second rank itself
+    import socket
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = tmp_path / "train_ddp.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), str(out)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = out / "gradscope"
+    assert sorted(os.listdir(folder)) == ["rank-0", "rank-1"]
+    for rank in (0, 1):
+        assert sorted(os.listdir(folder / f"rank-{rank}")) == [
+            "report.html", "summary.txt", "trace.json"]
+        d = json.load(open(folder / f"rank-{rank}" / "trace.json"))
+        assert d["optimizer_steps"] == 3
+        assert "unused-parameter" in {f["check"] for f in d["findings"]}
+        # each rank's log line names its own report, not a shared path that does not exist
+        assert f"rank-{rank}{os.sep}report.html" in proc.stdout + proc.stderr
+    r = CliRunner().invoke(main, ["merge", str(folder), "--out", str(tmp_path / "merged")])
+    assert r.exit_code == 0, r.output
+    merged = json.load(open(tmp_path / "merged" / "trace.json"))
+    assert [x["rank"] for x in merged["ranks"]] == [0, 1]
+    assert "unused-parameter" in {f["check"] for f in merged["findings"]}

@@ -78,7 +78,7 @@ class GradscopeCallback(ReportAccess, TrainerCallback):
         report = self._run.finish(self._folder, error)
         if report is None:
             return
-        where = os.path.join(self._folder, "report.html") if self._run.paths else None
+        where = self._run.paths[1] if self._run.paths else None  # (its rank-R folder, in DDP)
         c = counts(report)
         text = summary_line(report, where)
         (logger.warning if c["error"] or c["warning"] else logger.info)(text)

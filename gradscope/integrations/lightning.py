@@ -63,7 +63,7 @@ class GradscopeCallback(ReportAccess, Callback):
         if report is None:
             return
         c = counts(report)
-        where = os.path.join(self._folder, "report.html") if self._run.paths else None
+        where = self._run.paths[1] if self._run.paths else None  # (its rank-R folder, in DDP)
         (log.warning if c["error"] or c["warning"] else log.info)(summary_line(report, where))
         metrics = {"gradscope/findings": float(c["findings"]),
                    "gradscope/errors": float(c["error"]),
