@@ -61,6 +61,7 @@ def _step_order_attributes():
             torch.optim.Optimizer.__dict__["__init__"], torch.amp.GradScaler.__dict__["step"],
             torch.amp.GradScaler.__dict__["scale"],
             torch.nn.Module.__dict__["load_state_dict"], vars(clip_grad).get("_clip_grads_with_norm_"),
+            vars(clip_grad).get("_group_tensors_by_device_and_dtype"),
             vars(utils).get("clip_grads_with_norm_"))
 
 

@@ -602,8 +602,9 @@ def test_a_nested_tensor_softmax_does_not_stop_the_report(tmp_path):
     trace.to_json()  # plain data all the way (no SymInt in the records)
 
 
-def test_clip_after_step_under_watch_with_the_usual_import(no_leaks):
-    from torch.nn.utils import clip_grad_norm_  # imported before the session opens
+@pytest.mark.parametrize("how", ["norm", "value", "value via the module"])
+def test_clip_after_step_under_watch_with_the_usual_import(no_leaks, how):
+    from torch.nn.utils import clip_grad_norm_, clip_grad_value_  # imported before the session
     model = nn.Linear(4, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with gradscope.watch(model, opt) as scope:
@@ -611,10 +612,18 @@ def test_clip_after_step_under_watch_with_the_usual_import(no_leaks):
             opt.zero_grad()
             model(torch.randn(3, 4)).sum().backward()
             opt.step()
-            clip_grad_norm_(model.parameters(), 1.0)
+            if how == "norm":
+                clip_grad_norm_(model.parameters(), 1.0)
+            elif how == "value":
+                clip_grad_value_(model.parameters(), 0.5)
+            else:
+                torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)  # seen once, not twice
     [f] = found(scope.report().trace, "clip-grad-order")
     assert f.data == {"calls": 2, "misplaced": 2, "why": "after-step"}
     assert "test_training_bugs.py" in f.location
+    clips = [e for e in scope.report().trace.events if e["kind"] == "clip"]
+    assert len(clips) == 2 and all(e["parameters"] == 2 and e["optimizer_ids"] == [1]
+                                   for e in clips)
 
 
 @pytest.mark.parametrize("unscale, enabled, clip, expect", [
@@ -627,9 +636,8 @@ def test_clip_after_step_under_watch_with_the_usual_import(no_leaks):
 ])
 def test_clipping_gradscalers_scaled_gradients_under_watch(no_leaks, unscale, enabled, clip,
                                                             expect):
-    # clip_grad_norm_ imported by name before the session is seen (through its helper);
-    # clip_grad_value_ has none, so it is called through the module, as watch needs
-    from torch.nn.utils import clip_grad_norm_
+    # both imported by name before the session opens: seen through the helpers they call
+    from torch.nn.utils import clip_grad_norm_, clip_grad_value_
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     scaler = torch.amp.GradScaler("cpu", enabled=enabled)  # made before the session, too
@@ -642,7 +650,7 @@ def test_clipping_gradscalers_scaled_gradients_under_watch(no_leaks, unscale, en
             if unscale:
                 scaler.unscale_(opt)
             if clip == "value":
-                torch.nn.utils.clip_grad_value_(model.parameters(), 0.5)
+                clip_grad_value_(model.parameters(), 0.5)
             else:
                 clip_grad_norm_(model.parameters(), float("inf") if clip == "inf" else 1.0)
             scaler.step(opt)

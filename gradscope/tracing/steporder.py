@@ -8,7 +8,9 @@ and tells the open captures what happened; a capture records plain data only.
 - ``torch.nn.utils.clip_grad_norm_`` / ``clip_grad_value_`` (and the deprecated
   ``clip_grad_norm``): where clipping ran relative to backward and ``optimizer.step()``.
   Code that did ``from torch.nn.utils import clip_grad_norm_`` *before* the capture opened
-  holds the original function and is not seen (scripts run by ``gradscope trace`` import after).
+  holds the original function: it is seen through the helpers both look up at each call
+  (``_clip_grads_with_norm_``; ``_group_tensors_by_device_and_dtype``, called from
+  ``clip_grad_value_``'s own code, which the wrapper recognises by its code object).
 - ``LRScheduler.step`` (and ``ReduceLROnPlateau.step``): the scheduler's own first call from
   its constructor is not the user's and is skipped, as are the calls a ``SequentialLR`` or
   ``ChainedScheduler`` makes to the schedulers inside it.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import types
 import weakref
 from typing import Any, Callable, Optional
@@ -109,6 +112,12 @@ class StepOrderPatches(SharedPatches):
             for module in _clip_modules():
                 if "clip_grads_with_norm_" in vars(module):
                     self._patch(module, "clip_grads_with_norm_", self._norm_helper_wrapper)
+        # clip_grad_value_ has no helper of its own, but looks up the grouping helper at each
+        # call: wrapped, it sees a clip_grad_value_ imported by name before we started
+        value_code = _code_of(getattr(clip_grad, "clip_grad_value_", None))
+        if value_code is not None and "_group_tensors_by_device_and_dtype" in vars(clip_grad):
+            self._patch(clip_grad, "_group_tensors_by_device_and_dtype",
+                        lambda f, g: self._grouping_wrapper(f, g, value_code))
         for module in _clip_modules():
             for name in _CLIP_NAMES:
                 if hasattr(module, name) and not (inner and name != "clip_grad_value_"):
@@ -194,6 +203,24 @@ class StepOrderPatches(SharedPatches):
             return original(parameters, max_norm, *args, **kwargs)
         return clip_grads_with_norm_
 
+    def _grouping_wrapper(self, original: Any, generation: int, value_code: Any) -> Any:
+        patches = self
+
+        @pass_through
+        @functools.wraps(original)
+        def group(tensorlistlist: Any, *args: Any, **kwargs: Any) -> Any:
+            # (listening first: it is False while torch.compile traces, which cannot trace
+            # sys._getframe)
+            caller = sys._getframe(1) if patches._listening(generation, "clip_depth") else None
+            if caller is not None and caller.f_code is value_code:
+                grads = list(tensorlistlist[0]) if tensorlistlist else []
+                limit = caller.f_locals.get("clip_value")
+                del caller
+                patches._tell("a gradient clipping call", "_on_clip_grads",
+                              "clip_grad_value_", grads, limit)
+            return original(tensorlistlist, *args, **kwargs)
+        return group
+
     def _scheduler_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
 
@@ -259,6 +286,15 @@ class StepOrderPatches(SharedPatches):
                 cap._note_scaler(scaler)
             return original(scaler, outputs)
         return scale
+
+
+def _code_of(fn: Any) -> Any:
+    """The code object of ``fn`` under its decorators (torch's ``_no_grad``), or None."""
+    try:
+        import inspect
+        return inspect.unwrap(fn).__code__ if fn is not None else None
+    except Exception:  # noqa: BLE001 - not a plain function: nothing to recognise
+        return None
 
 
 def _initial(scheduler: Any) -> bool:
@@ -358,6 +394,15 @@ class StepOrderEvents:
             except Exception:  # noqa: BLE001 - another GradScaler's internals: no finding
                 continue
         return None
+
+    def _on_clip_grads(self, name: str, grads: list, limit: Any = None) -> None:
+        """A clipping call seen from the inside, with the gradients it clips: the parameters
+        are the optimizers' whose .grad these are."""
+        ids = {id(g) for g in grads}
+        params = {id(p): p for opt in self.optimizers.live() for group in opt.param_groups
+                  for p in group["params"]
+                  if isinstance(p, torch.Tensor) and p.grad is not None and id(p.grad) in ids}
+        self._on_clip(name, list(params.values()) if params else grads, limit)
 
     def _on_clip(self, name: str, params: list, limit: Any = None) -> None:
         from .locations import user_location
