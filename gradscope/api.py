@@ -175,7 +175,11 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
     strided = torch.strided
-    for n, p in unwrap(model).named_parameters():  # the names the report uses
+    seen = set()
+    for n, p in capture.named_parameters(unwrap(model)):  # the names the report uses
+        if id(p) in seen:  # (named_parameters() lists each parameter under its first name)
+            continue
+        seen.add(id(p))
         g = p.grad
         # (get_device(): an int, -1 on the CPU; .device would build an object per gradient)
         if g is not None and g.layout is strided and not g.is_meta:

@@ -146,6 +146,24 @@ def test_a_nan_loss_is_found_whatever_its_shape(shape):
     assert [l["backward"] for l in losses] == [14]
 
 
+def test_parameters_registered_late_are_in_the_report(no_leaks):
+    # the parameter listing is shared by the end-of-run passes; a registration invalidates it
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for step in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if step == 1:
+                model.scale = nn.Parameter(torch.ones(1))  # after a step: listed from then on
+        scope._capture.interim_snapshot()  # a listing made now...
+        model.bias_late = nn.Parameter(torch.zeros(2))  # ...and a registration after it
+    names = {p["name"] for p in scope.report().trace.parameters}
+    assert {"scale", "bias_late"} <= names
+
+
 def test_session_states(no_leaks):
     model = _mlp()
     scope = gradscope.watch(model)

@@ -181,6 +181,7 @@ class Capture(steporder.StepOrderEvents):
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
+        self._param_lists: dict = {}         # id(model) -> (key, weak ref, named parameters)
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -239,6 +240,7 @@ class Capture(steporder.StepOrderEvents):
                 self._snapshot = self._take_snapshot()
             finally:
                 self.tracker.clear_references()
+                self._param_lists.clear()
                 self.optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
@@ -498,13 +500,30 @@ class Capture(steporder.StepOrderEvents):
         return self.graph is None or (not self._graph_has_model
                                       and self.backward_calls + self.grad_calls <= 20)
 
+    def named_parameters(self, model: torch.nn.Module) -> list:
+        """``list(model.named_parameters(remove_duplicate=False))``, made once for the passes
+        that follow each other without a training event between them (the graph walk's tables,
+        the gradient norms and the snapshot of a trace): a 3000-layer model takes ~10 ms a
+        listing. Made again after any registration (a new parameter or module) and after each
+        optimizer step; the watched set itself (``_watch_gradients``) always lists afresh."""
+        key = (self.registrations.generation, self.optimizer_steps)
+        hit = self._param_lists.get(id(model))
+        if hit is not None and hit[0] == key and hit[1]() is model:
+            return hit[2]
+        listing = list(model.named_parameters(remove_duplicate=False))
+        if len(self._param_lists) >= 64:  # models come and go (one per episode, say)
+            self._param_lists = {k: v for k, v in self._param_lists.items()
+                                 if v[1]() is not None}
+        self._param_lists[id(model)] = (key, weakref.ref(model), listing)
+        return listing
+
     def _parameter_tables(self) -> tuple:
         params: dict = {}
         storages: set = set()
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            for name, p in model.named_parameters(remove_duplicate=False):
+            for name, p in self.named_parameters(model):
                 if id(p) not in params:
                     params[id(p)] = (label, name)
                     storages.add(storage_key(p)[0])
@@ -605,7 +624,7 @@ class Capture(steporder.StepOrderEvents):
             total = 0
             aliases: dict = {}
             unique = []  # what named_parameters() lists: each parameter under its first name
-            for name, p in model.named_parameters(remove_duplicate=False):
+            for name, p in self.named_parameters(model):
                 known = aliases.get(id(p))
                 if known is None:
                     aliases[id(p)] = [name]
