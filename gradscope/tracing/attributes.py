@@ -56,16 +56,19 @@ def container_items(value: Any) -> list:
     return [(f"[{i}]", v) for i, v in enumerate(list(value)[:MAX_ITEMS])]
 
 
-def scan_attributes(models: dict, backward_seqs: Any = ()) -> tuple:
+def scan_attributes(models: dict, backward_seqs: Any = (),
+                    named_modules: Any = None) -> tuple:
     """Returns (records, names): plain tensor and container attributes of every model's
     modules, and ``id(tensor) -> attribute path`` for tensors reachable through them.
-    ``backward_seqs``: the autograd sequence number at each backward call, ascending."""
+    ``backward_seqs``: the autograd sequence number at each backward call, ascending;
+    ``named_modules``: ``model -> [(name, module)]`` when the caller has the listing."""
     records: list = []
     names: dict = {}
     for label, model in models.items():
         if model is None:
             continue
-        tree = list(model.named_modules())  # one traversal serves all three uses
+        # one traversal serves all three uses
+        tree = named_modules(model) if named_modules is not None else list(model.named_modules())
         registered_modules = {id(m) for _, m in tree}
         registered_params = {id(p) for _, m in tree for p in m._parameters.values()
                              if p is not None}

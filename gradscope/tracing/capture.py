@@ -182,6 +182,7 @@ class Capture(steporder.StepOrderEvents):
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
         self._param_lists: dict = {}         # id(model) -> (key, weak ref, named parameters)
+        self._module_lists: dict = {}        # id(model) -> (key, weak ref, named modules)
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -241,6 +242,7 @@ class Capture(steporder.StepOrderEvents):
             finally:
                 self.tracker.clear_references()
                 self._param_lists.clear()
+                self._module_lists.clear()
                 self.optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
@@ -325,7 +327,7 @@ class Capture(steporder.StepOrderEvents):
         def attribute_names() -> dict:
             if not names:
                 models = self.tracker.models
-                names.append(scan_attributes(models)[1]
+                names.append(scan_attributes(models, (), self.named_modules)[1]
                              if any(m is not None for m in models.values()) else {})
             return names[0]
 
@@ -517,6 +519,20 @@ class Capture(steporder.StepOrderEvents):
         self._param_lists[id(model)] = (key, weakref.ref(model), listing)
         return listing
 
+    def named_modules(self, model: torch.nn.Module) -> list:
+        """``list(model.named_modules())``, shared the same way as :meth:`named_parameters`
+        (the module table and the attribute scan at the end of a run)."""
+        key = ("modules", self.registrations.generation, self.optimizer_steps)
+        hit = self._module_lists.get(id(model))
+        if hit is not None and hit[0] == key and hit[1]() is model:
+            return hit[2]
+        listing = list(model.named_modules())
+        if len(self._module_lists) >= 64:
+            self._module_lists = {k: v for k, v in self._module_lists.items()
+                                  if v[1]() is not None}
+        self._module_lists[id(model)] = (key, weakref.ref(model), listing)
+        return listing
+
     def _parameter_tables(self) -> tuple:
         params: dict = {}
         storages: set = set()
@@ -651,7 +667,8 @@ class Capture(steporder.StepOrderEvents):
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
-        attributes = scan_attributes(self.tracker.models, self.backward_seqs)[0]
+        attributes = scan_attributes(self.tracker.models, self.backward_seqs,
+                                     self.named_modules)[0]
         for leaf in self.leaves:  # is the leaf trained after all, by an optimizer given it?
             ref, leaf_id = self._leaf_refs.get(leaf["node"], (None, None))
             tensor = ref() if ref is not None else None
@@ -687,7 +704,7 @@ class Capture(steporder.StepOrderEvents):
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            for name, sub in model.named_modules():
+            for name, sub in self.named_modules(model):
                 rec = records.get((label, name))
                 seen.add((label, name))
                 cls = type(sub)
