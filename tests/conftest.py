@@ -115,3 +115,38 @@ def _require_browser(request):
 def _require_cuda(request):
     if request.node.get_closest_marker("cuda") and not torch.cuda.is_available():
         pytest.skip("no CUDA GPU on this machine")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a distributed run's rendezvous)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_ranks(tmp_path, command: list, env: dict = None):
+    """Run a 2-rank training command; returns (per-rank traces, merged trace, its output)."""
+    import json
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = tmp_path / "run" / "gradscope"
+    assert sorted(os.listdir(folder)) == ["rank-0", "rank-1"]
+    traces = []
+    for rank in (0, 1):
+        assert sorted(os.listdir(folder / f"rank-{rank}")) == [
+            "report.html", "summary.txt", "trace.json"]
+        traces.append(json.load(open(folder / f"rank-{rank}" / "trace.json")))
+    r = CliRunner().invoke(main, ["merge", str(folder), "--out", str(tmp_path / "merged"),
+                                  "--fail-on", "warning"])
+    merged = json.load(open(tmp_path / "merged" / "trace.json"))
+    assert [x["rank"] for x in merged["ranks"]] == [0, 1]
+    return traces, merged, r.exit_code, proc.stdout + proc.stderr

@@ -210,33 +210,16 @@ if __name__ == "__main__":
 def test_ddp_under_torchrun_writes_one_folder_per_rank_quietly_and_merges(tmp_path):
     # a real 2-process DDP run of the Trainer (torchrun, gloo on CPU): a correct loop stays
     # quiet on every rank (the Trainer wraps the model in DistributedDataParallel)
-    import socket
-    import subprocess
     import sys
 
-    from click.testing import CliRunner
+    from conftest import free_port, run_ranks
 
-    from cli.main import main
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     script = tmp_path / "train_hf_ddp.py"
     script.write_text(DDP_SCRIPT)
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                           f"--master-port={port}", str(script), str(out)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    folder = out / "gradscope"
-    assert sorted(os.listdir(folder)) == ["rank-0", "rank-1"]
-    for rank in (0, 1):
-        d = json.load(open(folder / f"rank-{rank}" / "trace.json"))
+    traces, merged, merge_exit, _ = run_ranks(tmp_path, [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+        f"--master-port={free_port()}", str(script), str(tmp_path / "run")])
+    for d in traces:
         assert d["optimizer_steps"] == 2 and d["run"]["mode"] == "watch"
         assert [f["check"] for f in d["findings"]] == ["tied-weights"]  # info: GPT-2's own
-    r = CliRunner().invoke(main, ["merge", str(folder), "--out", str(tmp_path / "merged"),
-                                  "--fail-on", "warning"])
-    assert r.exit_code == 0, r.output
-    merged = json.load(open(tmp_path / "merged" / "trace.json"))
-    assert [x["rank"] for x in merged["ranks"]] == [0, 1]
-    assert all(f["severity"] == "info" for f in merged["findings"])
+    assert merge_exit == 0 and all(f["severity"] == "info" for f in merged["findings"])
