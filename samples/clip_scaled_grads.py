@@ -7,8 +7,9 @@ the start). Clipping them before ``scaler.unscale_(opt)`` bounds the *scaled* no
 unscale first; this loop, as it is often written, does not.
 
 gradscope should report:
-- clip-grad-order (warning): ``clip_grad_norm_`` at line 32 clips gradients GradScaler still
-  holds scaled (no ``scaler.unscale_(opt)`` before it), in all 6 clipping calls.
+- clip-grad-order (warning): ``clip_grad_norm_`` at line 33 clips gradients GradScaler still
+  holds scaled (no ``scaler.unscale_(opt)`` before it), in 5 of the 6 clipping calls (the
+  first comes before the scaler's first step, which tells gradscope which optimizer it steps).
 
 Near miss: samples/step_order_ok.py (``scaler.unscale_(opt)`` before clipping).
 Run: gradscope trace samples/clip_scaled_grads.py

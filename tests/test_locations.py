@@ -1,5 +1,6 @@
 """Which frames are the user's: installed libraries are skipped, the user's project is not."""
 import importlib
+import os
 import sys
 
 from gradscope.tracing.locations import code_location, is_installed_file, user_location
@@ -39,3 +40,31 @@ def test_the_users_own_package_is_kept_even_when_installed_editable(tmp_path):
     where = lib.call(user_location)
     assert where.endswith("mypkg_gs16.py:3")
     assert not is_installed_file(lib.__file__)
+
+
+def test_display_paths_follow_the_directory_they_were_made_for(tmp_path, monkeypatch):
+    # the working directory is cached for a moment; what is shown must be relative to the
+    # directory its cache entry names, and a removed directory must not raise into user code
+    from gradscope.tracing.locations import display_path, refresh_cwd
+
+    (tmp_path / "sub").mkdir()
+    train = str(tmp_path / "train_gs18.py")
+    monkeypatch.chdir(tmp_path)
+    refresh_cwd()
+    assert display_path(train) == "train_gs18.py"
+    os.chdir(tmp_path / "sub")  # within the cache's moment: still shown against tmp_path
+    assert display_path(str(tmp_path / "other_gs18.py")) == "other_gs18.py"
+    refresh_cwd()
+    assert display_path(train) == train  # outside the new directory: the absolute path
+    os.chdir(tmp_path)
+    refresh_cwd()
+    assert display_path(str(tmp_path / "other_gs18.py")) == "other_gs18.py"  # not stuck
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    os.chdir(gone)
+    refresh_cwd()
+    display_path(train)  # caches the directory
+    gone.rmdir()
+    assert display_path(str(tmp_path / "third_gs18.py")).endswith("third_gs18.py")
+    refresh_cwd()
+    assert display_path(str(tmp_path / "fourth_gs18.py")).endswith("fourth_gs18.py")

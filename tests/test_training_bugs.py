@@ -660,8 +660,44 @@ def test_clipping_gradscalers_scaled_gradients_under_watch(no_leaks, unscale, en
         assert findings == []
     else:
         [f] = findings
-        assert f.data["why"] == expect and f.data["misplaced"] == 5
+        # (the first clip comes before the scaler's first step, which tells which optimizers
+        # it steps: not judged)
+        assert f.data["why"] == expect and f.data["misplaced"] == 4
         assert "test_training_bugs.py" in f.location
+
+
+@pytest.mark.parametrize("second", ["no scaler", "its own scaler"])
+def test_a_correct_clip_beside_another_amp_loop_is_quiet(no_leaks, second):
+    # a generator under AMP (unscaled before clipping) and a discriminator trained either in
+    # fp32 without any scaler, or with a scaler of its own: neither clip is on scaled grads
+    torch.manual_seed(0)
+    gen, disc = nn.Linear(8, 8), nn.Linear(8, 1)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.1)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.1)
+    scaler_g = torch.amp.GradScaler("cpu")
+    scaler_d = torch.amp.GradScaler("cpu") if second == "its own scaler" else None
+    with gradscope.watch(gen, opt_g) as scope:
+        for _ in range(5):
+            x = torch.randn(4, 8)
+            opt_g.zero_grad()
+            scaler_g.scale(gen(x).pow(2).mean()).backward()
+            scaler_g.unscale_(opt_g)
+            torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
+            scaler_g.step(opt_g)
+            scaler_g.update()
+            opt_d.zero_grad()
+            loss = disc(x).pow(2).mean()
+            if scaler_d is None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+                opt_d.step()
+            else:
+                scaler_d.scale(loss).backward()
+                scaler_d.unscale_(opt_d)
+                torch.nn.utils.clip_grad_norm_(disc.parameters(), 1.0)
+                scaler_d.step(opt_d)
+                scaler_d.update()
+    assert found(scope.report().trace, "clip-grad-order") == []
 
 
 def test_two_optimizers_one_scaler_each_unscaled_is_quiet(no_leaks):

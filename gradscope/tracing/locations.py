@@ -128,9 +128,9 @@ def display_path(path: str) -> str:
     if shown is None:
         if len(_DISPLAY) > 10_000:
             _DISPLAY.clear()
-        try:
-            rel = os.path.relpath(path)
-        except ValueError:
+        try:  # relative to the directory the key names (the cached one), not a later one
+            rel = os.path.relpath(path, key[0])
+        except (ValueError, OSError):
             rel = ".."
         shown = _DISPLAY[key] = path if rel.startswith("..") else rel
     return shown

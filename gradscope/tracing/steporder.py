@@ -266,6 +266,8 @@ class StepOrderPatches(SharedPatches):
         @functools.wraps(original)
         def step(scaler: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
             caps = patches._listening(generation)
+            for cap in caps:
+                cap._note_scaler(scaler, optimizer)
             before = [(cap, cap.steps_of(optimizer)) for cap in caps]
             result = original(scaler, optimizer, *args, **kwargs)
             for cap, count in before:
@@ -357,15 +359,18 @@ class StepOrderEvents:
         except Exception:  # noqa: BLE001 - an odd object: never an error in the user's call
             return -1
 
-    def _note_scaler(self, scaler: Any) -> None:
-        """A GradScaler scaled a loss (its ``scale`` is called every step: kept cheap)."""
+    def _note_scaler(self, scaler: Any, optimizer: Any = None) -> None:
+        """A GradScaler scaled a loss, or stepped ``optimizer`` (called every step: cheap)."""
         scalers = self.__dict__.get("_scalers")
         if scalers is None:
             scalers = self.__dict__["_scalers"] = weakref.WeakSet()
+            self.__dict__["_scaler_steps"] = set()
         try:
             scalers.add(scaler)
         except TypeError:  # not weak-referenceable: an odd subclass
-            pass
+            return
+        if optimizer is not None:  # which optimizers each scaler steps
+            self.__dict__["_scaler_steps"].add((id(scaler), id(optimizer)))
 
     def _scaled_clip(self, owners: list) -> Optional[float]:
         """The initial scale of an enabled GradScaler whose gradients for one of the optimizers
@@ -373,23 +378,28 @@ class StepOrderEvents:
         scalers = self.__dict__.get("_scalers")
         if not scalers:
             return None
+        stepped = self.__dict__.get("_scaler_steps", set())
         live = [self.optimizers._live.get(serial) for serial in owners]
         optimizers = [ref() for ref in live if ref is not None]
         for scaler in list(scalers):
             try:
                 if not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
                     continue
+                # only the optimizers this scaler steps (a second scaler's, or one trained
+                # without any, are none of its business): known from its first step on, so a
+                # clip before the first scaler.step() is not judged
+                mine = [opt for opt in optimizers if (id(scaler), id(opt)) in stepped]
                 states = dict(scaler._per_optimizer_states)  # (a defaultdict: never .get-create)
-                stages = []
-                for opt in optimizers:
+
+                def stage_of(opt: Any) -> str:
                     state = states.get(id(opt))
                     stage = state.get("stage") if state else None
-                    stages.append(getattr(stage, "name", "READY") if stage is not None
-                                  else "READY")
+                    return getattr(stage, "name", "READY") if stage is not None else "READY"
                 # Still scaled only if no optimizer holding these parameters was unscaled (or
-                # stepped) by this scaler: an earlier optimizer over the same parameters (a
-                # warm-up stage's, still alive) is never unscaled again, and is no evidence.
-                if stages and all(stage == "READY" for stage in stages):
+                # stepped) by this scaler this step: an earlier optimizer over the same
+                # parameters (a warm-up stage's, still alive) is never unscaled again, and a
+                # new one is not known to be this scaler's before its first scaler.step().
+                if mine and all(stage_of(opt) == "READY" for opt in optimizers):
                     return float(getattr(scaler, "_init_scale", 65536.0))
             except Exception:  # noqa: BLE001 - another GradScaler's internals: no finding
                 continue
