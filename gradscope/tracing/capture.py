@@ -183,6 +183,8 @@ class Capture(steporder.StepOrderEvents):
         self._watch_key: Any = None          # what the watched parameter set was made from
         self._param_lists: dict = {}         # id(model) -> (key, weak ref, named parameters)
         self._module_lists: dict = {}        # id(model) -> (key, weak ref, named modules)
+        self._scalers: Any = weakref.WeakSet()  # GradScalers seen scaling or stepping
+        self._scaler_steps: set = set()      # (id(scaler), id(optimizer)) it stepped
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
 
@@ -405,15 +407,10 @@ class Capture(steporder.StepOrderEvents):
         # the first forward) are watched too; the recorder ignores parameters it already has.
         # The walk over every parameter is skipped while nothing it depends on changed (after
         # the first backward calls; every 64th still walks, for requires_grad switched on).
-        calls = self.backward_calls + self.grad_calls
-        live = self.optimizers._live
-        if len(live) == 1:  # the usual case, without a generator and a list of all of them
-            only = next(iter(live.values()))()
-            optimizers = [only] if only is not None else []
-        else:
-            optimizers = list(self.optimizers.live())
+        optimizers = self.optimizers.live()
         key = (self.registrations.generation, len(self.tracker.models),
                [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
+        calls = self.backward_calls + self.grad_calls
         if key == self._watch_key and calls > 8 and calls % 64:
             return
         self._watch_key = key
@@ -503,34 +500,30 @@ class Capture(steporder.StepOrderEvents):
                                       and self.backward_calls + self.grad_calls <= 20)
 
     def named_parameters(self, model: torch.nn.Module) -> list:
-        """``list(model.named_parameters(remove_duplicate=False))``, made once for the passes
-        that follow each other without a training event between them (the graph walk's tables,
-        the gradient norms and the snapshot of a trace): a 3000-layer model takes ~10 ms a
-        listing. Made again after any registration (a new parameter or module) and after each
-        optimizer step; the watched set itself (``_watch_gradients``) always lists afresh."""
-        key = (self.registrations.generation, self.optimizer_steps)
-        hit = self._param_lists.get(id(model))
-        if hit is not None and hit[0] == key and hit[1]() is model:
-            return hit[2]
-        listing = list(model.named_parameters(remove_duplicate=False))
-        if len(self._param_lists) >= 64:  # models come and go (one per episode, say)
-            self._param_lists = {k: v for k, v in self._param_lists.items()
-                                 if v[1]() is not None}
-        self._param_lists[id(model)] = (key, weakref.ref(model), listing)
-        return listing
+        """``list(model.named_parameters(remove_duplicate=False))``, shared (see
+        :meth:`_listing`) by the graph walk's tables, the gradient norms and the snapshot; the
+        watched set itself (``_watch_gradients``) always lists afresh."""
+        return self._listing(self._param_lists, model,
+                             lambda: list(model.named_parameters(remove_duplicate=False)))
 
     def named_modules(self, model: torch.nn.Module) -> list:
-        """``list(model.named_modules())``, shared the same way as :meth:`named_parameters`
-        (the module table and the attribute scan at the end of a run)."""
-        key = ("modules", self.registrations.generation, self.optimizer_steps)
-        hit = self._module_lists.get(id(model))
+        """``list(model.named_modules())``, shared by the module table and the attribute
+        scans (see :meth:`_listing`)."""
+        return self._listing(self._module_lists, model, lambda: list(model.named_modules()))
+
+    def _listing(self, cache: dict, model: torch.nn.Module, make: Callable[[], list]) -> list:
+        """``make()``, made once for the passes that follow each other without a training event
+        between them (a 3000-layer model takes ~10 ms a listing): made again after any
+        registration (a new parameter or module) and after each optimizer step."""
+        key = (self.registrations.generation, self.optimizer_steps)
+        hit = cache.get(id(model))
         if hit is not None and hit[0] == key and hit[1]() is model:
             return hit[2]
-        listing = list(model.named_modules())
-        if len(self._module_lists) >= 64:
-            self._module_lists = {k: v for k, v in self._module_lists.items()
-                                  if v[1]() is not None}
-        self._module_lists[id(model)] = (key, weakref.ref(model), listing)
+        listing = make()
+        if len(cache) >= 64:  # models come and go (one per episode, say)
+            for k in [k for k, v in cache.items() if v[1]() is None]:
+                del cache[k]
+        cache[id(model)] = (key, weakref.ref(model), listing)
         return listing
 
     def _parameter_tables(self) -> tuple:

@@ -107,8 +107,7 @@ class GradientRecorder:
         self._before: Optional[list] = None  # (.grad ref, version) per state, during a backward
         self._backwards = 0              # backward calls seen since the last optimizer step
         self._fingerprinted = False      # a fingerprint was taken since the last step
-        self._step_params: dict = {}     # id(optimizer) -> (param groups key, [(state, p)])
-        self._step_names: dict = {}      # id(optimizer) -> (display names, in watch order)
+        self._step_params: dict = {}     # id(optimizer) -> (groups key, ref, pairs..., names)
         self._before_params: Optional[list] = None  # the watched parameters, during a backward
         self._all_seen = False           # every id in _pids is in seen
         self.seen: set = set()           # ids of parameters that ever received a gradient
@@ -394,7 +393,7 @@ class GradientRecorder:
         if values["found_inf"]:
             keep_norms = False
         new = uniform.since - uniform.reset
-        names, in_watch_order = self._step_names[id(optimizer)]
+        names, in_watch_order = self._step_params[id(optimizer)][3]  # (made by _stepped)
         norms = values["norm"]
         record = uniform_record(step, optimizer, location or user_location(), names, new, norms)
         bad = [] if norms[0] is None else [n for n, v in zip(names, norms) if not isfinite(v)]
@@ -426,15 +425,15 @@ class GradientRecorder:
                         found.append((state, p))
                     else:
                         others.append(p)
-            # The optimizer holds these tensors anyway; finish() lets them go with it.
+            # The optimizer holds these tensors anyway; finish() lets them go with it. For the
+            # uniform path: display names made once, and whether the pairs are the watched
+            # states in their order (then one list of gradients serves both).
+            names = [state.display for state, _ in found]
+            in_watch_order = len(found) == len(self._watched) \
+                and all(map(is_, (state for state, _ in found), self._watched))
             cached = self._step_params[id(optimizer)] = (key, weakref.ref(optimizer),
-                                                         (found, tensors, others))
-            # for the uniform path: display names made once, and whether the pairs are the
-            # watched states in their order (then one list of gradients serves both)
-            self._step_names[id(optimizer)] = (
-                [state.display for state, _ in found],
-                len(found) == len(self._watched)
-                and all(map(is_, (state for state, _ in found), self._watched)))
+                                                         (found, tensors, others),
+                                                         (names, in_watch_order))
         return cached[2]
 
     def _unseen_backward(self, states: list) -> None:
@@ -624,7 +623,6 @@ class GradientRecorder:
             state.last_grad = None
         self._uniform.write_back(self._watched)
         self._step_params.clear()
-        self._step_names.clear()
         self._before = self._before_params = None
 
     def snapshot(self) -> dict:

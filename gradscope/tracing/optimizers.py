@@ -8,7 +8,7 @@ each optimizer's record) is plain data kept as it is seen.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 MAX_RECORDS = 1000     # optimizer records kept; later ones are only counted
 MAX_SET_SIZE = 100_000  # parameters per optimizer compared by identity
@@ -95,12 +95,10 @@ class OptimizerRegistry:
                 out.append(serial)
         return out
 
-    def live(self) -> Iterator[Any]:
-        """The optimizers still alive, in the order they were seen."""
-        for ref in list(self._live.values()):
-            opt = ref()
-            if opt is not None:
-                yield opt
+    def live(self) -> list:
+        """The optimizers still alive, in the order they were seen (a list: asked before every
+        backward, where a generator's frame costs more than the usual one optimizer)."""
+        return [opt for opt in [ref() for ref in self._live.values()] if opt is not None]
 
     def _forget(self, serial: int) -> None:
         self._live.pop(serial, None)

@@ -28,7 +28,6 @@ import functools
 import math
 import sys
 import types
-import weakref
 from typing import Any, Callable, Optional
 
 import torch
@@ -277,7 +276,6 @@ class StepOrderPatches(SharedPatches):
             return result
         return step
 
-
     def _scale_wrapper(self, original: Any, generation: int) -> Any:
         patches = self
 
@@ -349,6 +347,8 @@ class StepOrderEvents:
 
     optimizers: Any
     state: str
+    _scalers: Any        # weakref.WeakSet of the GradScalers seen (set by Capture)
+    _scaler_steps: set   # (id(scaler), id(optimizer)) pairs a scaler stepped
 
     def _event(self, kind: str, **data: Any) -> None:  # pragma: no cover - Capture's
         raise NotImplementedError
@@ -361,27 +361,22 @@ class StepOrderEvents:
 
     def _note_scaler(self, scaler: Any, optimizer: Any = None) -> None:
         """A GradScaler scaled a loss, or stepped ``optimizer`` (called every step: cheap)."""
-        scalers = self.__dict__.get("_scalers")
-        if scalers is None:
-            scalers = self.__dict__["_scalers"] = weakref.WeakSet()
-            self.__dict__["_scaler_steps"] = set()
         try:
-            scalers.add(scaler)
+            self._scalers.add(scaler)
         except TypeError:  # not weak-referenceable: an odd subclass
             return
         if optimizer is not None:  # which optimizers each scaler steps
-            self.__dict__["_scaler_steps"].add((id(scaler), id(optimizer)))
+            self._scaler_steps.add((id(scaler), id(optimizer)))
 
     def _scaled_clip(self, owners: list) -> Optional[float]:
         """The initial scale of an enabled GradScaler whose gradients for one of the optimizers
         ``owners`` are still scaled (it has not unscaled them for this step), else None."""
-        scalers = self.__dict__.get("_scalers")
-        if not scalers:
+        if not self._scalers:
             return None
-        stepped = self.__dict__.get("_scaler_steps", set())
+        stepped = self._scaler_steps
         live = [self.optimizers._live.get(serial) for serial in owners]
         optimizers = [ref() for ref in live if ref is not None]
-        for scaler in list(scalers):
+        for scaler in list(self._scalers):
             try:
                 if not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
                     continue
