@@ -34,6 +34,7 @@ from .optimizers import OptimizerRegistry
 from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
+from .steady import SteadySteps
 from .walk import AutogradWalker, storage_key
 
 MAX_EVENTS = 10_000
@@ -187,6 +188,10 @@ class Capture(steporder.StepOrderEvents):
         self._scaler_steps: set = set()      # (id(scaler), id(optimizer)) it stepped
         self._snapshot: Optional[dict] = None
         self._lock = threading.Lock()
+        # watch: a loop repeating the same step runs idle between full steps (steady.py)
+        self.steady = SteadySteps(self) if mode == "watch" else None
+        if self.light is not None:
+            self.light.steady = self.steady
 
     # -- life cycle ----------------------------------------------------------------------------
     def __enter__(self) -> "Capture":
@@ -233,6 +238,7 @@ class Capture(steporder.StepOrderEvents):
         """Remove every hook and patch, snapshot the models, drop references. Idempotent."""
         if self.state == "closed":
             return
+        self._wake()  # the idle steps into the records, before anything reads them
         self.state = "closed"
         try:
             self.handles.remove()
@@ -271,6 +277,7 @@ class Capture(steporder.StepOrderEvents):
     def on_backward_error(self, roots: Any, error: BaseException) -> None:
         """A backward raised: for autograd's in-place error, find the node and the in-place op
         now, while the graph and the models are alive."""
+        self._wake()
         if self._backward_failure is not None or failures.classify(error) != "inplace-modified":
             return
 
@@ -292,6 +299,7 @@ class Capture(steporder.StepOrderEvents):
 
     def note_failure(self, error: Optional[BaseException]) -> None:
         """Explain the run's error, if it is one gradscope knows (device, CUDA, in-place)."""
+        self._wake()
         if error is None:
             return
         kind = failures.classify(error)
@@ -313,6 +321,7 @@ class Capture(steporder.StepOrderEvents):
         self._guard("the error", record)
 
     def add_model(self, model: torch.nn.Module, label: Optional[str] = None) -> str:
+        self._wake()
         return self.tracker.add_model(model, label)
 
     # -- graph ---------------------------------------------------------------------------------
@@ -454,6 +463,7 @@ class Capture(steporder.StepOrderEvents):
 
     def add_optimizer(self, optimizer: Any) -> None:
         """An optimizer the user handed us: its parameters count as optimized before it steps."""
+        self._wake()
         self.optimizers.give(optimizer)
 
     def _on_root_call(self, model: torch.nn.Module, label: str, args: Any = ()) -> None:
@@ -550,15 +560,43 @@ class Capture(steporder.StepOrderEvents):
                               GradscopeWarning, stacklevel=3)
             self.internal_errors.append(f"{what}: {e!r}")
 
+    def _wake(self) -> None:
+        """Idle steps (see ``steady``) are written into the records; record in full again."""
+        if self.steady is not None:
+            self.steady.wake()
+
+    def on_zero_grad(self, owner: Any) -> None:
+        """``zero_grad()`` of an optimizer or a module is about to run."""
+        steady = self.steady
+        key = ("z", id(owner))
+        if steady is not None and steady.idle and steady.entry(key) is not None:
+            return
+        self._guard("a zero_grad call", lambda: self._event(
+            "zero_grad", owner=type(owner).__name__, location=user_location()))
+        if steady is not None:
+            steady.note(key)
+
     def _event(self, kind: str, **data: Any) -> None:
+        self._add_event({"kind": kind, **data})
+
+    def _add_event(self, event: dict) -> None:
+        steady = self.steady
+        if steady is not None:
+            if steady.idle:
+                steady.wake()  # an event no idle step has: the idle steps come first
+            steady.add_event(event)
         if len(self.events) < MAX_EVENTS:
-            self.events.append({"kind": kind, **data})
+            self.events.append(event)
         elif len(self.events) == MAX_EVENTS:
             self.notes.append(f"Only the first {MAX_EVENTS} events are kept in the timeline.")
             self.events.append({"kind": "truncated"})
 
     def on_backward(self, roots: Any, kind: str = "backward", retain: bool = False) -> None:
         """Called just before a backward (or ``autograd.grad``) call runs."""
+        steady = self.steady
+        if steady is not None and steady.idle and steady.backward(roots, kind, retain):
+            return
+
         def record() -> None:
             self._watch_gradients()
             location = user_location()
@@ -591,12 +629,24 @@ class Capture(steporder.StepOrderEvents):
                 if tensors:
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
+        if steady is not None:
+            steady.note(("b", kind, retain))
 
     def after_backward(self) -> None:
         """Called just after a backward call returned (or raised): which gradients it wrote."""
+        if self.steady is not None and self.steady.idle:
+            return  # an idle backward (see steady): nothing to look at
         self._guard("a backward call", self.gradients.after_backward)
 
+    @ours
     def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        steady = self.steady
+        if steady is not None and steady.idle:
+            if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
+                self._wake()  # a report is due: written from the records, complete
+            elif steady.step(optimizer):
+                return
+
         def record() -> None:
             self.tracker.unmute()
             self.optimizer_steps += 1
@@ -614,10 +664,13 @@ class Capture(steporder.StepOrderEvents):
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)
+            if steady is not None:
+                steady.learn(optimizer, serial)
         self._guard("an optimizer step", record)
 
     # -- snapshot ------------------------------------------------------------------------------
     def _take_snapshot(self) -> dict:
+        self._wake()
         in_graph = set()
         if self.graph is not None:
             in_graph = {(n.model, n.param) for n in self.graph.nodes if n.param is not None}

@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from .gradnorms import fused_norms, max_abs, read_per_device  # noqa: F401 - also imported here
-from .uniform import GRAD, UniformSteps, all_none, uniform_record
+from .uniform import GRAD, UniformSteps, all_none, none_missing, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location
 
@@ -87,6 +87,13 @@ _REQUIRES_GRAD = attrgetter("requires_grad")
 _SECOND = itemgetter(1)
 _DEVICE = attrgetter("device")
 _REF = attrgetter("ref")
+
+
+class _Gone:
+    pass
+
+
+_GONE = weakref.ref(_Gone())  # a dead reference: the .grad an idle step's zero_grad let go
 _ALL_NONE = ()  # the snapshot before a backward when no watched parameter had a .grad
 
 MAX_FINGERPRINTS = 64
@@ -104,6 +111,8 @@ class GradientRecorder:
         self._watched: list = []         # the same states, in order, for the passes
         self._pids: list = []            # ids of their parameters, in the same order
         self._uniform = UniformSteps()   # the counts all share while the loop is uniform
+        # (step, location, names, new, dead-training counts) of the last step if it was uniform
+        self.last_uniform: Optional[tuple] = None
         self._before: Optional[list] = None  # (.grad ref, version) per state, during a backward
         self._backwards = 0              # backward calls seen since the last optimizer step
         self._fingerprinted = False      # a fingerprint was taken since the last step
@@ -264,6 +273,28 @@ class GradientRecorder:
                 seen.add(id(param))
                 state.last_grad = weakref.ref(grad)
 
+    def resync_after_idle(self, backwards: int) -> None:
+        """After idle steps (``steady``): the uniform counts as the passes they skipped would
+        have left them, ``backwards`` backward calls into the current step."""
+        uniform = self._uniform
+        if not uniform.on:
+            return
+        uniform.since, self._backwards = backwards, backwards
+        uniform.reset = 0 if backwards else None
+        self._before = self._before_params = None
+        grads = list(map(GRAD, self._params_now()))
+        if not uniform.on:  # a parameter died meanwhile: the general path has it
+            return
+        uniform.refs = [_GONE if g is None else weakref.ref(g) for g in grads]
+        uniform.versions = [None if g is None else g._version for g in grads]
+        if backwards and not none_missing(grads):
+            # that backward did not reach every parameter (one frozen meanwhile, say): the
+            # general path takes over, as after() would have handed it over
+            uniform.write_back(self._watched)
+            for state, grad in zip(self._watched, grads):
+                if grad is None:
+                    state.since_step, state.reset_at = 0, 0
+
     def note_loss(self, roots: Any, index: int, location: Optional[str] = None) -> None:
         """Queue a finiteness check of a backward root (read at the next sync).
 
@@ -293,6 +324,7 @@ class GradientRecorder:
             self.captured_steps += 1
             return
         pairs, tensors, others = self._stepped(optimizer)
+        self.last_uniform = None
         uniform = self._uniform
         if uniform.on:
             if len(pairs) == len(self._watched) and self._uniform_step(
@@ -401,8 +433,11 @@ class GradientRecorder:
         # every watched one received its gradient from backward; the others, if any, had theirs
         # written by other code
         # (a watched parameter holding this step's gradient from backward requires grad)
-        self._dead_training(step, serial, len(pairs) + sum(map(_REQUIRES_GRAD, others)),
-                            len(pairs), sum(1 for p in others if p.grad is not None))
+        dead = (len(pairs) + sum(map(_REQUIRES_GRAD, others)), len(pairs),
+                sum(1 for p in others if p.grad is not None))
+        self._dead_training(step, serial, *dead)
+        # what idle steps (steady.py) write for each step they skip
+        self.last_uniform = (step, record["location"], names, new, dead)
         uniform.stepped(new, grads if in_watch_order else list(map(GRAD, self._params_now())))
         self._backwards = 0
         return True

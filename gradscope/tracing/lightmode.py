@@ -25,6 +25,7 @@ from torch import nn
 
 from .handles import hook_of_ours
 from .modules import ModuleTracker
+from .steady import lite_signature
 
 _SCALARS = (bool, int, float, str, type(None))
 LIGHT_AFTER = 8   # optimizer steps recorded in full first (as many as read max-abs densely)
@@ -45,6 +46,8 @@ class LightForwards:
         self._root: Optional[Any] = None     # the root module of the light forward running
         self._pattern: Optional[_Pattern] = None
         self._replayed: list = []      # patterns with replays not yet added to the records
+        self.steady: Any = None        # the capture's SteadySteps (idle steps), if any
+        self._idle_root: Optional[Any] = None  # the root whose idle forward is running
 
     # -- switching -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -69,7 +72,7 @@ class LightForwards:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._full = self._root = self._pattern = None
+        self._full = self._root = self._pattern = self._idle_root = None
         self.tracker.light_entry = None
         self.tracker.forward_hooks(True)
 
@@ -92,6 +95,16 @@ class LightForwards:
         tracker = self.tracker
         if not self.active or tracker.in_forward() or tracker.paused:
             return  # nested in another model's forward (its recording counts this one)
+        steady = self.steady
+        if steady is not None and steady.idle:
+            hit = steady.entry(("f", id(module), lite_signature(module, args, kwargs)))
+            if hit is not None:  # the recorded step's forward: replayed as it was
+                pattern = hit[1]
+                if not pattern.pending:
+                    self._replayed.append(pattern)
+                pattern.pending += 1
+                self._idle_root = module
+                return
         entry = tracker.entry_of(module)
         key = (id(module), self._signature(module, args, kwargs))
         pattern = self._patterns.get(key)
@@ -100,10 +113,14 @@ class LightForwards:
             self._full = (module, key, _counts(tracker.records))
             tracker.forward_hooks(True)
             tracker._pre_hook(module, args)  # its own global pre-hook was not in yet
+            if steady is not None:
+                steady.note(("F",))  # recorded in full: no step with it goes idle
             return
         self._root, self._pattern = module, pattern
         tracker.light_entry = (entry[1], "")
         tracker.root_call(module, entry, args)
+        if steady is not None:
+            steady.note(("f", id(module), lite_signature(module, args, kwargs)), pattern)
 
     @hook_of_ours
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -123,6 +140,11 @@ class LightForwards:
             if not pattern.pending:
                 self._replayed.append(pattern)
             pattern.pending += 1  # added to the records when they are read (flush)
+        elif self._idle_root is module:
+            self._idle_root = None
+            if output is None:  # an idle forward raised: record it as any other would be
+                self.steady.wake()
+                tracker._note_failure(module, args)
 
     def flush(self) -> None:
         """Add the replays counted so far to the module records (before anyone reads them:

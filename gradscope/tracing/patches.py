@@ -10,8 +10,7 @@ from typing import Any, Optional
 
 import torch
 
-from .handles import pass_through
-from .locations import user_location
+from .handles import ours, pass_through
 
 
 def tensors_in(value: Any) -> list:
@@ -57,7 +56,7 @@ class SharedPatches:
 class _Patches(SharedPatches):
     """The shared wrappers (see the module docstring); ``add(capture)`` / ``remove(capture)``.
     A capture receives ``on_backward``, ``on_backward_error``, ``_arm_nonfinite`` and
-    ``_event("zero_grad", ...)``."""
+    ``on_zero_grad``."""
 
     def __init__(self) -> None:
         super().__init__()  # (self.local: backward calls nested inside a backward are torch's)
@@ -70,34 +69,54 @@ class _Patches(SharedPatches):
                      "mod_zero": torch.nn.Module.__dict__["zero_grad"]}
         patches = self
 
-        @pass_through
-        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
-            depth = getattr(patches.local, "depth", 0)
+        @ours
+        def enter(roots: Any, kind: str, args: tuple, kwargs: dict, depth: int) -> tuple:
             # torch's own calls: inside a backward (reentrant checkpointing), or AOTAutograd
             # tracing the backward while torch.compile compiles
             nested = depth > 0 or _inside_backward() or torch.compiler.is_compiling()
             armed = []
+            after = kind == "backward"  # an after pass wanted (not when every capture is idle)
             if not nested:
                 retain = _retains_graph(kind, args, kwargs)
+                after = False
                 for cap in patches._open():
                     cap.on_backward(roots, kind, retain)
-                    if kind == "backward" and cap._arm_nonfinite(roots):
-                        armed.append(cap)
+                    if kind == "backward":
+                        after = after or cap.steady is None or not cap.steady.idle
+                        if cap._arm_nonfinite(roots):
+                            armed.append(cap)
+            return nested, armed, after
+
+        @ours
+        def failed(roots: Any, error: BaseException) -> None:
+            for cap in patches._open():
+                cap.on_backward_error(roots, error)
+
+        @ours
+        def done(kind: str, armed: list) -> None:
+            if kind == "backward":
+                for cap in patches._open():
+                    cap.after_backward()  # which gradients this backward wrote
+            for cap in armed:
+                cap._guard("the non-finite search", cap.nonfinite.collect)
+
+        @pass_through
+        def call(original: Any, roots: Any, kind: str, args: tuple, kwargs: dict) -> Any:
+            depth = getattr(patches.local, "depth", 0)
+            nested, armed, after = enter(roots, kind, args, kwargs, depth)
             patches.local.depth = depth + 1
             try:
                 result = original(roots, *args, **kwargs)
             except RuntimeError as e:
                 if not nested:
-                    for cap in patches._open():
-                        cap.on_backward_error(roots, e)
+                    failed(roots, e)
                 raise
             finally:
                 patches.local.depth = depth
-                if not nested and kind == "backward":
-                    for cap in patches._open():
-                        cap.after_backward()  # which gradients this backward wrote
-            for cap in armed:
-                cap._guard("the non-finite search", cap.nonfinite.collect)
+                if not nested and after:
+                    done(kind, [])
+            if armed:
+                done("", armed)
             return result
 
         @pass_through
@@ -110,13 +129,16 @@ class _Patches(SharedPatches):
         def grad(outputs: Any, *args: Any, **kwargs: Any) -> Any:
             return call(originals["grad"], outputs, "grad", args, kwargs)
 
+        @ours
+        def zeroing(obj: Any) -> None:
+            for cap in patches._open():
+                cap.on_zero_grad(obj)
+
         def zero_grad_of(original: Any) -> Any:
             @pass_through
             @functools.wraps(original)
             def zero_grad(obj: Any, *args: Any, **kwargs: Any) -> Any:
-                for cap in patches._open():
-                    cap._guard("a zero_grad call", lambda c=cap: c._event(
-                        "zero_grad", owner=type(obj).__name__, location=user_location()))
+                zeroing(obj)
                 return original(obj, *args, **kwargs)
             return zero_grad
 

@@ -353,6 +353,9 @@ class StepOrderEvents:
     def _event(self, kind: str, **data: Any) -> None:  # pragma: no cover - Capture's
         raise NotImplementedError
 
+    def _wake(self) -> None:  # pragma: no cover - Capture's: idle steps into the records
+        pass
+
     def steps_of(self, optimizer: Any) -> int:
         try:
             return self.optimizers.steps_of(optimizer)
@@ -403,6 +406,7 @@ class StepOrderEvents:
     def _on_clip_grads(self, name: str, grads: list, limit: Any = None) -> None:
         """A clipping call seen from the inside, with the gradients it clips: the parameters
         are the optimizers' whose .grad these are."""
+        self._wake()  # the counts below include any idle steps
         ids = {id(g) for g in grads}
         params = {id(p): p for opt in self.optimizers.live() for group in opt.param_groups
                   for p in group["params"]
@@ -410,6 +414,7 @@ class StepOrderEvents:
         self._on_clip(name, list(params.values()) if params else grads, limit)
 
     def _on_clip(self, name: str, params: list, limit: Any = None) -> None:
+        self._wake()  # the counts below include any idle steps
         from .locations import user_location
         extra = {}
         if isinstance(limit, (int, float)) and math.isinf(limit):
@@ -422,6 +427,7 @@ class StepOrderEvents:
                     parameters=len(params), **extra)
 
     def _on_scheduler_step(self, scheduler: Any, lr_before: Optional[float] = None) -> None:
+        self._wake()  # the counts below include any idle steps
         from .locations import user_location
         optimizer = _scheduled(scheduler)
         serial = self.optimizers.serial(optimizer) if optimizer is not None else None
@@ -432,6 +438,7 @@ class StepOrderEvents:
                     location=user_location())
 
     def _on_optimizer_created(self, optimizer: Any) -> None:
+        self._wake()  # the counts below include any idle steps
         from .locations import user_location
         location = user_location()
         serial = self.optimizers.serial(optimizer, location)
@@ -439,10 +446,12 @@ class StepOrderEvents:
                     optimizer_id=serial, location=location)
 
     def _on_load_state_dict(self, module: Any) -> None:
+        self._wake()  # the counts below include any idle steps
         from .locations import user_location
         self._event("load_state_dict", owner=type(module).__name__, location=user_location())
 
     def _on_scaler_skip(self, optimizer: Any) -> None:
+        self._wake()  # the counts below include any idle steps
         from .locations import user_location
         self._event("scaler_skip", optimizer=type(optimizer).__name__,
                     optimizer_id=self.optimizers.serial(optimizer), location=user_location())

@@ -1,0 +1,253 @@
+"""Steady steps: a watch session's cheapest state, for a loop that repeats the same step.
+
+After the warm-up a watch session already replays recorded forwards (``lightmode``) and keeps
+the gradient counts of a uniform loop once (``uniform``); what is left costs ~300 us a step on a
+fast CPU step (five Python entries, each the first Python after torch work and slowed by cold
+caches, three passes over the gradients, four timeline events). When two consecutive full steps
+are the same (the same hooks in the same order, with the same arguments' shapes and modes,
+the same events at the same lines, the uniform gradient record, no registration), the steps
+up to the next multiple of ``WINDOW`` are *idle*: each of our entry points checks that its call
+is the next one of the recorded step (a tuple comparison) and counts it; backward calls keep
+their loss for the finiteness read, and the forward replays are counted as before. Anything
+else (another hook, an event of any other kind, a forward with other shapes or modes, a step of
+another optimizer, a registration, a report being read) wakes the session first: the idle
+steps are written into the records as the recorded step would have written them, the gradient
+bookkeeping is brought to where the skipped passes would have left it, and the call is recorded
+in full. Every ``WINDOW``-th step is recorded in full (it reads the gradient norms), and the
+session goes idle again only after that step matched the recorded one.
+
+What idle steps assume: a step that calls the same hooks in the same order, with the same
+shapes and modes, does to the gradients what the recorded step did. A parameter frozen with
+``requires_grad_(False)`` between two full steps, say, is seen at the next full step.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional
+
+import torch
+
+from .gradients import _scaler_found_inf
+from .modules import _peek_sequence_nr
+from .uniform import GRAD, none_missing, uniform_record
+
+WINDOW = 32  # idle steps end before each multiple of this; that step is recorded in full
+MAX_ENTRIES = 64  # a step with more entries of ours than this is never idle
+_SCALARS = (bool, int, float, str, type(None))
+_KINDS = frozenset(("zero_grad", "forward", "backward", "step"))
+
+
+def lite_signature(module: Any, args: tuple, kwargs: dict) -> tuple:
+    """What an idle forward must share with the recorded one: modes and argument shapes."""
+    if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:  # model(x)
+        x = args[0]
+        return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
+                x.shape, x.dtype, x.requires_grad)
+    return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
+            tuple(map(_lite_arg, args)) if isinstance(args, tuple) else _lite_arg(args),
+            tuple([(k, _lite_arg(v)) for k, v in kwargs.items()]) if kwargs else ())
+
+
+def _lite_arg(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        try:
+            return value.shape, value.dtype, value.requires_grad
+        except RuntimeError:  # a nested tensor has no single shape
+            return "nested"
+    return value if isinstance(value, _SCALARS) else type(value)
+
+
+class SteadySteps:
+    """The recorded step and the idle steps counted against it (see the module docstring)."""
+
+    def __init__(self, capture: Any) -> None:
+        self.cap = capture
+        self.idle = False
+        self.idle_steps = 0        # steps this session spent idle (for tests and the bench)
+        # the step being recorded in full: [(key, extra, events so far, root calls, looks)]
+        self.codes: list = []
+        self.events: list = []     # its events (the dicts of the timeline)
+        self._mark = (0, 0)        # (root calls, keepalive calls) at the last step
+        self._prev: Optional[tuple] = None  # the last full step's signature
+        # while idle
+        self.seen: list = []       # entries of the current idle step so far
+        self.done = 0              # idle steps completed, not yet written into the records
+        self._pattern: Optional[dict] = None
+
+    # -- recording a full step -----------------------------------------------------------------
+    def note(self, key: tuple, extra: Any = None) -> None:
+        """An entry point of ours ran in full (its event, if any, is recorded already)."""
+        cap = self.cap
+        if len(self.codes) <= MAX_ENTRIES:  # (a loop of forwards without steps: no pattern)
+            self.codes.append((key, extra, len(self.events), cap.tracker.root_calls,
+                           cap.keepalive.calls))
+
+    def add_event(self, event: dict) -> None:
+        """An event of the step being recorded in full."""
+        if len(self.events) <= MAX_ENTRIES:
+            self.events.append(event)
+
+    def learn(self, optimizer: Any, serial: Optional[int]) -> None:
+        """At the end of a step recorded in full: go idle if it repeated the previous step."""
+        cap = self.cap
+        codes, events = self.codes, self.events
+        self.codes, self.events = [], []
+        mark, self._mark = self._mark, (cap.tracker.root_calls, cap.keepalive.calls)
+        sig = self._signature(codes, events, serial)
+        if sig is not None and _scaler_found_inf(optimizer) is not None:
+            sig = None  # a fused step GradScaler may skip: its flag is read at every step
+        prev, self._prev = self._prev, sig
+        if sig is None or sig != prev:
+            return
+        step = cap.optimizer_steps
+        until = (step // WINDOW + 1) * WINDOW
+        last = cap.gradients.last_uniform
+        if until - step < 2 or last is None or last[0] != step:
+            return
+        g = cap.gradients
+        self._pattern = {
+            "codes": codes, "events": events, "optimizer": weakref.ref(optimizer),
+            "serial": serial, "generation": cap.registrations.generation, "until": until,
+            "start_step": step, "start_backward": cap.backward_calls,
+            "record": last[1:], "roots": cap.tracker.root_calls - mark[0],
+            "looks": cap.keepalive.calls - mark[1], "start": mark,
+            "loss_location": next((e.get("location") for e in events
+                                   if e["kind"] == "backward"), None),
+            "groups": len(optimizer.param_groups),
+            # held while idle (a registration wakes the session at the next step)
+            "params": g._params_now()}
+        self.seen, self.done = [], 0
+        self.idle = True
+
+    def _signature(self, codes: list, events: list, serial: Optional[int]) -> Optional[tuple]:
+        cap = self.cap
+        light = cap.light
+        if light is None or not light.active or light.full_step or not codes \
+                or len(codes) > MAX_ENTRIES or len(events) > MAX_ENTRIES \
+                or cap.nonfinite is not None or cap.tracker.compiled \
+                or cap.tracker.direct.records or cap.gradients.last_uniform is None \
+                or cap.gradients.last_uniform[0] != cap.optimizer_steps \
+                or cap.gradients._fingerprinted:
+            return None
+        if any(key[0] == "F" for key, *_ in codes):
+            return None  # a forward recorded in full: nothing to replay
+        normal = []
+        for e in events:
+            if e["kind"] not in _KINDS or e.get("leaf_root") or e.get("retain_graph"):
+                return None
+            normal.append(tuple(sorted((k, v) for k, v in e.items() if k != "index")))
+        return (tuple(key for key, *_ in codes), tuple(normal), serial,
+                cap.registrations.generation)
+
+    # -- idle entry points ---------------------------------------------------------------------
+    def entry(self, key: tuple) -> Optional[tuple]:
+        """An entry point of ours while idle: the recorded entry if this call is the next one
+        of the recorded step (then it is counted), else None (and the session is awake)."""
+        seen = self.seen
+        codes = self._pattern["codes"]
+        i = len(seen)
+        if i < len(codes) and codes[i][0] == key:
+            seen.append(codes[i])
+            return codes[i]
+        self.wake()
+        return None
+
+    def backward(self, roots: Any, kind: str, retain: bool) -> bool:
+        """An idle backward call: counted, its loss kept for the finiteness read."""
+        if kind != "backward" or not isinstance(roots, torch.Tensor) or roots.dim() != 0 \
+                or not roots.is_floating_point() or roots._is_view():
+            self.wake()
+            return False
+        if self.entry(("b", kind, retain)) is None:
+            return False
+        cap = self.cap
+        cap.backward_calls += 1
+        if _peek_sequence_nr is not None and len(cap.backward_seqs) < 100_000:
+            cap.backward_seqs.append(_peek_sequence_nr())
+        pending = cap.gradients._pending_losses
+        pending.append((cap.backward_calls, self._pattern["loss_location"], roots.detach()))
+        if len(pending) >= 256:
+            cap.gradients.finish_losses()
+        return True
+
+    def step(self, optimizer: Any) -> bool:
+        """An idle optimizer step: True if it completed the recorded step (counted)."""
+        p = self._pattern
+        cap = self.cap
+        if len(self.seen) != len(p["codes"]) or optimizer is not p["optimizer"]() \
+                or cap.registrations.generation != p["generation"] \
+                or len(optimizer.param_groups) != p["groups"]:
+            self.wake()
+            return False
+        # Every watched parameter holds a gradient, as in the recorded step (one C pass): a
+        # parameter frozen, or cut off from the loss, since then is recorded in full.
+        if not none_missing(list(map(GRAD, p["params"]))):
+            self.wake()
+            return False
+        cap.optimizer_steps += 1
+        if _peek_sequence_nr is not None and len(cap.step_seqs) < 100_000:
+            cap.step_seqs.append(_peek_sequence_nr())
+        self.seen = []
+        self.done += 1
+        self.idle_steps += 1
+        if cap.optimizer_steps + 1 >= p["until"]:
+            self.wake(planned=True)  # the next step is recorded in full
+        return True
+
+    # -- waking up -----------------------------------------------------------------------------
+    def wake(self, planned: bool = False) -> None:
+        """Write the idle steps (and the idle part of the current step) into the records as
+        the recorded step wrote them, and record in full from here on."""
+        if not self.idle:
+            return
+        self.idle = False
+        self.cap._guard("the idle steps", lambda: self._write(planned))
+
+    def _write(self, planned: bool) -> None:
+        p, self._pattern = self._pattern, None
+        done, partial = self.done, self.seen
+        self.done, self.seen = 0, []
+        cap = self.cap
+        g = cap.gradients
+        optimizer = p["optimizer"]()
+        location, names, new, dead = p["record"]
+        step, backward = p["start_step"], p["start_backward"]
+        events = p["events"]
+        for _ in range(done):
+            step += 1
+            backward = self._replay_events(events, backward, step)
+            if optimizer is not None:
+                record = uniform_record(step, optimizer, location, names, new, [])
+                g._store_step(record, optimizer, step, [], {"found_inf": None}, False, [])
+                g._dead_training(step, p["serial"], *dead)
+                cap.optimizers.stepped(optimizer)
+        roots, looks = done * p["roots"], done * p["looks"]
+        backwards = 0
+        if partial:
+            last = partial[-1]
+            self._replay_events(events[:last[2]], backward, None)
+            roots += last[3] - p["start"][0]
+            looks += last[4] - p["start"][1]
+            backwards = sum(1 for key, *_ in partial if key[0] == "b")
+        cap.tracker.root_calls += roots
+        cap.keepalive.calls += looks
+        g.resync_after_idle(backwards)
+        self.codes, self.events = [], []
+        self._mark = (cap.tracker.root_calls, cap.keepalive.calls)
+        # After a planned wake the next full step may go idle again at once; after any other,
+        # two full steps must agree first.
+        if not planned:
+            self._prev = None
+
+    def _replay_events(self, events: list, backward: int, step: Optional[int]) -> int:
+        add = self.cap._add_event
+        for ev in events:
+            e = dict(ev)
+            kind = e["kind"]
+            if kind == "backward":
+                backward += 1
+                e["index"] = backward
+            elif kind == "step":
+                e["index"] = step
+            add(e)
+        return backward
