@@ -131,11 +131,14 @@ class SteadySteps:
             return None
         if any(key[0] == "F" for key, *_ in codes):
             return None  # a forward recorded in full: nothing to replay
+        kinds = {e["kind"] for e in events}
+        if not kinds <= _KINDS:
+            return None  # a clip, a scheduler step, ...: cheaply out, at every such step
         normal = []
         for e in events:
-            if e["kind"] not in _KINDS or e.get("leaf_root") or e.get("retain_graph"):
+            if e.get("leaf_root") or e.get("retain_graph"):
                 return None
-            normal.append(tuple(sorted((k, v) for k, v in e.items() if k != "index")))
+            normal.append(tuple([(k, v) for k, v in e.items() if k != "index"]))
         return (tuple(key for key, *_ in codes), tuple(normal), serial,
                 cap.registrations.generation)
 
