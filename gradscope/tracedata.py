@@ -10,14 +10,14 @@ import io
 import json
 import os
 import tempfile
-from typing import IO, Any, Iterable, Optional
+from typing import IO, Any, Optional
 
 from ._gc import collector_paused
 from ._version import __version__
 from .findings import Finding
-from .graph import Graph, edge_json_lines, joined_lines, node_json_lines
+from .graph import Graph, graph_json_lines
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the graph by columns (1: an object per node; still read)
 
 
 @dataclasses.dataclass
@@ -97,9 +97,8 @@ class Trace:
 
     def summary(self) -> dict:
         g = self.graph
-        return {"nodes": len(g.nodes), "edges": len(g.edges),
-                "ops": sum(1 for n in g.nodes if n.leaf is None),
-                "leaves": sum(1 for n in g.nodes if n.leaf is not None),
+        leaves = g.leaf_count()
+        return {"nodes": len(g), "edges": len(g.src), "ops": len(g) - leaves, "leaves": leaves,
                 "saved_bytes": g.saved_bytes,
                 "parameters": sum(p.get("numel", 0) for p in self.parameters)}
 
@@ -135,17 +134,19 @@ class Trace:
             torch_version=d.get("torch"))
 
     def write_json(self, fp: IO[str]) -> None:
-        """Stream the JSON: top-level keys pretty, one graph node or edge per line (diffable,
-        linear time, no giant intermediate string for a million-node graph)."""
+        """Stream the JSON: one line per top-level key, and the graph one line per column
+        (linear time; each column is one ``json.dumps`` of a list, in C)."""
         d = self.to_dict(with_graph=False)
         fp.write("{\n")
         for key, value in d.items():
             fp.write(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)},\n")
-        fp.write(' "graph": {\n  "roots": ' + json.dumps(self.graph.roots) + ',\n  "nodes": [')
-        _write_lines(fp, node_json_lines(self.graph.nodes))
-        fp.write('],\n  "edges": [')
-        _write_lines(fp, edge_json_lines(self.graph.edges))
-        fp.write("]\n }\n}\n")
+        fp.write(' "graph": {')
+        sep = "\n  "
+        for line in graph_json_lines(self.graph):
+            fp.write(sep)
+            fp.write(line)
+            sep = ",\n  "
+        fp.write("\n }\n}\n")
 
     def to_json(self) -> str:
         buf = io.StringIO()
@@ -164,15 +165,6 @@ class Trace:
     def load(cls, path: str) -> "Trace":
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())
-
-
-def _write_lines(fp: IO[str], lines: Iterable[str]) -> None:
-    wrote = False
-    for piece in joined_lines(lines, ",\n   "):
-        fp.write(piece if wrote else "\n   " + piece)
-        wrote = True
-    if wrote:
-        fp.write("\n  ")
 
 
 def _read_umask() -> int:

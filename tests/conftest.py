@@ -32,6 +32,13 @@ def independent_walk(*roots):
     return len(seen), edges
 
 
+def graph_nodes(d):
+    """The graph of a JSON report (a dict) as one dict per node, ``id`` and ``saved`` included."""
+    from gradscope.graph import Graph
+
+    return [n.to_dict() for n in Graph.from_dict(d["graph"]).nodes]
+
+
 def global_hook_counts():
     """How many process-wide hooks torch currently holds (all must be back to 0 after us)."""
     import torch.nn.modules.module as m

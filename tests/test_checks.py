@@ -211,8 +211,8 @@ def test_tied_weights_groups_uses_by_module_and_names_a_model_run_twice():
     [f] = run_checks(trace, _check("tied-weights"))
     assert f.data["whole_model"] and f.data["uses"] == 2 and len(f.nodes) == 4
     assert "ran 2 times" in f.message
-    trace.graph.edges = [e for e in edges if e.src in ("p0", "p1")] + [Edge("p2", "n0"),
-                                                                      Edge("p3", "n0")]
+    trace.graph = Graph(nodes, [e for e in edges if e.src in ("p0", "p1")]
+                        + [Edge("p2", "n0"), Edge("p3", "n0")], ["n0"])
     [f] = run_checks(trace, _check("tied-weights"))  # only layer a is shared: one finding
     assert f.data["names"] == ["a.weight", "a.bias"] and f.module == "m.a"
 

@@ -66,13 +66,17 @@ def test_json_round_trip_is_equal(name, model, inputs, tmp_path):
     assert loaded.trace.to_dict() == report.trace.to_dict()
     assert loaded.graph == report.graph
     assert loaded.to_dot() == report.to_dot()
-    # the required schema keys are all there
+    # the required schema keys are all there, and the file is what to_dict() says
     d = json.loads(open(path).read())
     assert {"gradscope", "graph", "findings", "modules", "parameters", "backward_calls",
             "optimizer_steps"} <= set(d)
-    assert {"id", "op", "module", "shape", "dtype", "device", "param", "saved"} <= set(
-        d["graph"]["nodes"][0])
-    assert set(d["graph"]["edges"][0]) == {"src", "dst"}
+    g = d["graph"]
+    assert g["nodes"] == len(report.graph) and "id" not in g  # ids are n0, n1, ...
+    for key in ("op", "module", "model", "shape", "dtype", "device", "param", "leaf",
+                "outputs"):
+        assert len(g[key]) == g["nodes"], key
+    assert set(g["edges"]) == {"src", "dst"} and len(g["edges"]["src"]) == len(report.graph.edges)
+    assert g == report.graph.to_dict()
 
 
 def test_to_networkx_has_every_node_and_edge():
@@ -106,23 +110,46 @@ def test_from_dict_rejects_other_json():
         Trace.from_dict({"nodes": []})
 
 
-def test_fast_json_lines_equal_json_dumps():
-    from gradscope.graph import Edge, Node, SavedTensor, edge_json_lines, node_json_lines
+def test_columns_round_trip_hand_built_graphs_with_any_ids():
+    from gradscope.graph import Edge, Graph, Node, SavedTensor
 
     nodes = [
         Node("n0", "AddBackward0", 'we"ird\\mod\n<x>', "model", (2, 3), "float32", "cpu"),
-        Node("n1", "AccumulateGrad", "", "m", (3,), "bfloat16", "cuda:0", param="a.b",
+        Node("p1", "AccumulateGrad", "", "m", (3,), "bfloat16", "cuda:0", param="a.b",
              leaf="parameter"),
         Node("n2", None, None, None, None, None, None, leaf="unregistered",
              saved=[SavedTensor("self", (4, 4), "float32", 64, True),
                     SavedTensor("other", None, "float32", 64, False)]),
-        Node("weird id", "X\u00e9", "\u6a21\u5757", "m", (), "int64", "meta", outputs=3),
+        Node("x", "X\u00e9", "\u6a21\u5757", "m", (), "int64", "meta", outputs=3),
     ]
-    for n, line in zip(nodes, node_json_lines(nodes)):
-        assert line == json.dumps(n.to_dict(), sort_keys=True)
-    edges = [Edge("n0", "n1"), Edge("weird id", "n2")]
-    for e, line in zip(edges, edge_json_lines(edges)):
-        assert line == json.dumps({"src": e.src, "dst": e.dst}, sort_keys=True)
+    g = Graph(nodes, [Edge("p1", "n0"), ("n2", "n0"), ("x", "n2")], ["n0"])
+    d = json.loads(json.dumps(g.to_dict()))
+    assert d["id"] == ["n0", "p1", "n2", "x"] and d["edges"] == {"src": [1, 2, 3],
+                                                                 "dst": [0, 0, 2]}
+    back = Graph.from_dict(d)
+    assert back == g and back.nodes == nodes and back.edges == g.edges
+    assert back.node("n2").saved_bytes == 64 and back.saved_bytes == 64
+    assert back.nodes[2].saved[1].shape is None and back.roots == ["n0"]
+    # the file writer's lines hold the same object
+    from gradscope.graph import graph_json_lines
+    assert json.loads("{" + ",".join(graph_json_lines(g)) + "}") == d
+
+
+def test_graph_rows_are_made_from_the_columns():
+    from gradscope.graph import Edge, Graph, Node
+
+    with pytest.raises(ValueError, match="names node 'n9'"):
+        Graph([Node("n0", "A")], [("n9", "n0")], ["n0"])
+    g = Graph.from_columns(3, {"op": ["A", "B", "C"]}, [1, 2], [0, 0], [0])
+    assert g.nodes == [Node("n0", "A"), Node("n1", "B"), Node("n2", "C")]
+    assert g.edges == [Edge("n1", "n0"), Edge("n2", "n0")] and g.roots == ["n0"]
+    assert g.index_of("n2") == 2 and g.node("n1").op == "B"
+    for missing in ("n3", "n01", "x", "n-1"):
+        with pytest.raises(KeyError):
+            g.index_of(missing)
+    assert g.column("outputs") == [1, 1, 1] and g.column("saved") == [(), (), ()]
+    assert g.leaf_count() == 0 and g.saved_bytes == 0 and g.op_counts() == {"A": 1, "B": 1,
+                                                                              "C": 1}
 
 
 def test_saved_files_are_ordinary_files_and_replace_atomically(tmp_path):
@@ -140,10 +167,10 @@ def test_saved_files_are_ordinary_files_and_replace_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["trace.json"]  # no temp file left behind
 
 
-def test_loading_fills_missing_node_keys_and_checks_every_id():
+def test_loading_schema_1_fills_missing_node_keys_and_checks_every_id():
     from gradscope.graph import Edge, Graph
 
-    # A hand-written file: the fast path (all keys present) does not apply to these nodes.
+    # Schema 1 (an object per node), hand-written: missing keys take their defaults.
     g = Graph.from_dict({"roots": ["n0"], "nodes": [{"id": "n0", "op": "SumBackward0"},
                                                    {"id": "n1", "shape": [2], "saved": []}],
                          "edges": [{"src": "n1", "dst": "n0"}]})
@@ -159,13 +186,29 @@ def test_loading_fills_missing_node_keys_and_checks_every_id():
             Graph.from_dict(bad)
 
 
-def test_fast_json_lines_with_mixed_ids_and_generators():
-    from gradscope.graph import Edge, Node, edge_json_lines, node_json_lines
+def test_loading_columns_checks_every_value():
+    from gradscope.graph import Graph
 
-    nodes = [Node("n0", "A"), Node("caf\u00e9", "B"), Node("", "C")]
-    lines = list(node_json_lines(iter(nodes)))
-    assert lines == [json.dumps(n.to_dict(), sort_keys=True) for n in nodes]
-    edges = [Edge("n0", "caf\u00e9"), Edge("n1", "")]
-    assert list(edge_json_lines(iter(edges))) == [
-        json.dumps({"src": e.src, "dst": e.dst}, sort_keys=True) for e in edges]
-    assert list(edge_json_lines([Edge("n0", "n1")])) == ['{"dst": "n1", "src": "n0"}']
+    good = {"nodes": 2, "roots": [0], "op": ["SumBackward0", "AccumulateGrad"],
+            "shape": [[], [2]], "outputs": [1, 1],
+            "edges": {"src": [1], "dst": [0]}}
+    g = Graph.from_dict(good)
+    assert g.nodes[1].shape == (2,) and g.nodes[0].module is None and g.roots == ["n0"]
+    bad_cases = [
+        (dict(good, nodes=-1), "number of nodes"),
+        (dict(good, op=["A"]), "list of 2 values"),
+        (dict(good, op=["A", 3]), "strings or nulls"),
+        (dict(good, shape=[[], ["2"]]), "lists of integers"),
+        (dict(good, outputs=[1, "1"]), "integers"),
+        (dict(good, edges={"src": [2], "dst": [0]}), "positions from 0 to 1"),
+        (dict(good, edges={"src": [1], "dst": [-1]}), "positions from 0 to 1"),
+        (dict(good, edges={"src": [1, 0], "dst": [0]}), "different lengths"),
+        (dict(good, roots=[True]), "positions"),
+        (dict(good, id=["n0", 'n1"];x[URL="j']), "invalid node id"),
+        (dict(good, id=["a", "a"]), "same id twice"),
+        (dict(good, saved={"node": [0], "name": ["x"], "shape": [[1]], "dtype": ["float32"],
+                           "bytes": ["4"], "counted": [True]}), "bytes integers"),
+    ]
+    for bad, message in bad_cases:
+        with pytest.raises(ValueError, match=message):
+            Graph.from_dict(bad)

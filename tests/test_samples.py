@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from gradscope.checks import all_checks
 from gradscope_cli.main import main
 
-from conftest import REPO
+from conftest import REPO, graph_nodes
 
 # ddp_*.py run on two ranks through the launcher in test_distributed.py
 SAMPLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "samples", "*.py"))
@@ -37,13 +37,13 @@ def test_every_sample_is_covered_below():
 
 
 def _ops(d, module=None):
-    return [n["op"] for n in d["graph"]["nodes"] if module is None or n["module"] == module]
+    return [n["op"] for n in graph_nodes(d) if module is None or n["module"] == module]
 
 
 def expect_layers_in_forward(d):
     unregistered = {m["type"] for m in d["modules"] if not m["registered"]}
     assert unregistered == {"Conv2d", "Linear"}
-    leaves = [n for n in d["graph"]["nodes"] if n["op"] == "AccumulateGrad"]
+    leaves = [n for n in graph_nodes(d) if n["op"] == "AccumulateGrad"]
     assert len(leaves) == 4 and all(n["leaf"] == "unregistered" for n in leaves)
     assert d["parameters"] == [] and d["backward_calls"] == 3
     assert any("no parameters" in n for n in d["notes"])
@@ -58,7 +58,7 @@ def expect_layers_in_forward(d):
 
 
 def expect_handwritten_batchnorm(d):
-    params = {n["param"] for n in d["graph"]["nodes"] if n["leaf"] == "parameter"}
+    params = {n["param"] for n in graph_nodes(d) if n["leaf"] == "parameter"}
     assert {"bn1.gamma", "bn1.beta", "bn2.gamma", "bn2.beta"} <= params
     assert d["optimizer_steps"] == 3
     assert "MeanBackward1" in _ops(d, "bn1")
@@ -85,8 +85,8 @@ def expect_forgot_zero_grad(d):
 
 
 def expect_builtin_sum(d):
-    adds = [n for n in d["graph"]["nodes"] if n["op"] == "AddBackward0" and n["module"] == ""]
-    unbind = [n for n in d["graph"]["nodes"] if n["op"] == "UnbindBackward0"]
+    adds = [n for n in graph_nodes(d) if n["op"] == "AddBackward0" and n["module"] == ""]
+    unbind = [n for n in graph_nodes(d) if n["op"] == "UnbindBackward0"]
     # iterating a tensor unbinds it once into 64 one-element views, then 64 Python additions
     assert len(adds) == 64 and len(unbind) == 1 and unbind[0]["outputs"] == 64
     [f] = [f for f in d["findings"] if f["check"] == "builtin-sum"]
@@ -97,7 +97,7 @@ def expect_softmax_cross_entropy(d):
     f = next(f for f in d["findings"] if f["check"] == "double-softmax")
     assert f["module"] == "model.out" and f["location"].endswith("softmax_cross_entropy.py:35")
     assert _ops(d, "out") == ["SoftmaxBackward0"]
-    assert "LogSoftmaxBackward0" in [n["op"] for n in d["graph"]["nodes"]
+    assert "LogSoftmaxBackward0" in [n["op"] for n in graph_nodes(d)
                                      if n["model"] == "criterion"]
 
 
@@ -112,7 +112,7 @@ def expect_clean_transformer(d):
     expect_clean(d)
     assert [f["check"] for f in d["findings"]] == ["tied-weights"]
     assert "SoftmaxBackward0" in _ops(d, "blocks.0.attn")
-    tied = [n for n in d["graph"]["nodes"] if n["param"] in ("tok.weight", "lm_head.weight")]
+    tied = [n for n in graph_nodes(d) if n["param"] in ("tok.weight", "lm_head.weight")]
     assert len(tied) == 1
 
 
@@ -123,7 +123,7 @@ def expect_clean_cnn(d):
 
 def expect_clean_lstm(d):
     expect_clean(d)
-    lstm = [n for n in d["graph"]["nodes"] if n["module"] == "lstm" and n["leaf"] == "parameter"]
+    lstm = [n for n in graph_nodes(d) if n["module"] == "lstm" and n["leaf"] == "parameter"]
     assert len(lstm) == 8  # weight_ih, weight_hh, bias_ih, bias_hh for each of 2 layers
 
 
@@ -226,7 +226,7 @@ def expect_device_mismatch(d):
     f = _finding(d, "device-mismatch")
     assert f["location"].endswith("device_mismatch.py:24") and "is_available()" in f["hint"]
     assert f["data"]["cuda_available"] is False  # this runs where CUDA is missing (CI)
-    assert d["backward_calls"] == 1 and d["graph"]["nodes"]  # the clean step before it
+    assert d["backward_calls"] == 1 and graph_nodes(d)  # the clean step before it
 
 
 def expect_device_attribute_not_moved(d):
@@ -412,14 +412,14 @@ def expect_forward_called_directly(d):
     assert f["severity"] == "error" and f["data"]["explains_failure"]
     assert _at(f) == "forward_called_directly.py:43" and f["module"] == "model.head"
     assert f["data"]["hooks"] == ["torch.nn.utils.prune.L1Unstructured"]
-    ops = {(n["model"], n["module"]) for n in d["graph"]["nodes"] if n["leaf"] is None}
+    ops = {(n["model"], n["module"]) for n in graph_nodes(d) if n["leaf"] is None}
     assert ("model", "head") in ops and ("model", "body.0") in ops  # attributed anyway
     assert [m["label"] for m in d["models"]] == ["model", "criterion"]
 
 
 def expect_forward_super_ok(d):
     expect_nothing(d)
-    ops = {(n["model"], n["module"]) for n in d["graph"]["nodes"] if n["leaf"] is None}
+    ops = {(n["model"], n["module"]) for n in graph_nodes(d) if n["leaf"] is None}
     assert ("model", "head") in ops and ("model", "") in ops  # the * 2.0 of Scaled
 
 

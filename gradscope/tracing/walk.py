@@ -10,13 +10,11 @@ with less detail.
 from __future__ import annotations
 
 import gc
-from itertools import repeat
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..graph import (LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED, Edge, Graph, Node,
-                     SavedTensor)
+from ..graph import LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED, Graph, SavedTensor
 
 _new_tuple = tuple.__new__
 
@@ -34,6 +32,14 @@ class _Strings(dict):
     def __missing__(self, value: Any) -> str:
         text = self[value] = _dtype_name(value)
         return text
+
+
+class _Shapes(dict):
+    """torch.Size -> the same shape as a tuple of ints, each converted once per walk."""
+
+    def __missing__(self, size: Any) -> tuple:
+        shape = self[size] = tuple(map(int, size))  # a symbolic size raises: no plain shape
+        return shape
 
 
 class _TypeInfo:
@@ -81,7 +87,8 @@ class AutogradWalker:
         self.saved_incomplete = False
         self.hooked = 0  # saved tensors held by saved-tensor hooks: measured without unpacking
         self._types: dict = {}
-        self._str_cache = _Strings()
+        self._str_cache = _Strings({None: None})
+        self._shapes = _Shapes()  # torch.Size -> tuple of ints, for saved tensors  # (None: a node without metadata)
         # Parameters are not activation memory: a saved weight is never counted.
         self._storages: set = set(param_storage_keys)
         self._param_storages: dict = {}  # id(parameter) -> storage_key(parameter)
@@ -100,7 +107,11 @@ class AutogradWalker:
                 gc.enable()
 
     def _walk(self, roots: Iterable[Any]) -> Graph:
-        # One tight loop: at a million nodes every attribute lookup, call and allocation shows.
+        # One tight loop that only appends to lists: at a million nodes every attribute lookup,
+        # call and allocation shows. What only some nodes need (leaves, module attribution,
+        # saved tensors) is read in a second pass over those nodes; names of dtypes and
+        # devices and the shapes' tuples are made in bulk at the end.
+        #
         # Breadth-first order is discovery order, so the list of discovered nodes doubles as the
         # queue (a list iterator sees items appended while it runs). ``fns`` keeps the Python
         # wrappers alive, so none is freed and its address reused during the walk.
@@ -108,124 +119,153 @@ class AutogradWalker:
         # "Seen?" is a set of the wrapper objects, not a dict and not id() ints: an object
         # hashes by its rotated address, a set probes neighbouring slots first, and a node
         # reached a second time (a shared input, a parameter used twice) is the rarer case,
-        # whose id ``known`` looks up. Measured on a 1,000,000-node chain: id()-keyed dict
-        # 0.7 s, object-keyed dict 0.55 s, this set 0.27 s (bare traversal, no records).
-        fns, ids, root_ids = _seeds(roots)
+        # whose position ``known`` looks up. Measured on a 1,000,000-node chain: id()-keyed
+        # dict 0.7 s, object-keyed dict 0.55 s, this set 0.27 s (bare traversal, no records).
+        fns, root_index = _seeds(roots)
         seen = set(fns)
-        known = _KnownIds(fns, ids)
-        nodes: list = []
-        srcs: list = []
-        dsts: list = []
-        add_node, add_src, add_dst, add_fn, add_id = (nodes.append, srcs.append, dsts.append,
-                                                       fns.append, ids.append)
-        add_seen, types, new_node = seen.add, self._types, Node
-        shapes, strs = self._has_metadata, self._str_cache
-        self._want_saved = self.saved
-        self._forwards_before = self.forwards() if self.forwards is not None else None
+        known = _KnownPositions(fns)
+        ops: list = []
+        shapes: list = []
+        dtypes: list = []
+        devices: list = []
+        outputs: list = []
+        src: list = []
+        dst: list = []
+        special: list = []
+        add_op, add_shape, add_dtype, add_device, add_out = (
+            ops.append, shapes.append, dtypes.append, devices.append, outputs.append)
+        add_src, add_dst, add_fn, add_seen, add_special = (
+            src.append, dst.append, fns.append, seen.add, special.append)
+        types = self._types
+        want_shapes = self._has_metadata
+        slow = 0  # nodes whose metadata took the slow path (their shape is a tuple or None)
         for i, fn in enumerate(fns):
-            dst = ids[i]
             info = types.get(type(fn)) or self._type_info(fn)
-            if shapes:
+            add_op(info.name)
+            if want_shapes:
                 # Inline, not a method: over half the cost of a walk with shapes is here.
                 try:
                     meta = fn._input_metadata
                     m = meta[0]
-                    node = new_node(dst, info.name, None, None, tuple(map(int, m.shape)),
-                                    strs[m.dtype], strs[m.device], None, None, None, len(meta))
+                    shape, dtype, device = m.shape, m.dtype, m.device
+                    n_out = len(meta)
                 except Exception:  # noqa: BLE001 - no outputs, symbolic shape, older torch
-                    node = self._node_without_fast_metadata(dst, info.name, fn)
-                    shapes = self._has_metadata
-            else:
-                node = new_node(dst, info.name)
+                    shape, dtype, device, n_out = self._slow_metadata(fn)
+                    slow += 1
+                add_shape(shape)
+                add_dtype(dtype)
+                add_device(device)
+                add_out(n_out)
             if info.special:
-                self._detail(node, fn, info)
-            add_node(node)
+                add_special(i)
             for nf, _slot in fn.next_functions:
                 if nf is None:
                     continue
                 if nf in seen:
-                    src = known(nf)
+                    add_src(known(nf))
                 else:
                     add_seen(nf)
-                    src = f"n{len(fns)}"
+                    add_src(len(fns))
                     add_fn(nf)
-                    add_id(src)
-                add_src(src)
-                add_dst(dst)
+                add_dst(i)
+        count = len(fns)
+        columns: dict = {"op": ops}
+        if want_shapes:
+            strs = self._str_cache
+            columns.update(shape=_tuples(shapes, slow), dtype=list(map(strs.__getitem__, dtypes)),
+                           device=list(map(strs.__getitem__, devices)), outputs=outputs)
         self.fns = fns  # autograd nodes in graph order, for callers that hook them (then drop)
-        # zip reuses its result tuple and tuple.__new__ copies it: every Edge is made in C.
-        edges = list(map(tuple.__new__, repeat(Edge), zip(srcs, dsts)))
-        return Graph(nodes, edges, root_ids)
+        self._details(fns, special, columns, count)
+        return Graph.from_columns(count, columns, src, dst, root_index)
 
     def _type_info(self, fn: Any) -> "_TypeInfo":
         info = self._types[type(fn)] = _TypeInfo(fn, self.attribution is not None, self.saved)
         return info
 
-    def _detail(self, node: Node, fn: Any, info: "_TypeInfo") -> None:
+    def _details(self, fns: list, special: list, columns: dict, count: int) -> None:
         """What only some nodes need: leaf identity, module attribution, saved tensors."""
-        if info.is_leaf:
-            self._fill_leaf(node, fn)
-        elif self.attribution is not None:
-            owner = self.attribution(fn._sequence_nr())
-            if owner is not None:
-                node.model, node.module = owner
-        if self._want_saved and info.has_saved:
-            forwards_before = self._forwards_before
-            node.saved = self._saved(fn, info, forwards_before, node.device)
-            if self.forwards is not None and self.forwards() != forwards_before:
-                # That read re-ran a forward: a checkpointed segment (non-reentrant
-                # checkpointing unpacks by recomputing). Stop reading saved tensors, so
-                # each further segment is not recomputed (and BatchNorm statistics not
-                # updated again) just for a memory figure.
-                self._want_saved = False
-                self.saved_incomplete = True
+        if not special:
+            return
+        types = self._types
+        for name in ("model", "module", "param", "leaf"):
+            columns[name] = [None] * count
+        if "shape" not in columns:  # a structure-only walk: leaves get theirs from the tensor
+            for name in ("shape", "dtype", "device"):
+                columns[name] = [None] * count
+        saved_col = columns["saved"] = [()] * count if self.saved else None
+        models, modules = columns["model"], columns["module"]
+        owner_of = self.attribution
+        want_saved = self.saved
+        counting = self.forwards is not None
+        forwards_before = self.forwards() if counting else None
+        for i in special:
+            fn = fns[i]
+            info = types[type(fn)]
+            if info.is_leaf:
+                self._fill_leaf(columns, i, fn)
+            elif owner_of is not None:
+                owner = owner_of(fn._sequence_nr())
+                if owner is not None:
+                    models[i], modules[i] = owner
+            if want_saved and info.has_saved:
+                saved = self._saved(fn, info, forwards_before, columns["device"][i]
+                                    if "device" in columns else None)
+                if saved:
+                    saved_col[i] = tuple(saved)
+                if counting and self.forwards() != forwards_before:
+                    # That read re-ran a forward: a checkpointed segment (non-reentrant
+                    # checkpointing unpacks by recomputing). Stop reading saved tensors, so
+                    # each further segment is not recomputed (and BatchNorm statistics not
+                    # updated again) just for a memory figure.
+                    want_saved = False
+                    self.saved_incomplete = True
 
     # -- one node ------------------------------------------------------------------------------
-    def _node_without_fast_metadata(self, node_id: str, op: str, fn: Any) -> Node:
-        """The slow path of the metadata read: a node with no outputs, a nested or symbolic
-        shape, or a torch without ``_input_metadata`` (then shapes come only from leaves)."""
-        node = Node(node_id, op)
+    def _slow_metadata(self, fn: Any) -> tuple:
+        """``(shape, dtype, device, outputs)`` the slow way: a node with no outputs, a nested
+        or symbolic shape, or a torch without ``_input_metadata`` (then shapes come only from
+        leaves)."""
         try:
             meta = fn._input_metadata
         except AttributeError:
-            self._has_metadata = False
-            return node
+            return None, None, None, 1
         except Exception:  # noqa: BLE001 - a node that cannot describe its outputs
-            return node
+            return None, None, None, 1
         if not meta:
-            return node
+            return None, None, None, 0
         m = meta[0]
-        node.outputs = len(meta)
         try:
-            node.shape = tuple(map(int, m.shape))  # a jagged dim is a SymInt: not plain data
+            shape = tuple(map(int, m.shape))  # a jagged dim is a SymInt: not plain data
         except Exception:  # noqa: BLE001 - nested / symbolic shapes
-            node.shape = None
-        node.dtype = self._str_cache[m.dtype]
-        node.device = self._str_cache[m.device]
-        return node
+            shape = None
+        try:
+            return shape, m.dtype, m.device, len(meta)
+        except Exception:  # noqa: BLE001
+            return shape, None, None, len(meta)
 
-    def _fill_leaf(self, node: Node, fn: Any) -> None:
+    def _fill_leaf(self, columns: dict, i: int, fn: Any) -> None:
         var = getattr(fn, "variable", None)
         if var is None:
             return
-        if node.dtype is None:  # no metadata read (structure-only walk): from the tensor
+        if columns["dtype"][i] is None:  # no metadata read (structure-only walk): the tensor's
             try:
-                node.shape = tuple(var.shape)
+                columns["shape"][i] = tuple(var.shape)
             except RuntimeError:  # a nested tensor has no single shape
-                node.shape = None
-            node.dtype = self._str_cache[var.dtype]
-            node.device = self._str_cache[var.device]
+                columns["shape"][i] = None
+            columns["dtype"][i] = self._str_cache[var.dtype]
+            columns["device"][i] = self._str_cache[var.device]
         found = self.params.get(id(var))
         if found is not None:
-            node.model, node.param = found
-            node.module = node.param.rpartition(".")[0]
-            node.leaf = LEAF_PARAMETER
+            model, param = found
+            columns["model"][i], columns["param"][i] = model, param
+            columns["module"][i] = param.rpartition(".")[0]
+            columns["leaf"][i] = LEAF_PARAMETER
         elif id(var) in self.inputs:
-            node.leaf = LEAF_INPUT
+            columns["leaf"][i] = LEAF_INPUT
         else:
-            node.leaf = LEAF_UNREGISTERED
+            columns["leaf"][i] = LEAF_UNREGISTERED
             if self.describe_leaf is not None:
-                self.unregistered[node.id] = self.describe_leaf(var)
+                self.unregistered[f"n{i}"] = self.describe_leaf(var)
 
     # -- saved tensors -------------------------------------------------------------------------
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
@@ -247,17 +287,26 @@ class AutogradWalker:
             for k, t in enumerate(values):
                 self._add_saved(out, f"saved_tensors[{k}]", t)
             return out
+        plain, record = _SavedTensor, self._record
         for attr, raw_attr, name in info.saved_fields:
             try:
                 raw = getattr(fn, raw_attr)
-                if _hooked(raw):
+                if type(raw) is plain and raw.unpack_hook is None:  # the usual case
+                    value = getattr(fn, attr)
+                    if type(value) is _Tensor:
+                        out.append(record(name, value))
+                        if forwards_before is not None and self.forwards() != forwards_before:
+                            break  # (see below)
+                        continue
+                elif _hooked(raw):
                     # Held by saved-tensor hooks (checkpointing, save_on_cpu offloading):
                     # unpacking would recompute the segment or copy the tensor back to the
                     # device. Measure what the hook packed instead, without unpacking.
                     self.hooked += 1
                     self._add_packed(out, name, raw, device)
                     continue
-                value = getattr(fn, attr)
+                else:
+                    value = getattr(fn, attr)
             except Exception:  # freed by an earlier backward: nothing left to measure
                 continue
             if forwards_before is not None and self.forwards() != forwards_before:
@@ -268,6 +317,27 @@ class AutogradWalker:
             else:
                 self._add_saved(out, name, value)
         return out
+
+    def _record(self, name: str, t: torch.Tensor) -> SavedTensor:
+        """The SavedTensor of a plain strided tensor, in as few calls as it takes: a big graph
+        saves about one tensor per node. (Anything else: :meth:`_add_saved`.)"""
+        if id(t) in self.params:  # a weight (saved by every matmul and conv): never counted,
+            key, nbytes = self._param_storage(t)  # its storage looked up once per walk
+        else:
+            try:
+                st = t.untyped_storage()
+                key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
+            except Exception:  # noqa: BLE001 - sparse, nested, fake or meta tensors
+                key, nbytes = storage_key(t)
+        storages = self._storages
+        counted = key not in storages
+        if counted:
+            storages.add(key)
+        try:
+            shape = self._shapes[t.shape]
+        except Exception:  # noqa: BLE001 - nested tensors have no single shape, or a ragged one
+            shape = None
+        return _new_tuple(SavedTensor, (name, shape, self._str_cache[t.dtype], nbytes, counted))
 
     def _param_storage(self, t: torch.Tensor) -> tuple:
         found = self._param_storages.get(id(t))
@@ -301,7 +371,7 @@ class AutogradWalker:
         counted = key not in self._storages and not elsewhere
         self._storages.add(key)
         try:
-            shape = tuple(map(int, t.shape))
+            shape = self._shapes[t.shape]
         except Exception:  # nested tensors have no single shape, or a ragged SymInt one
             shape = None
         # tuple.__new__: a NamedTuple's own constructor is a Python function, slow per tensor
@@ -310,38 +380,58 @@ class AutogradWalker:
 
 
 def _seeds(roots: Iterable[Any]) -> tuple:
-    """The distinct root nodes in order, their ids (``n0``, ``n1``, ...) and each root's id."""
+    """The distinct root nodes in order, and each root's position among them."""
     fns: list = []
-    ids: list = []
     first: dict = {}
-    root_ids: list = []
     for root in roots:
         fn = root.grad_fn if isinstance(root, torch.Tensor) else root
-        if fn is None:
-            continue
-        if fn not in first:
-            first[fn] = f"n{len(fns)}"
+        if fn is not None and fn not in first:
+            first[fn] = len(fns)
             fns.append(fn)
-            ids.append(first[fn])
-        root_ids.append(first[fn])
-    return fns, ids, list(dict.fromkeys(root_ids))
+    return fns, list(range(len(fns)))
 
 
-class _KnownIds:
-    """The id of a node the walk has already discovered. Built lazily, in bulk, from the
-    walk's own lists: a graph in which no node is reached twice (a chain) never builds it."""
+class _KnownPositions:
+    """The position of a node the walk has already discovered. Built lazily, in bulk, from
+    the walk's own list: a graph in which no node is reached twice (a chain) never builds it."""
 
-    __slots__ = ("fns", "ids", "index")
+    __slots__ = ("fns", "index")
 
-    def __init__(self, fns: list, ids: list) -> None:
-        self.fns, self.ids = fns, ids
+    def __init__(self, fns: list) -> None:
+        self.fns = fns
         self.index: dict = {}
 
-    def __call__(self, fn: Any) -> str:
+    def __call__(self, fn: Any) -> int:
         index, done = self.index, len(self.index)
         if done < len(self.fns):
-            index.update(zip(self.fns[done:], self.ids[done:]))
+            index.update(zip(self.fns[done:], range(done, len(self.fns))))
         return index[fn]
+
+
+def _tuples(shapes: list, slow: int) -> list:
+    """The walk's shapes (lists of ints from the fast path; tuples or None from the slow one)
+    as tuples, each distinct shape made once and shared, and checked once: a symbolic size is
+    not plain data (None then)."""
+    if not slow:
+        tuples = list(map(tuple, shapes))
+    else:
+        tuples = [s if s is None or type(s) is tuple else tuple(s) for s in shapes]
+    try:
+        distinct = dict.fromkeys(tuples)
+    except TypeError:  # an unhashable (symbolic) size: the slow way, one at a time
+        return [_plain_shape(s) for s in tuples]
+    for s in distinct:
+        distinct[s] = _plain_shape(s)
+    return list(map(distinct.__getitem__, tuples))
+
+
+def _plain_shape(shape: Optional[tuple]) -> Optional[tuple]:
+    if shape is None or all(type(d) is int for d in shape):
+        return shape
+    try:
+        return tuple(map(int, shape))
+    except Exception:  # noqa: BLE001 - a jagged or symbolic size
+        return None
 
 
 def _hooked(raw: Any) -> bool:
@@ -355,13 +445,14 @@ def _hooked(raw: Any) -> bool:
 
 # Without it (another torch) every value takes the general path above.
 _SavedTensor = getattr(getattr(torch._C, "_autograd", None), "SavedTensor", None)
+_Tensor = torch.Tensor
 
 
 def storage_key(t: torch.Tensor) -> tuple:
     """A key identifying the memory a tensor occupies, and that memory's size in bytes."""
     try:
         st = t.untyped_storage()
-        return (st.device, st.data_ptr()), st.nbytes()
+        return (t.get_device(), st.data_ptr()), st.nbytes()
     except Exception:  # sparse, nested, fake or meta tensors: fall back to the tensor itself
         return ("id", id(t)), t.numel() * t.element_size()
 
