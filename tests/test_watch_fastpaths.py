@@ -128,12 +128,111 @@ def _forward_raises_late(model, opt, x, y, k):
         model[4].weight.data = weight
 
 
+def _scaler_loop(model, opt, x, y, k):
+    """GradScaler with a plain (not fused) optimizer: no step is skipped."""
+    scaler = opt.__dict__.setdefault("_test_scaler", torch.amp.GradScaler("cpu"))
+    opt.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+def _loss_rebuilt_without_history_late(model, opt, x, y, k):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    if k >= 50:
+        loss = torch.tensor(loss.item(), requires_grad=True)  # the graph is gone
+    loss.backward()
+    opt.step()
+
+
+def _submodule_evaluated_first(model, opt, x, y, k):
+    if k == 0:
+        with torch.no_grad():
+            model[0](x)  # a part of the model called on its own once, before training
+    _plain(model, opt, x, y, k)
+
+
+def _state_carried_late(model, opt, x, y, k):
+    """From step 50 the input carries the previous step's (freed) history."""
+    prev = opt.__dict__.get("_test_prev")
+    if k >= 50 and prev is not None:
+        x = x + prev.mean()
+    opt.zero_grad()
+    out = model(x)
+    opt.__dict__["_test_prev"] = out
+    try:
+        nn.functional.cross_entropy(out, y).backward()
+    except RuntimeError:
+        return  # "backward through the graph a second time": the program skips the batch
+    opt.step()
+
+
+def _batchnorm_frozen_then_unfrozen(model, opt, x, y, k):
+    if k == 20:
+        model[1].eval()  # the recipe: frozen BatchNorm on small batches
+    if k == 50:
+        model.train()  # a new epoch's model.train() unfreezes it
+    _plain(model, opt, x[:3] if k >= 50 else x, y[:3] if k >= 50 else y, k)
+
+
+def _checkpointed(model, opt, x, y, k):
+    from torch.utils.checkpoint import checkpoint
+
+    opt.zero_grad()
+    out = checkpoint(model, x, use_reentrant=False)
+    nn.functional.cross_entropy(out, y).backward()
+    opt.step()
+
+
+def _nan_loss_elsewhere(model, opt, x, y):
+    return nn.functional.cross_entropy(model(x), y) * float("nan")
+
+
+def _loss_from_another_line_late(model, opt, x, y, k):
+    if k < 50:
+        _plain(model, opt, x, y, k)
+        return
+    opt.zero_grad()
+    _nan_loss_elsewhere(model, opt, x, y).backward()
+    opt.step()
+
+
+def _group_given_fewer_parameters_late(model, opt, x, y, k):
+    if k == 50:
+        opt.param_groups[0]["params"] = list(model[4].parameters())  # fine-tune the head only
+    _plain(model, opt, x, y, k)
+
+
+def _nan_gradients_near_the_end(model, opt, x, y, k):
+    """From step 70 the gradients are NaN while the loss stays finite (sqrt at 0)."""
+    opt.zero_grad()
+    out = model(x)
+    scale = 0.0 if k >= 70 else 1e-3  # the same ops every step: the loop stays idle
+    loss = nn.functional.cross_entropy(out, y) + (out * scale).pow(2).sum().sqrt()
+    loss.backward()
+    opt.step()
+
+
+def _total_loss_kept_late(model, opt, x, y, k):
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    if k >= 40:
+        opt.__dict__["_test_total"] = opt.__dict__.get("_test_total", 0) + loss  # not .item()
+
+
 LATE_BUGS = {_stops_zero_grad_late: "missing-zero-grad",
              _evaluates_in_train_mode_late: "train-mode-eval",
-             _clips_after_step_late: "clip-grad-order", _loss_goes_nan_late: "nonfinite-loss"}
+             _clips_after_step_late: "clip-grad-order", _loss_goes_nan_late: "nonfinite-loss",
+             _nan_gradients_near_the_end: "nonfinite-grad",
+             _batchnorm_frozen_then_unfrozen: "batchnorm-small-batch"}
 LOOPS = [_plain, _keep_grads, _accumulate, _forgets_zero_grad_sometimes, _shapes_change,
          _eval_forward_between, _first_layer_frozen_late, _bad_batch_skipped_late,
-         _forward_raises_late, *LATE_BUGS]
+         _forward_raises_late, _scaler_loop, _loss_rebuilt_without_history_late,
+         _submodule_evaluated_first, _state_carried_late, _checkpointed, _loss_from_another_line_late, _group_given_fewer_parameters_late,
+         _total_loss_kept_late, *LATE_BUGS]
 
 
 def _report(loop, fast: bool, monkeypatch):
@@ -159,14 +258,23 @@ def test_fast_paths_record_what_the_general_paths_record(loop, monkeypatch, no_l
     slow, slow_params = _report(loop, False, monkeypatch)
     assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True)  # (NaN after a NaN loss)
                for a, b in zip(fast_params, slow_params))
-    for key in ("accumulation", "modules", "events", "parameters",
-                "notes", "backward_calls", "optimizer_steps"):
+    for key in ("accumulation", "modules", "events", "parameters", "notes", "backward_calls",
+                "optimizer_steps", "direct_calls", "optimizers", "constructions"):
         assert fast[key] == slow[key], key
+    # Inputs carrying old history are seen at every forward; the keep-alive watch's looks at
+    # the callers' variables come at spread-out forwards, and one due while idle happens at
+    # the next full step: other steps looked at.
+    assert [g for g in fast["kept_graphs"] if g["kind"] == "carried"] == \
+        [g for g in slow["kept_graphs"] if g["kind"] == "carried"]
     # Equal findings; but NaN gradients are seen at the next step that reads the norms, which
-    # idle steps make rarer: that finding names other steps.
-    assert [f for f in fast["findings"] if f["check"] != "nonfinite-grad"] == \
-        [f for f in slow["findings"] if f["check"] != "nonfinite-grad"]
-    assert [f["check"] for f in fast["findings"]] == [f["check"] for f in slow["findings"]]
+    # idle steps make rarer, and a growing graph at the look after: those name other steps.
+    sampled = ("nonfinite-grad", "graph-kept-alive")
+    assert [f for f in fast["findings"] if f["check"] not in sampled] == \
+        [f for f in slow["findings"] if f["check"] not in sampled]
+    assert [f["check"] for f in fast["findings"] if f["check"] != "graph-kept-alive"] == \
+        [f["check"] for f in slow["findings"] if f["check"] != "graph-kept-alive"]
+    assert "nonfinite-grad" not in [f["check"] for f in slow["findings"]] or \
+        "nonfinite-grad" in [f["check"] for f in fast["findings"]]
     assert fast["graph"] == slow["graph"]
     _same_gradients(fast["gradients"], slow["gradients"])
 
@@ -226,3 +334,95 @@ def test_idle_steps_engage_on_a_steady_loop(monkeypatch):
     assert 55 <= report["idle_steps"] <= 68, report["idle_steps"]
     slow, _ = _report(_plain, False, monkeypatch)
     assert slow["idle_steps"] == 0
+
+
+class _DictNet(nn.Module):
+    """Takes a dict batch, as Hugging Face-style models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.bn, self.out = nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)
+
+    def forward(self, batch):
+        return self.out(torch.relu(self.bn(self.fc(batch["x"]))))
+
+
+class _BuildsLate(nn.Module):
+    """Builds a layer inside forward from step 40 on (layer-in-forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.out, self.step = nn.Linear(6, 8), nn.Linear(8, 3), 0
+
+    def forward(self, x):
+        self.step += 1
+        h = self.fc(x)
+        if self.step > 40:
+            h = nn.Linear(8, 8)(h)
+        return self.out(h)
+
+
+def _custom_report(model, batches, fast: bool, monkeypatch):
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        with gradscope.watch(model, opt) as scope:
+            for inputs, y in batches:
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(inputs), y).backward()
+                opt.step()
+        d = json.loads(scope.report().trace.to_json())
+        d["idle_steps"] = scope._capture.steady.idle_steps
+        return d
+
+
+def test_dict_batches_with_a_short_last_batch(monkeypatch):
+    """drop_last=False: each epoch of 20 batches of 8 ends with one of 2, inside idle runs."""
+    torch.manual_seed(0)
+    batches = []
+    for epoch in range(4):
+        for b in range(21):
+            n = 2 if b == 20 else 8
+            batches.append(({"x": torch.randn(n, 6)}, torch.randint(0, 3, (n,))))
+    reports = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        reports.append(_custom_report(_DictNet(), batches, fast, monkeypatch))
+    fast, slow = reports
+    assert fast["idle_steps"] > 30 and slow["idle_steps"] == 0
+    assert fast["modules"] == slow["modules"] and fast["findings"] == slow["findings"]
+    assert "batchnorm-small-batch" in [f["check"] for f in fast["findings"]]
+
+
+def test_a_layer_built_in_forward_from_an_idle_step_is_counted(monkeypatch):
+    torch.manual_seed(0)
+    batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(70)]
+    reports = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        reports.append(_custom_report(_BuildsLate(), batches, fast, monkeypatch))
+    fast, slow = reports
+    assert fast["constructions"] == slow["constructions"] and fast["modules"] == slow["modules"]
+    found = [f for f in fast["findings"] if f["check"] == "layer-in-forward"]
+    assert found and found[0]["data"]["count"] == 30, found
+
+
+def test_a_nested_tensor_input_does_not_break_training(monkeypatch):
+    """A forward whose input has no single shape: recorded in full, never raised into."""
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, nt):
+            return self.fc(torch.stack([t.mean(0) for t in nt.unbind()]))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nested tensors are a prototype
+        nt = torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)])
+    model = Pool()
+    batches = [(nt, torch.tensor([0, 2]))] * 20
+    report = _custom_report(model, batches, True, monkeypatch)
+    assert report["optimizer_steps"] == 20 and not any(
+        "could not record" in n for n in report["notes"])

@@ -34,7 +34,7 @@ from .optimizers import OptimizerRegistry
 from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
-from .steady import SteadySteps
+from .steady import SteadySteps, backward_key
 from .walk import AutogradWalker, storage_key
 
 MAX_EVENTS = 10_000
@@ -245,7 +245,7 @@ class Capture(steporder.StepOrderEvents):
         finally:
             try:
                 refresh_cwd()
-                self.gradients.finish()
+                self.gradients.finish(self.optimizer_steps)
                 self._snapshot = self._take_snapshot()
             finally:
                 self.tracker.clear_references()
@@ -630,7 +630,7 @@ class Capture(steporder.StepOrderEvents):
                     self.capture_graph(tensors, location)
         self._guard("a backward call", record)
         if steady is not None:
-            steady.note(("b", kind, retain))
+            steady.note(backward_key(roots, kind, retain))
 
     def after_backward(self) -> None:
         """Called just after a backward call returned (or raised): which gradients it wrote."""

@@ -125,6 +125,7 @@ class GradientRecorder:
         self.norms: dict = {}            # (model, name) -> [norm per kept step]
         self.maxabs: dict = {}
         self.nonfinite: list = []        # {"step", "params": [...]}
+        self.read_step = 0               # the last step whose norms were read
         self.losses_nonfinite: list = []  # {"backward", "location"}
         self._norm_stride = 1
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
@@ -370,6 +371,7 @@ class GradientRecorder:
         want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
         if want_norms or self._fingerprinted or written or found_inf is not None:
             values = self._read_once(states, want_max, found_inf)
+            self.read_step = step
         else:
             values = {"norm": [None] * len(states), "max": [None] * len(states),
                       "flags": [()] * len(states), "found_inf": None}
@@ -419,6 +421,7 @@ class GradientRecorder:
         want_norms, want_max, keep_norms, found_inf = self._reads(optimizer, step)
         if want_norms or found_inf is not None:
             values = self._read_once(pairs, want_max, found_inf, grads)
+            self.read_step = step
         else:
             values = {"norm": [None] * len(pairs), "max": [None] * len(pairs),
                       "found_inf": None}
@@ -649,9 +652,11 @@ class GradientRecorder:
             self.syncs += 1
             self._resolve_losses(device, flags)
 
-    def finish(self) -> None:
-        """Read what is still pending (losses after the last step) and drop device tensors."""
+    def finish(self, step: int = 0) -> None:
+        """Read what is still pending (losses after the last step, and the last step's
+        gradients when its norms were sampled out) and drop device tensors."""
         self.finish_losses()
+        self._last_gradients(step)
         for state in self._params.values():
             state.index = None
             state.fps = []
@@ -659,6 +664,22 @@ class GradientRecorder:
         self._uniform.write_back(self._watched)
         self._step_params.clear()
         self._before = self._before_params = None
+
+    def _last_gradients(self, step: int) -> None:
+        """Sampled norms skip most steps: a NaN gradient in the last ones would go unnamed.
+        The gradients the run left are read once at the end (for the last optimizer step)."""
+        if not self.sampled or step <= self.read_step or stream_capturing() \
+                or (self.nonfinite and self.nonfinite[-1]["step"] >= step):
+            return
+        pairs = [(state, g) for state, g in zip(self._watched, map(GRAD, self._params_now()))
+                 if g is not None and g.layout == torch.strided and not g.is_meta]
+        if not pairs:
+            return
+        norms = self._read_once([(s, None) for s, _ in pairs], False, None,
+                                [g for _, g in pairs])["norm"]
+        bad = [state.display for (state, _), v in zip(pairs, norms) if not isfinite(v)]
+        if bad:
+            self.nonfinite.append({"step": step, "params": bad})
 
     def snapshot(self) -> dict:
         return {"accumulation": list(self.steps), "norm_steps": list(self.norm_steps),

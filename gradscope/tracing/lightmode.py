@@ -25,7 +25,8 @@ from torch import nn
 
 from .handles import hook_of_ours
 from .modules import ModuleTracker
-from .steady import lite_signature
+from .failures import sequence_nr
+from .patches import _inside_backward
 
 _SCALARS = (bool, int, float, str, type(None))
 LIGHT_AFTER = 8   # optimizer steps recorded in full first (as many as read max-abs densely)
@@ -48,6 +49,7 @@ class LightForwards:
         self._replayed: list = []      # patterns with replays not yet added to the records
         self.steady: Any = None        # the capture's SteadySteps (idle steps), if any
         self._idle_root: Optional[Any] = None  # the root whose idle forward is running
+        self._idle_pattern: Optional[_Pattern] = None
 
     # -- switching -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -73,6 +75,7 @@ class LightForwards:
             handle.remove()
         self._handles = []
         self._full = self._root = self._pattern = self._idle_root = None
+        self._idle_pattern = None
         self.tracker.light_entry = None
         self.tracker.forward_hooks(True)
 
@@ -95,22 +98,26 @@ class LightForwards:
         tracker = self.tracker
         if not self.active or tracker.in_forward() or tracker.paused:
             return  # nested in another model's forward (its recording counts this one)
+        try:
+            signature = self._signature(module, args, kwargs)
+        except Exception:  # noqa: BLE001 - an input we cannot describe: record it in full
+            signature = None
         steady = self.steady
         if steady is not None and steady.idle:
-            hit = steady.entry(("f", id(module), lite_signature(module, args, kwargs)))
+            hit = None if signature is None or self._carries_history(args, kwargs) \
+                else steady.entry(("f", id(module), signature))
             if hit is not None:  # the recorded step's forward: replayed as it was
-                pattern = hit[1]
-                if not pattern.pending:
-                    self._replayed.append(pattern)
-                pattern.pending += 1
-                self._idle_root = module
+                self._idle_root, (self._idle_pattern, label) = module, hit[1]
+                tracker.light_entry = (label, "")  # a forward runs (see in_forward)
                 return
+            steady.wake()
         entry = tracker.entry_of(module)
-        key = (id(module), self._signature(module, args, kwargs))
-        pattern = self._patterns.get(key)
+        key = (id(module), signature)
+        pattern = self._patterns.get(key) if signature is not None else None
         if entry is None or pattern is None or tracker._stale:
             self.flush()
-            self._full = (module, key, _counts(tracker.records))
+            self._full = (module, key if signature is not None else None,
+                          _counts(tracker.records))
             tracker.forward_hooks(True)
             tracker._pre_hook(module, args)  # its own global pre-hook was not in yet
             if steady is not None:
@@ -120,7 +127,26 @@ class LightForwards:
         tracker.light_entry = (entry[1], "")
         tracker.root_call(module, entry, args)
         if steady is not None:
-            steady.note(("f", id(module), lite_signature(module, args, kwargs)), pattern)
+            steady.note(("f", id(module), signature), (pattern, entry[1]))
+
+    def _carries_history(self, args: tuple, kwargs: dict) -> bool:
+        """Does an input hold autograd history from before the last backward (a state not
+        detached, say)? The keep-alive watch looks at such a forward: not idle then."""
+        seqs = self.steady.cap.backward_seqs
+        if not seqs:
+            return False
+        last = seqs[-1]
+        for value in (*args, *kwargs.values()) if kwargs else args:
+            if isinstance(value, torch.Tensor):
+                fn = value.grad_fn
+                if fn is not None and (sequence_nr(fn) or 0) < last:
+                    return True
+            elif isinstance(value, (list, tuple, dict)):
+                for v in value.values() if isinstance(value, dict) else value:
+                    fn = v.grad_fn if isinstance(v, torch.Tensor) else None
+                    if fn is not None and (sequence_nr(fn) or 0) < last:
+                        return True
+        return False
 
     @hook_of_ours
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
@@ -128,7 +154,7 @@ class LightForwards:
         if self._full is not None and self._full[0] is module:
             _, key, before = self._full
             self._full = None
-            if output is not None:  # a forward that raised is no recording to replay
+            if output is not None and key is not None:  # (a forward that raised: none)
                 self._patterns[key] = _Pattern(before, tracker.records)
             if not self.full_step:
                 tracker.forward_hooks(False)
@@ -141,8 +167,14 @@ class LightForwards:
                 self._replayed.append(pattern)
             pattern.pending += 1  # added to the records when they are read (flush)
         elif self._idle_root is module:
-            self._idle_root = None
-            if output is None:  # an idle forward raised: record it as any other would be
+            self._idle_root, pattern, self._idle_pattern = None, self._idle_pattern, None
+            tracker.light_entry = None
+            if not pattern.pending:  # counted once it returns (a Ctrl-C skips this hook)
+                self._replayed.append(pattern)
+            pattern.pending += 1
+            if output is None and not _inside_backward():
+                # An idle forward raised: recorded as any other would be. (Inside a backward
+                # it is checkpointing's recomputation, which ends early by raising.)
                 self.steady.wake()
                 tracker._note_failure(module, args)
 
@@ -155,13 +187,25 @@ class LightForwards:
 
     # -- what makes two forwards the same ------------------------------------------------------
     def _signature(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        """What a forward must share with a recorded one to be counted as it: modes (the
+        model's, grad, autocast, its dropout and batch-norm layers') and the inputs' shapes,
+        dtypes, devices and small scalar values (containers one level in). Idle steps
+        compare the same."""
         modes = self._modes.get(id(module))
         if modes is None:
             modes = self._modes[id(module)] = [m for m in module.modules() if isinstance(
                 m, (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm))]
+        if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:
+            x = args[0]  # model(x): the usual call, without a function call per argument
+            try:
+                inputs = ((x.shape, x.dtype, x.device, x.requires_grad),)
+            except RuntimeError:  # a nested tensor has no single shape
+                inputs = (_describe(x, 1),)
+        else:
+            inputs = tuple(map(_describe_arg, args)) if isinstance(args, tuple) \
+                else _describe(args, 2)
         return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
-                tuple([m.training for m in modes]) if modes else (),
-                tuple(map(_describe_arg, args)) if isinstance(args, tuple) else _describe(args, 2),
+                tuple([m.training for m in modes]) if modes else (), inputs,
                 tuple([(k, _describe(v, 1)) for k, v in kwargs.items()]) if kwargs else ())
 
 

@@ -81,6 +81,13 @@ def user_frame(start: Optional[FrameType] = None) -> Optional[FrameType]:
     return None
 
 
+def user_site(start: Optional[FrameType] = None) -> Optional[tuple]:
+    """``(code, line)`` of the innermost user frame: where :func:`user_location` points,
+    without formatting a path (idle steps compare it at every call)."""
+    frame = user_frame(start if start is not None else sys._getframe(1))
+    return None if frame is None else (frame.f_code, frame.f_lineno)
+
+
 def user_location(start: Optional[FrameType] = None) -> Optional[str]:
     """``path:line`` of the innermost user frame (path relative to the cwd when inside it)."""
     frame = user_frame(start if start is not None else sys._getframe(1))

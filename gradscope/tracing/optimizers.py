@@ -71,6 +71,12 @@ class OptimizerRegistry:
             self.optimized.update(id(p) for p in _params(optimizer))
         return serial
 
+    def count_step(self, serial: int) -> None:
+        """A step of an optimizer stepped before, with nothing else to look at (idle steps)."""
+        rec = self.records.get(serial)
+        if rec is not None:
+            rec["steps"] += 1
+
     @property
     def active(self) -> bool:
         """Was any optimizer handed to us, or seen stepping?"""

@@ -61,6 +61,7 @@ class _Patches(SharedPatches):
     def __init__(self) -> None:
         super().__init__()  # (self.local: backward calls nested inside a backward are torch's)
         self.installed: Optional[dict] = None
+        self.resync_pending = False  # a capture woke during a backward (see steady)
 
     def _install(self) -> None:
         autograd = torch.autograd
@@ -113,8 +114,14 @@ class _Patches(SharedPatches):
                 raise
             finally:
                 patches.local.depth = depth
-                if not nested and after:
-                    done(kind, [])
+                if not nested:
+                    if after:
+                        done(kind, [])
+                    if patches.resync_pending:  # woken during this backward (see steady)
+                        patches.resync_pending = False
+                        for cap in patches._open():
+                            if cap.steady is not None and cap.steady.resync_pending is not None:
+                                cap._guard("the idle steps", cap.steady.finish_resync)
             if armed:
                 done("", armed)
             return result
@@ -176,6 +183,12 @@ def _retains_graph(kind: str, args: tuple, kwargs: dict) -> bool:
     if retain is None:
         retain = kwargs.get("create_graph", args[at + 1] if len(args) > at + 1 else False)
     return bool(retain)
+
+
+def backward_running() -> bool:
+    """Is a backward call running on this thread (ours, through the patched backward, or the
+    autograd engine's)?"""
+    return getattr(PATCHES.local, "depth", 0) > 0 or _inside_backward()
 
 
 def _inside_backward() -> bool:

@@ -7,14 +7,18 @@ caches, three passes over the gradients, four timeline events). When two consecu
 are the same (the same hooks in the same order, with the same arguments' shapes and modes,
 the same events at the same lines, the uniform gradient record, no registration), the steps
 up to the next multiple of ``WINDOW`` are *idle*: each of our entry points checks that its call
-is the next one of the recorded step (a tuple comparison) and counts it; backward calls keep
-their loss for the finiteness read, and the forward replays are counted as before. Anything
-else (another hook, an event of any other kind, a forward with other shapes or modes, a step of
-another optimizer, a registration, a report being read) wakes the session first: the idle
+is the next one of the recorded step (a tuple comparison, and one frame: the same line of the
+user's code called it) and counts it; backward calls keep their loss for the finiteness read,
+and the forward replays are counted as before. Anything else (another hook, an event of any
+other kind, a forward with other shapes or modes or an input carrying older history, a loss of
+another kind or without history, a step of another optimizer or with other parameter groups,
+a registration, a report being read) wakes the session first: the idle
 steps are written into the records as the recorded step would have written them, the gradient
 bookkeeping is brought to where the skipped passes would have left it, and the call is recorded
-in full. Every ``WINDOW``-th step is recorded in full (it reads the gradient norms), and the
-session goes idle again only after that step matched the recorded one.
+in full. (A wake inside a backward, from checkpointing's recomputation, leaves the gradient
+bookkeeping until that backward has returned.) Every ``WINDOW``-th step is recorded in full
+(it reads the gradient norms), and the session goes idle again only after that step matched
+the recorded one.
 
 What idle steps assume: a step that calls the same hooks in the same order, with the same
 shapes and modes, does to the gradients what the recorded step did. A parameter frozen with
@@ -22,39 +26,21 @@ shapes and modes, does to the gradients what the recorded step did. A parameter 
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any, Optional
 
 import torch
 
-from .gradients import _scaler_found_inf
+from .gradients import _scaler_found_inf, stream_capturing
+from .locations import user_site
 from .modules import _peek_sequence_nr
+from .patches import PATCHES, backward_running
 from .uniform import GRAD, none_missing, uniform_record
 
 WINDOW = 32  # idle steps end before each multiple of this; that step is recorded in full
 MAX_ENTRIES = 64  # a step with more entries of ours than this is never idle
-_SCALARS = (bool, int, float, str, type(None))
 _KINDS = frozenset(("zero_grad", "forward", "backward", "step"))
-
-
-def lite_signature(module: Any, args: tuple, kwargs: dict) -> tuple:
-    """What an idle forward must share with the recorded one: modes and argument shapes."""
-    if not kwargs and len(args) == 1 and type(args[0]) is torch.Tensor:  # model(x)
-        x = args[0]
-        return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
-                x.shape, x.dtype, x.requires_grad)
-    return (module.training, torch.is_grad_enabled(), torch.is_autocast_enabled(),
-            tuple(map(_lite_arg, args)) if isinstance(args, tuple) else _lite_arg(args),
-            tuple([(k, _lite_arg(v)) for k, v in kwargs.items()]) if kwargs else ())
-
-
-def _lite_arg(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        try:
-            return value.shape, value.dtype, value.requires_grad
-        except RuntimeError:  # a nested tensor has no single shape
-            return "nested"
-    return value if isinstance(value, _SCALARS) else type(value)
 
 
 class SteadySteps:
@@ -73,14 +59,17 @@ class SteadySteps:
         self.seen: list = []       # entries of the current idle step so far
         self.done = 0              # idle steps completed, not yet written into the records
         self._pattern: Optional[dict] = None
+        # woken during a backward: the gradient bookkeeping waits until it has returned
+        self.resync_pending: Optional[int] = None
 
     # -- recording a full step -----------------------------------------------------------------
     def note(self, key: tuple, extra: Any = None) -> None:
         """An entry point of ours ran in full (its event, if any, is recorded already)."""
         cap = self.cap
         if len(self.codes) <= MAX_ENTRIES:  # (a loop of forwards without steps: no pattern)
+            # the user's line that called it: an idle call from another line is no repeat
             self.codes.append((key, extra, len(self.events), cap.tracker.root_calls,
-                           cap.keepalive.calls))
+                               cap.keepalive.calls, _site(sys._getframe(1))))
 
     def add_event(self, event: dict) -> None:
         """An event of the step being recorded in full."""
@@ -113,7 +102,7 @@ class SteadySteps:
             "looks": cap.keepalive.calls - mark[1], "start": mark,
             "loss_location": next((e.get("location") for e in events
                                    if e["kind"] == "backward"), None),
-            "groups": len(optimizer.param_groups),
+            "groups": _groups(optimizer), "step_site": user_site(sys._getframe(1)),
             # held while idle (a registration wakes the session at the next step)
             "params": g._params_now()}
         self.seen, self.done = [], 0
@@ -143,13 +132,15 @@ class SteadySteps:
                 cap.registrations.generation)
 
     # -- idle entry points ---------------------------------------------------------------------
-    def entry(self, key: tuple) -> Optional[tuple]:
+    def entry(self, key: tuple, deeper: int = 0) -> Optional[tuple]:
         """An entry point of ours while idle: the recorded entry if this call is the next one
-        of the recorded step (then it is counted), else None (and the session is awake)."""
+        of the recorded step, from the same line (then it is counted), else None (and the
+        session is awake). ``deeper``: how many more frames of ours lie between the caller
+        of ``entry`` and the user's than between the caller of ``note`` and the user's."""
         seen = self.seen
         codes = self._pattern["codes"]
         i = len(seen)
-        if i < len(codes) and codes[i][0] == key:
+        if i < len(codes) and codes[i][0] == key and _same_site(codes[i][5], deeper):
             seen.append(codes[i])
             return codes[i]
         self.wake()
@@ -161,7 +152,7 @@ class SteadySteps:
                 or not roots.is_floating_point() or roots._is_view():
             self.wake()
             return False
-        if self.entry(("b", kind, retain)) is None:
+        if self.entry(backward_key(roots, kind, retain), 1) is None:
             return False
         cap = self.cap
         cap.backward_calls += 1
@@ -179,7 +170,8 @@ class SteadySteps:
         cap = self.cap
         if len(self.seen) != len(p["codes"]) or optimizer is not p["optimizer"]() \
                 or cap.registrations.generation != p["generation"] \
-                or len(optimizer.param_groups) != p["groups"]:
+                or _groups(optimizer) != p["groups"] \
+                or p["step_site"] != user_site(sys._getframe(1)) or stream_capturing():
             self.wake()
             return False
         # Every watched parameter holds a gradient, as in the recorded step (one C pass): a
@@ -190,6 +182,7 @@ class SteadySteps:
         cap.optimizer_steps += 1
         if _peek_sequence_nr is not None and len(cap.step_seqs) < 100_000:
             cap.step_seqs.append(_peek_sequence_nr())
+        cap.optimizers.count_step(p["serial"])  # (GradScaler's skip test reads it)
         self.seen = []
         self.done += 1
         self.idle_steps += 1
@@ -223,7 +216,6 @@ class SteadySteps:
                 record = uniform_record(step, optimizer, location, names, new, [])
                 g._store_step(record, optimizer, step, [], {"found_inf": None}, False, [])
                 g._dead_training(step, p["serial"], *dead)
-                cap.optimizers.stepped(optimizer)
         roots, looks = done * p["roots"], done * p["looks"]
         backwards = 0
         if partial:
@@ -234,13 +226,25 @@ class SteadySteps:
             backwards = sum(1 for key, *_ in partial if key[0] == "b")
         cap.tracker.root_calls += roots
         cap.keepalive.calls += looks
-        g.resync_after_idle(backwards)
+        if backward_running():
+            # (checkpointing's recomputation, say): the gradients of this backward are not
+            # all written yet; the patched backward finishes this when it returns
+            self.resync_pending = backwards
+            PATCHES.resync_pending = True
+        else:
+            g.resync_after_idle(backwards)
         self.codes, self.events = [], []
         self._mark = (cap.tracker.root_calls, cap.keepalive.calls)
         # After a planned wake the next full step may go idle again at once; after any other,
         # two full steps must agree first.
         if not planned:
             self._prev = None
+
+    def finish_resync(self) -> None:
+        """The gradient bookkeeping of a wake that came during a backward, now it returned."""
+        backwards, self.resync_pending = self.resync_pending, None
+        if backwards is not None:
+            self.cap.gradients.resync_after_idle(backwards)
 
     def _replay_events(self, events: list, backward: int, step: Optional[int]) -> int:
         add = self.cap._add_event
@@ -254,3 +258,40 @@ class SteadySteps:
                 e["index"] = step
             add(e)
         return backward
+
+
+def _site(frame: Any) -> Optional[tuple]:
+    """``(depth, code, line)`` of the user's frame that called ``frame``'s function: how many
+    frames up it is, so that an idle call checks that one frame only."""
+    depth = 1
+    user = user_site(frame)
+    if user is None:
+        return None
+    while frame is not None and frame.f_code is not user[0]:
+        frame = frame.f_back
+        depth += 1
+    return depth, user[0], user[1]
+
+
+def _same_site(site: Optional[tuple], deeper: int) -> bool:
+    """Is the frame ``site`` names (from the caller of ``entry``) the same code at the same
+    line? (Called from ``entry``: its caller is frame 2 from here.)"""
+    if site is None:
+        return user_site(sys._getframe(2 + deeper)) is None
+    try:
+        frame = sys._getframe(site[0] + 1 + deeper)
+    except ValueError:  # a shallower stack: called from somewhere else
+        return False
+    return frame.f_code is site[1] and frame.f_lineno == site[2]
+
+
+def backward_key(roots: Any, kind: str, retain: bool) -> tuple:
+    """What a backward call must share with the recorded one: its kind, retain_graph, and the
+    class of the root's autograd node (a loss rebuilt without history has none)."""
+    fn = roots.grad_fn if isinstance(roots, torch.Tensor) else None
+    return ("b", kind, retain, type(fn))
+
+
+def _groups(optimizer: Any) -> tuple:
+    """Each parameter group's list and its length: a group given other parameters is seen."""
+    return tuple([(id(g["params"]), len(g["params"])) for g in optimizer.param_groups])
