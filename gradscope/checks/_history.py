@@ -77,24 +77,23 @@ def window(trace, backward_index: int) -> list:
     return out
 
 
-def step_window(trace, step_index: int) -> list:
-    """The events after the previous step of the same optimizer (the one with step number
-    ``step_index``), up to and including that step: what fed it, even when other optimizers
-    stepped in between (a GAN, one optimizer per head)."""
-    target = next((e for e in trace.events if e.get("kind") == "step"
-                   and e.get("index") == step_index), None)
-    if target is None:
-        return []
-    out: list = []
+def backward_before_steps(trace) -> dict:
+    """``{step index: the last backward call since that optimizer's previous step}`` (None
+    when there was none): what fed each step, even when other optimizers stepped in between
+    (a GAN, one optimizer per head). One pass over the timeline."""
+    out: dict = {}
+    last, count = None, 0
+    at_previous: dict = {}  # optimizer id -> backward calls seen at its previous step
     for e in trace.events:
-        if e is target:
-            out.append(e)
-            return out
-        if e.get("kind") == "step" and e.get("optimizer_id") == target.get("optimizer_id"):
-            out = []
-            continue
-        out.append(e)
-    return []
+        kind = e.get("kind")
+        if kind == "backward":
+            count += 1
+            last = e.get("index")
+        elif kind == "step" and e.get("index") not in out:
+            owner = e.get("optimizer_id")
+            out[e.get("index")] = last if count > at_previous.get(owner, 0) else None
+            at_previous[owner] = count
+    return out
 
 
 def at_backward(records: list, backward_index: int) -> list:

@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..findings import Finding
 from ._common import plural
-from ._history import at_backward, cut_phrase, optimizer_model, step_window, window
+from ._history import at_backward, backward_before_steps, cut_phrase, optimizer_model, window
 from .registry import Check
 
 HINT_NO_GRAD = ("Run the training forward with gradients on: keep torch.no_grad() / "
@@ -88,14 +88,9 @@ def dead_step(s: dict) -> bool:
         and not s.get("cleared") and not s.get("skipped_by_scaler")
 
 
-def _backward_before(trace, step_index: int) -> Optional[int]:
-    found = [e["index"] for e in step_window(trace, step_index) if e.get("kind") == "backward"]
-    return found[-1] if found else None
-
-
-def _live_backwards(trace) -> set:
+def _live_backwards(trace, before: dict) -> set:
     """Backward calls whose gradients some optimizer step used."""
-    return {_backward_before(trace, s["step"]) for s in trace.accumulation
+    return {before.get(s["step"]) for s in trace.accumulation
             if s.get("received") or s.get("assigned")}
 
 
@@ -104,7 +99,8 @@ def _dead_steps(trace) -> list:
     for s in trace.accumulation:
         if "trainable" in s and not s.get("truncated"):
             by_optimizer.setdefault(s.get("optimizer_id"), []).append(s)
-    live = _live_backwards(trace)
+    before = backward_before_steps(trace)
+    live = _live_backwards(trace, before)
     out = []
     for serial, steps in by_optimizer.items():
         dead = [s for s in steps if dead_step(s)]
@@ -112,16 +108,17 @@ def _dead_steps(trace) -> list:
         if not everything:
             # One optimizer per head or task, all stepped while one loss trained: another
             # optimizer used that backward, so these steps are idle by design.
-            dead = [s for s in dead if _backward_before(trace, s["step"]) not in live]
+            dead = [s for s in dead if before.get(s["step"]) not in live]
         if not dead or (not everything and (len(dead) < 2 or 4 * len(dead) < len(steps))):
             continue  # a lone early step before training, say
-        out.append(_dead_finding(trace, serial, steps, dead, everything))
+        out.append(_dead_finding(trace, serial, steps, dead, everything, before))
     return out
 
 
-def _dead_finding(trace, serial, steps: list, dead: list, everything: bool) -> Finding:
+def _dead_finding(trace, serial, steps: list, dead: list, everything: bool,
+                  before: dict) -> Finding:
     first = dead[0]
-    backward = _backward_before(trace, first["step"])
+    backward = before.get(first["step"])
     cause = _cause(trace, backward)
     model = cause.get("module") or optimizer_model(trace)
     how_many = (f"all {plural(len(steps), 'step')}" if everything
