@@ -68,7 +68,8 @@ def trace(model: nn.Module, *inputs: Any, loss_fn: Optional[Callable[[Any], Any]
 def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
               loss_fn: Optional[Callable[[Any], Any]] = None) -> None:
     """Forward, loss, graph walk and backward of ``model`` inside an open capture."""
-    with preserved_state(model):
+    capture.gradient_watch = False  # every .grad is cleared first: gradient_norms() tells
+    with preserved_state(model, capture):
         output = model(*args, **kwargs)
         loss = loss_of(output, loss_fn)
         capture.capture_graph([loss])
@@ -144,16 +145,23 @@ def _describe(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
-    """Restore training flags, ``.grad``, buffers and RNG state of ``model`` afterwards."""
+def preserved_state(model: nn.Module, capture: Optional[Capture] = None) -> Iterator[None]:
+    """Restore training flags, ``.grad``, buffers and RNG state of ``model`` afterwards.
+    ``capture``: an open capture, whose listings of the model's modules and parameters are
+    shared (each is a pass over every module of a deep model)."""
     with torch._C.DisableTorchFunction():  # our bookkeeping, not the program's torch calls
-        modes = [(m, m.training) for m in model.modules()]
-        params = list(dict.fromkeys(model.parameters()))
+        if capture is not None:
+            modules = [m for _, m in capture.named_modules(model)]
+            params = list(dict.fromkeys(p for _, p in capture.named_parameters(model)))
+        else:
+            modules, params = list(model.modules()), list(dict.fromkeys(model.parameters()))
+        modes = [m.training for m in modules]
         grads = [p.grad for p in params]
-        buffers = buffer_copies([model])
-        devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
-        for p in params:
-            p.grad = None  # our backward starts from clean gradients; the user's come back after
+        buffers = buffer_copies([model], capture.named_modules if capture is not None else None)
+        devices = sorted({p.get_device() for p in params if p.is_cuda})
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = None  # our backward starts from clean gradients; yours come back after
     try:
         with torch.random.fork_rng(devices=devices):
             yield
@@ -164,25 +172,32 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                     b.copy_(saved)
             for p, g in zip(params, grads):
                 p.grad = g
-        for m, mode in modes:
-            m.training = mode
+        for m, mode in zip(modules, modes):
+            if m.training is not mode:  # (a Module.__setattr__ per module otherwise)
+                m.training = mode
 
 
 @ours
 def gradient_norms(model: nn.Module, capture: Capture) -> dict:
-    """L2 norm of every parameter's gradient: one fused kernel and one transfer per device."""
+    """L2 norm of every parameter's gradient: one fused kernel and one transfer per device.
+    Without the capture's gradient watch (run_model cleared every .grad before its backward)
+    the parameters holding a gradient are the ones that backward reached: noted as seen."""
     names = capture.tracker.lookup(model)
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
     strided = torch.strided
-    seen = set()
+    listed = set()
+    reached = capture.gradients.seen if not capture.gradient_watch else set()
     for n, p in capture.named_parameters(unwrap(model)):  # the names the report uses
-        if id(p) in seen:  # (named_parameters() lists each parameter under its first name)
+        if id(p) in listed:  # (named_parameters() lists each parameter under its first name)
             continue
-        seen.add(id(p))
+        listed.add(id(p))
         g = p.grad
+        if g is None:
+            continue
+        reached.add(id(p))
         # (get_device(): an int, -1 on the CPU; .device would build an object per gradient)
-        if g is not None and g.layout is strided and not g.is_meta:
+        if g.layout is strided and not g.is_meta:
             by_device.setdefault(g.get_device(), []).append((n, g))
     out = {}
     with torch.no_grad():  # (no .detach() per gradient: norms of a create_graph grad too)

@@ -57,10 +57,17 @@ def _uninitialized(p: torch.Tensor) -> bool:
     return isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
 
 
-def buffer_copies(models: Iterable[torch.nn.Module]) -> list:
+def buffer_copies(models: Iterable[torch.nn.Module],
+                  listing: Optional[Callable[[torch.nn.Module], list]] = None) -> list:
     """``(buffer, copy)`` for every buffer of ``models`` that has values (not lazy, not meta),
-    to put running statistics back after work of ours moved them."""
-    return [(b, b.detach().clone()) for model in models for b in model.buffers()
+    to put running statistics back after work of ours moved them. ``listing``: a model's
+    ``named_modules()`` list, when the caller has it (a capture's, shared)."""
+    if listing is None:
+        buffers = [b for model in models for b in model.buffers()]
+    else:  # each module's own dict: most are empty, and no generator per module
+        buffers = list(dict.fromkeys(b for model in models for _, m in listing(model)
+                                     for b in m._buffers.values() if b is not None))
+    return [(b, b.detach().clone()) for b in buffers
             if not _uninitialized(b) and b.device.type != "meta"]
 
 
@@ -145,6 +152,7 @@ class Capture(steporder.StepOrderEvents):
         self.intercept_backward = intercept_backward
         self.state = "new"
         self.tracker = ModuleTracker()
+        self.tracker.listing = self.named_modules
         if mode != "watch":
             self.opwatch = OpWatch(self.tracker)
             self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
@@ -182,6 +190,9 @@ class Capture(steporder.StepOrderEvents):
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
+        # run_model (one forward and backward on clean gradients) tells which parameters got
+        # a gradient itself: no per-parameter states then
+        self.gradient_watch = True
         self._param_lists: dict = {}         # id(model) -> (key, weak ref, named parameters)
         self._module_lists: dict = {}        # id(model) -> (key, weak ref, named modules)
         self._scalers: Any = weakref.WeakSet()  # GradScalers seen scaling or stepping
@@ -346,7 +357,8 @@ class Capture(steporder.StepOrderEvents):
                                 param_storage_keys=storages,
                                 describe_leaf=lambda t: self._describe_leaf(t, attribute_names))
         walker.forwards = lambda: self.tracker.replayed
-        buffers = buffer_copies(m for m in self.tracker.models.values() if m is not None)
+        buffers = buffer_copies((m for m in self.tracker.models.values() if m is not None),
+                                self.named_modules)
         versions = [b._version for b, _ in buffers]
         self.tracker.paused = True
         try:
@@ -598,7 +610,8 @@ class Capture(steporder.StepOrderEvents):
             return
 
         def record() -> None:
-            self._watch_gradients()
+            if self.gradient_watch:
+                self._watch_gradients()
             location = user_location()
             with self._lock:  # threads of the user's script may call backward at once
                 if kind == "backward":
@@ -758,7 +771,8 @@ class Capture(steporder.StepOrderEvents):
                 own = sub._parameters  # the module's own, without a generator walk per module
                 rows.append({
                     "model": label, "name": name, "type": cls.__name__, "registered": True,
-                    "calls": rec.calls if rec else 0, "output": rec.output if rec else None,
+                    "calls": rec.calls if rec else 0,
+                    "output": rec.output_text if rec else None,
                     "parameters": sum(p.numel() for p in own.values()
                                       if p is not None and not _uninitialized(p)) if own else 0,
                     "location": None, "init_typo": typo,
@@ -769,7 +783,7 @@ class Capture(steporder.StepOrderEvents):
             if key not in seen:
                 rows.append({"model": rec.model, "name": rec.name, "type": rec.type,
                              "registered": rec.registered, "calls": rec.calls,
-                             "output": rec.output, "parameters": None,
+                             "output": rec.output_text, "parameters": None,
                              "location": rec.location, "has_parameters": rec.has_parameters,
                              "rebuilt": rec.objects > 1})
         return rows

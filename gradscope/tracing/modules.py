@@ -38,22 +38,35 @@ _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
     getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
 
-@dataclasses.dataclass
 class ModuleRecord:
-    """What was seen of one module (one qualified name in one model)."""
+    """What was seen of one module (one qualified name in one model). A plain class with
+    slots: a trace makes one per module called (2,000 in a 1000-layer MLP)."""
 
-    model: str
-    name: str                       # qualified name inside the model, "" for the model itself
-    type: str
-    registered: bool                # False: not a submodule of its caller (built in forward, say)
-    calls: int = 0
-    output: Optional[str] = None    # shapes of the first call's outputs, e.g. "(8, 10)"
-    location: Optional[str] = None  # first call site in user code (for unregistered modules)
-    has_parameters: bool = False
-    objects: int = 1                # distinct module objects seen under this name
-    last: Any = None                # weak reference to the last one
-    # batch norm in training mode: (batch size, values per channel) -> calls
-    batch_stats: Optional[dict] = None
+    __slots__ = ("model", "name", "type", "registered", "calls", "output", "location",
+                 "has_parameters", "objects", "last", "batch_stats")
+
+    def __init__(self, model: str, name: str, type: str, registered: bool,
+                 location: Optional[str] = None, has_parameters: bool = False) -> None:
+        self.model = model
+        self.name = name                # qualified name inside the model, "" for the model
+        self.type = type
+        self.registered = registered    # False: not a submodule of its caller (built in forward)
+        self.calls = 0
+        # the first call's output: its torch.Size (a tensor), else its description already;
+        # see output_text()
+        self.output: Any = None
+        self.location = location        # first call site in user code (unregistered modules)
+        self.has_parameters = has_parameters
+        self.objects = 1                # distinct module objects seen under this name
+        self.last: Any = None           # weak reference to the last one
+        # batch norm in training mode: (batch size, values per channel) -> calls
+        self.batch_stats: Optional[dict] = None
+
+    @property
+    def output_text(self) -> Optional[str]:
+        """Shapes of the first call's outputs, e.g. ``"(8, 10)"`` (formatted when read)."""
+        out = self.output
+        return str(tuple(out)) if isinstance(out, torch.Size) else out
 
 
 def describe_output(out: Any, limit: int = 4) -> Optional[str]:
@@ -121,6 +134,8 @@ class ModuleTracker:
         self._handles: Optional[HandleGroup] = None
         self._forward_handles: list = []
         self.light_entry: Optional[tuple] = None  # (model, name) of a light forward running
+        # model -> list(model.named_modules()): the capture's listing, shared by its passes
+        self.listing: Callable[[nn.Module], list] = lambda m: list(m.named_modules())
         self.root_modules: dict = {}  # id -> weak ref of every module called at top level
         self._wrapped: set = set()    # ids of modules whose compiled call we wrapped
         self.on_root_call: Optional[Callable[..., None]] = None
@@ -234,7 +249,7 @@ class ModuleTracker:
                     return known
         label = self._unique_label(explicit or _guess_label(module))
         inner = unwrap(module)
-        compiled = compiled_parts(module)
+        compiled = compiled_parts(module, self.listing)
         if compiled:
             self.compiled[label] = compiled
             self._wrap_compiled_calls(module)
@@ -289,7 +304,7 @@ class ModuleTracker:
         return call
 
     def _name_tree(self, label: str, module: nn.Module) -> None:
-        for name, sub in module.named_modules(remove_duplicate=True):
+        for name, sub in self.listing(module):
             known = self._names.get(id(sub))
             if known is None or known[0] is not sub:
                 self._names[id(sub)] = (sub, label, name)
@@ -537,6 +552,12 @@ class ModuleTracker:
 
     @staticmethod
     def _describe(rec: ModuleRecord, output: Any) -> None:
+        if type(output) is torch.Tensor:  # the usual: its size now, formatted when read
+            try:
+                rec.output = output.shape
+                return
+            except RuntimeError:  # nested (jagged) tensors have no single shape
+                pass
         try:
             rec.output = describe_output(output)
         except Exception:  # noqa: BLE001 - an odd output type must not break the forward
@@ -684,7 +705,9 @@ def unwrap(module: nn.Module) -> nn.Module:
         module = inner
 
 
-def compiled_parts(module: nn.Module) -> list:
+def compiled_parts(module: nn.Module,
+                   listing: Callable[[nn.Module], list] = lambda m: list(m.named_modules())
+                   ) -> list:
     """Names of the compiled parts of a model: ``""`` for ``torch.compile(model)`` (or
     ``model.compile()``), else submodules compiled on their own (``blocks.0``)."""
     outer = module
@@ -698,7 +721,7 @@ def compiled_parts(module: nn.Module) -> list:
             break
         outer = inner
     parts = []
-    for name, sub in outer.named_modules():
+    for name, sub in listing(outer):
         if name and (type(sub).__name__ == "OptimizedModule"
                      or getattr(sub, "_compiled_call_impl", None) is not None):
             parts.append(name)
