@@ -238,8 +238,7 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
     compiled = capture.tracker.compiled
     if compiled:
         run = {**run, "compiled": {k: list(v) for k, v in compiled.items()}}
-    regions = capture.graph is not None and any(
-        n.op == "CompiledFunctionBackward" for n in capture.graph.nodes)
+    regions = capture.graph is not None and "CompiledFunctionBackward" in capture.graph.ops()
     if compiled and regions:
         parts = "; ".join(f"{label}" + (f" ({', '.join(v)})" if v != [""] else "")
                           for label, v in compiled.items())
@@ -252,8 +251,8 @@ def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] 
             "checks (zero_grad, accumulation, non-finite, vanishing/exploding, unused "
             "parameters) still see every parameter. Trace the model uncompiled for the full "
             "picture.")
-    segments = capture.graph is not None and sum(
-        n.op == "CheckpointFunctionBackward" for n in capture.graph.nodes)
+    segments = capture.graph is not None and \
+        capture.graph.column("op").count("CheckpointFunctionBackward")
     if segments:
         notes.append(
             f"{segments} reentrant checkpoint segment(s) (torch.utils.checkpoint with "

@@ -172,6 +172,7 @@ class Graph:
         self._made_ids: Optional[list] = None
         self._columns = columns           # missing columns hold their default everywhere
         self._defaults: dict = {}
+        self._cache: dict = {}            # what is derived from the columns (ops)
         self._nodes: Optional[list] = None
         self._edges: Optional[list] = None
         self._index: Optional[dict] = None
@@ -280,6 +281,17 @@ class Graph:
     def node(self, node_id: str) -> Node:
         """The node with this id (KeyError if there is none)."""
         return self.nodes[self.index_of(node_id)]
+
+    def ops(self) -> frozenset:
+        """The distinct ops of the graph (a check looking for some op asks this first)."""
+        found = self._cache.get("ops")
+        if found is None:
+            found = self._cache["ops"] = frozenset(self.column("op"))
+        return found
+
+    def id_of(self, position: int) -> str:
+        """The id of the node at ``position``."""
+        return f"n{position}" if self._ids is None else self._ids[position]
 
     def op_counts(self) -> dict:
         """How many nodes of each op, most common first (ties by name)."""

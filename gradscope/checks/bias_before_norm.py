@@ -16,8 +16,10 @@ def _is_batchnorm(op: str) -> bool:
 
 
 def run(trace) -> list:
-    adj = Adjacency.of(trace.graph)
     trained = {(m["model"], m["name"]) for m in trace.modules if m.get("batch_stats")}
+    if not trained or not any(op and _is_batchnorm(op) for op in trace.graph.ops()):
+        return []
+    adj = Adjacency.of(trace.graph)
     pairs: dict = {}
     for n in trace.graph.nodes:
         if not n.op or not _is_batchnorm(n.op) or (n.model, n.module) not in trained:

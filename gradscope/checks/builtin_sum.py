@@ -9,6 +9,8 @@ THRESHOLD = 16  # one-element additions of the same tensor before it is worth a 
 
 
 def run(trace) -> list:
+    if not trace.graph.ops() & {"UnbindBackward0", "SelectBackward0"}:
+        return []  # (no unbind, no t[i]: nothing to look at)
     adj = Adjacency.of(trace.graph)
     out = []
     for n in trace.graph.nodes:

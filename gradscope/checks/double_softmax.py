@@ -24,6 +24,8 @@ def _loss_site(trace, function: str):
 
 
 def run(trace) -> list:
+    if not trace.graph.ops() & PAIRS.keys():
+        return []
     adj = Adjacency.of(trace.graph)
     found: dict = {}
     for n in trace.graph.nodes:

@@ -5,6 +5,8 @@ parameter of it is used the same number of times (the whole model ran twice befo
 backward: siamese inputs, two views of a batch), not once per parameter."""
 from __future__ import annotations
 
+from collections import Counter
+
 from ..findings import Finding
 from ..graph import module_path
 from ._common import names_list
@@ -31,14 +33,15 @@ def _by_design(name: str) -> bool:
 
 def run(trace) -> list:
     out = []
-    uses: dict = {}
-    model_of = {n.id: n.model for n in trace.graph.nodes}
-    for e in trace.graph.edges:
-        # Uses by the model's own ops only: a weight penalty computed outside the model
-        # (sum(p.pow(2).sum() for p in model.parameters())) is not a second run of it.
-        if model_of.get(e.dst) is not None:
-            uses[e.src] = uses.get(e.src, 0) + 1
-    leaf_of = {(n.model, n.param): n.id for n in trace.graph.nodes if n.param}
+    graph = trace.graph
+    model_of, params = graph.column("model"), graph.column("param")
+    # Uses by the model's own ops only: a weight penalty computed outside the model
+    # (sum(p.pow(2).sum() for p in model.parameters())) is not a second run of it.
+    # (By positions, from the columns: no row per node or edge is made for this.)
+    counts = Counter(s for s, d in zip(graph.src, graph.dst) if model_of[d] is not None)
+    leaf_at = {(model_of[i], p): i for i, p in enumerate(params) if p}
+    uses = {graph.id_of(i): counts.get(i, 0) for i in leaf_at.values()}
+    leaf_of = {key: graph.id_of(i) for key, i in leaf_at.items()}
     shared: dict = {}   # model -> [(parameter, node, uses)] used more than once
     in_graph: dict = {}  # model -> parameters with a node in the graph
     for p in trace.parameters:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import functools
 import inspect
+import operator
 import re
 from typing import Any, Optional
 
@@ -69,26 +70,27 @@ def scan_attributes(models: dict, backward_seqs: Any = (),
             continue
         # one traversal serves all three uses
         tree = named_modules(model) if named_modules is not None else list(model.named_modules())
-        registered_modules = {id(m) for _, m in tree}
-        registered_params = {id(p) for _, m in tree for p in m._parameters.values()
-                             if p is not None}
-        for qual, mod in tree:
-            for attr, value in list(mod._buffers.items()):
-                if isinstance(value, torch.Tensor) and value.grad_fn is not None:
-                    # a registered buffer re-assigned a value with autograd history
-                    records.append({**_tensor_record(label, qual, mod, attr, value,
-                                                     backward_seqs), "kind": "buffer"})
-            state = vars(mod)
+        registered = _Registered(tree)  # (made only for a container attribute: rare)
+        for (qual, mod), state in zip(tree, map(vars, map(_SECOND, tree))):
+            buffers = state.get("_buffers")
+            if buffers:
+                for attr, value in list(buffers.items()):
+                    if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                        # a registered buffer re-assigned a value with autograd history
+                        records.append({**_tensor_record(label, qual, mod, attr, value,
+                                                         backward_seqs), "kind": "buffer"})
             # torch's own attributes left out in one set operation (most modules have none
             # of their own but sizes); the dict's order is kept for deterministic records
             own = state.keys() - _MODULE_INTERNALS
             if not own:
                 continue
+            if all(type(state[a]) in _PLAIN for a in own):
+                continue  # sizes, flags, strings: nothing torch would have to manage
             prefix = f"{qual}." if qual else ""
             for attr in own if len(own) == 1 else [a for a in list(state) if a in own]:
                 value = state[attr]
                 if not isinstance(value, (torch.Tensor, list, tuple, dict, set)):
-                    continue  # sizes, flags, strings: nothing torch would have to manage
+                    continue
                 path = prefix + attr
                 if isinstance(value, torch.Tensor) and _derived_by_torch(mod, attr):
                     continue
@@ -98,11 +100,37 @@ def scan_attributes(models: dict, backward_seqs: Any = (),
                                                   backward_seqs))
                 elif isinstance(value, (list, tuple, dict, set)) and value:
                     rec = _container_record(label, qual, mod, attr, value, path, names,
-                                            registered_modules, registered_params,
+                                            registered.modules, registered.params,
                                             backward_seqs)
                     if rec is not None:
                         records.append(rec)
     return records, names
+
+
+_SECOND = operator.itemgetter(1)
+_PLAIN = frozenset((int, float, bool, str, type(None)))
+
+
+class _Registered:
+    """The ids of a model's registered modules and parameters, made when first asked for."""
+
+    def __init__(self, tree: list) -> None:
+        self._tree = tree
+        self._modules: Optional[set] = None
+        self._params: Optional[set] = None
+
+    @property
+    def modules(self) -> set:
+        if self._modules is None:
+            self._modules = {id(m) for _, m in self._tree}
+        return self._modules
+
+    @property
+    def params(self) -> set:
+        if self._params is None:
+            self._params = {id(p) for _, m in self._tree for p in m._parameters.values()
+                            if p is not None}
+        return self._params
 
 
 def _derived_by_torch(mod: nn.Module, attr: str) -> bool:

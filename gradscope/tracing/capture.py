@@ -53,8 +53,13 @@ def _obeys_training(m: torch.nn.Module) -> bool:
 
 
 def _uninitialized(p: torch.Tensor) -> bool:
-    # The mixin, not UninitializedParameter: Parameter's metaclass makes that isinstance slow.
-    return isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
+    # The mixin, not UninitializedParameter: Parameter's metaclass makes that isinstance slow;
+    # a plain Parameter (the usual) is told by its class alone.
+    return p.__class__ is not _Parameter and \
+        isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
+
+
+_Parameter = torch.nn.Parameter
 
 
 def buffer_copies(models: Iterable[torch.nn.Module],
@@ -98,13 +103,13 @@ def _node_args(graph: Graph, fns: Optional[list]) -> dict:
     """``node id -> {"dim": d}`` for the graph's softmax nodes: ``_saved_dim`` is a plain
     integer, so reading it unpacks nothing."""
     out: dict = {}
-    if not fns:
+    if not fns or not graph.ops() & _ARG_OPS.keys():
         return out
-    for node in graph.nodes:
-        names = _ARG_OPS.get(node.op)
+    for i, op in enumerate(graph.column("op")):
+        names = _ARG_OPS.get(op)
         if not names:
             continue
-        fn = fns[int(node.id[1:])]
+        fn = fns[i]
         values = {}
         for name in names:
             try:
@@ -112,12 +117,12 @@ def _node_args(graph: Graph, fns: Optional[list]) -> dict:
             except Exception:  # noqa: BLE001 - a torch that names it differently
                 continue
         if values:
-            out[node.id] = values
+            out[graph.id_of(i)] = values
     return out
 
 
 def _has_model(graph: Graph) -> bool:
-    return any(n.model is not None for n in graph.nodes)
+    return any(m is not None for m in graph.column("model"))
 
 
 def _not_compiled(fn: Callable) -> Callable:
@@ -685,11 +690,13 @@ class Capture(steporder.StepOrderEvents):
     def _take_snapshot(self) -> dict:
         self._wake()
         in_graph = set()
-        if self.graph is not None:
-            in_graph = {(n.model, n.param) for n in self.graph.nodes if n.param is not None}
+        if self.graph is not None:  # (from the columns: no Node rows made for this)
+            in_graph = {(m, p) for m, p in zip(self.graph.column("model"),
+                                               self.graph.column("param")) if p is not None}
         optimized = self.optimizers.optimized
         any_optimizer = self.optimizers.active
         models, parameters = [], []
+        sizes: dict = {}    # id(parameter) -> numel, for the module table
         dtypes: dict = {}   # their names, made once each
         devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
@@ -708,7 +715,7 @@ class Capture(steporder.StepOrderEvents):
                     known.append(name)
             for name, p in unique:
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
-                numel = 0 if lazy else p.numel()
+                numel = sizes[id(p)] = 0 if lazy else p.numel()
                 total += numel
                 dtype, device = p.dtype, p.device
                 parameters.append({
@@ -736,7 +743,7 @@ class Capture(steporder.StepOrderEvents):
             leaf["in_optimizer"] = (leaf_id in optimized) if (
                 leaf_id is not None and any_optimizer) else None
         history = self.opwatch.history.records() if self.opwatch else {}
-        return {"models": models, "parameters": parameters, "modules": self._module_table(),
+        return {"models": models, "parameters": parameters, "modules": self._module_table(sizes),
                 "optimizers": list(self.optimizers.records.values()),
                 "node_args": dict(self.node_args),
                 "kept_graphs": self.keepalive.records(),
@@ -753,13 +760,16 @@ class Capture(steporder.StepOrderEvents):
                               "nonfinite_origin": self.nonfinite.found if self.nonfinite else None,
                               "nonfinite_search": self.nonfinite is not None}}
 
-    def _module_table(self) -> list:
+    def _module_table(self, sizes: dict) -> list:
+        """One row per module. ``sizes``: ``id(parameter) -> numel`` of every parameter of
+        the models (the parameter table's figures)."""
         if self.light is not None:
             self.light.flush()  # forwards replayed since the last read
         rows = []
         records = self.tracker.records
         seen = set()
         typos: dict = {}  # per class: the misspelled __init__ is a property of the class
+        shown: dict = {}  # torch.Size -> "(8, 10)": most shapes repeat
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
@@ -769,12 +779,16 @@ class Capture(steporder.StepOrderEvents):
                 cls = type(sub)
                 typo = typos[cls] if cls in typos else typos.setdefault(cls, init_typo(cls))
                 own = sub._parameters  # the module's own, without a generator walk per module
+                output = rec.output if rec else None
+                if output.__class__ is torch.Size:
+                    text = shown.get(output)
+                    output = text if text is not None else shown.setdefault(
+                        output, rec.output_text)
                 rows.append({
                     "model": label, "name": name, "type": cls.__name__, "registered": True,
-                    "calls": rec.calls if rec else 0,
-                    "output": rec.output_text if rec else None,
-                    "parameters": sum(p.numel() for p in own.values()
-                                      if p is not None and not _uninitialized(p)) if own else 0,
+                    "calls": rec.calls if rec else 0, "output": output,
+                    "parameters": sum(sizes.get(id(p), 0) for p in own.values()
+                                      if p is not None) if own else 0,
                     "location": None, "init_typo": typo,
                 })
                 if rec is not None and rec.batch_stats:
