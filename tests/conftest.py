@@ -39,6 +39,16 @@ def graph_nodes(d):
     return [n.to_dict() for n in Graph.from_dict(d["graph"]).nodes]
 
 
+def op_watch_attributes():
+    """Every attribute the op watch wraps while a trace runs, as it is now (by identity)."""
+    from gradscope.tracing.oppatches import targets
+
+    return [(owner, name, vars(owner).get(name), getattr(owner, name))
+            for owner, name, _ in targets()] + [
+        (torch.Tensor, name, vars(torch.Tensor).get(name), None)
+        for name in ("data", "requires_grad")]
+
+
 def global_hook_counts():
     """How many process-wide hooks torch currently holds (all must be back to 0 after us)."""
     import torch.nn.modules.module as m
@@ -87,11 +97,14 @@ def no_leaks():
     backward, grad = torch.autograd.backward, torch.autograd.grad
     zero = (torch.optim.Optimizer.__dict__["zero_grad"], torch.nn.Module.__dict__["zero_grad"])
     modes = list(_get_current_function_mode_stack())
+    wrapped = op_watch_attributes()
     show = warnings._showwarnmsg
     patched = _step_order_attributes()
     yield
     assert _step_order_attributes() == patched  # clipping, schedulers, optimizers, GradScaler
-    assert list(_get_current_function_mode_stack()) == modes  # our op watcher is gone
+    assert list(_get_current_function_mode_stack()) == modes
+    now = op_watch_attributes()  # every torch function the op watch wrapped is back
+    assert [w for w, b in zip(now, wrapped) if w[2] is not b[2] or w[3] is not b[3]] == []
     assert warnings._showwarnmsg is show  # and its warning relocation
     assert not [f for f in warnings.filters if "gradscope" in str(getattr(f[3], "pattern", f[3]))
                 or "global hooks" in str(getattr(f[1], "pattern", f[1]))]

@@ -29,6 +29,7 @@ from .nonfinite import NonfiniteFinder
 from .keepalive import KeepAliveWatch
 from .lightmode import LightForwards
 from .opwatch import OpWatch
+from . import oppatches
 from .patches import PATCHES, tensors_in
 from .optimizers import OptimizerRegistry
 from . import steporder
@@ -237,9 +238,8 @@ class Capture(steporder.StepOrderEvents):
             self.handles.on_remove(lambda: steporder.PATCHES.remove(self))
             if self.opwatch is not None:
                 self.opwatch.__enter__()
-                self.handles.on_remove(self._leave_opwatch)
-                relocator = WarningRelocator(OpWatch.__module__,
-                                             OpWatch.__torch_function__.__code__.co_filename)
+                self.handles.on_remove(self.opwatch.stop)
+                relocator = WarningRelocator(oppatches.__name__, oppatches.__file__)
                 relocator.install()
                 self.handles.on_remove(relocator.remove)
         except BaseException:
@@ -271,24 +271,6 @@ class Capture(steporder.StepOrderEvents):
                 self._mode_modules.clear()
                 self._trainable.clear()
                 self._leaf_refs.clear()
-
-    def _leave_opwatch(self) -> None:
-        # Modes form a stack. Ours is normally on top; when it is not (captures closed out of
-        # order, or a mode the program left entered), the modes above it are lifted off and
-        # put back in the same order, so only ours goes.
-        watch = self.opwatch
-        watch.stop()
-        from torch.overrides import _get_current_function_mode_stack, _pop_mode, _push_mode
-        if watch not in _get_current_function_mode_stack():
-            return  # closed from another thread: its stack is not ours to edit
-        above = []
-        while True:
-            mode = _pop_mode()
-            if mode is watch:
-                break
-            above.append(mode)
-        for mode in reversed(above):
-            _push_mode(mode)
 
     def on_backward_error(self, roots: Any, error: BaseException) -> None:
         """A backward raised: for autograd's in-place error, find the node and the in-place op

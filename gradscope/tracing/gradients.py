@@ -431,7 +431,8 @@ class GradientRecorder:
         names, in_watch_order = self._step_params[id(optimizer)][3]  # (made by _stepped)
         norms = values["norm"]
         record = uniform_record(step, optimizer, location or user_location(), names, new, norms)
-        bad = [] if norms[0] is None else [n for n, v in zip(names, norms) if not isfinite(v)]
+        bad = [] if not norms or norms[0] is None else [n for n, v in zip(names, norms)
+                                                        if not isfinite(v)]
         self._store_step(record, optimizer, step, pairs, values, keep_norms, bad)
         # every watched one received its gradient from backward; the others, if any, had theirs
         # written by other code

@@ -1,4 +1,5 @@
-"""Two things the autograd graph cannot show, seen through one ``TorchFunctionMode``:
+"""Two things the autograd graph cannot show, seen through wrappers of the torch functions
+that can do them (``oppatches``):
 
 - host<->device copies made inside a model's forward (``.cpu()``, ``.to(device)``, ``.item()``,
   ``torch.tensor(data, device=...)``, ...), most of which never enter the graph because the
@@ -8,7 +9,7 @@
   traced back to the line that did it.
 
 It is used by ``gradscope trace`` only (scripts, ``FILE.py:NAME`` and ``gradscope.trace``): a
-Python call per torch function is fine for a diagnostic run, too much for ``watch`` left on in
+Python call per watched call is fine for a diagnostic run, too much for ``watch`` left on in
 training. It records plain data and never changes what a function returns. Saved-tensor hooks
 would be the other way to see in-place damage, but while one is registered autograd skips its
 own version check, so the user's error would disappear; version counters cost nothing.
@@ -19,13 +20,15 @@ import collections
 import sys
 from typing import Any, Optional
 
+import threading
+
 import torch
-from torch.overrides import TorchFunctionMode
 
 from .failures import sequence_nr
 from .modules import _peek_sequence_nr
 from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
+from .oppatches import LAYER_FUNCS, OP_PATCHES
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
 MAX_INPLACE = 4096        # most recent in-place operations remembered
@@ -54,10 +57,7 @@ MIN_ITERATED_ROWS = 16
 MAX_ITERATION_SITES = 50
 # Layer functions: run while no forward is, they come from a module's forward called directly
 # (``model.head.forward(x)``), which no module hook sees (directcall.py attributes them).
-_LAYER_FUNCS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-                "conv_transpose2d", "conv_transpose3d", "embedding", "embedding_bag",
-                "layer_norm", "group_norm", "batch_norm", "instance_norm", "rms_norm", "lstm",
-                "gru", "rnn_tanh", "rnn_relu", "multi_head_attention_forward", "prelu"}
+_LAYER_FUNCS = LAYER_FUNCS
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
@@ -80,6 +80,7 @@ class _Watched(dict):
 
 
 _WATCHED = _Watched()
+_FORWARD_CODES: dict = {}  # module class -> its forward's code object
 
 
 def _peek_seq() -> int:
@@ -97,12 +98,12 @@ def _nbytes(t: torch.Tensor) -> int:
         return 0
 
 
-class OpWatch(TorchFunctionMode):
+class OpWatch:
     """Records device copies inside forwards and in-place ops; ``tracker`` says which module
-    is running. Every record is plain data."""
+    is running. Every record is plain data. The calls reach it through the wrappers of
+    ``oppatches`` (open: ``with watch:``), on the thread that opened it."""
 
     def __init__(self, tracker: Any) -> None:
-        super().__init__()
         self.tracker = tracker
         self.transfers: dict = {}        # key -> record (at most MAX_TRANSFER_KEYS)
         self.inplace: collections.deque = collections.deque(maxlen=MAX_INPLACE)
@@ -113,40 +114,73 @@ class OpWatch(TorchFunctionMode):
         # cuts of the graph, requires_grad switches, functional dropout and softmax calls
         self.history = HistoryRecorder(tracker, lambda: (0, 0))
         self._active = True
+        self.thread = threading.get_ident()
+        self._open = False
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (),
-                           kwargs: Optional[dict] = None) -> Any:
-        # Most torch calls of a program are of no interest (relu, add, view, ...): one dict
-        # lookup by name says so, and the call goes through with nothing else done. (Also
-        # what the compiler would see: the call and nothing of ours.)
-        if not _WATCHED[getattr(func, "__name__", "")] \
-                and not (kwargs and kwargs.get("inplace") is True):
-            return func(*args, **(kwargs or {}))
-        kwargs = kwargs or {}
-        if not self._active or torch.compiler.is_compiling():
-            # While torch.compile traces, this is constant-folded away: the compiled graph
-            # gets no Python of ours (and the report says compiled regions are not watched).
-            return func(*args, **kwargs)
-        name = getattr(func, "__name__", "")
-        before = None
-        layer = nested = None
+    def __enter__(self) -> "OpWatch":
+        self.thread = threading.get_ident()
+        OP_PATCHES.add(self)
+        self._open = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop seeing calls (idempotent); the wrappers go with the last open watch."""
+        if self._open:
+            self._open = False
+            OP_PATCHES.remove(self)
+
+    def own_forward(self, frame: Any) -> bool:
+        """Is ``frame`` the forward of the module running now (a layer function called where
+        it should be)? One code-object comparison; the rest is :meth:`before`'s."""
+        tracker = self.tracker
+        if tracker is None:
+            return True  # stopped: nothing to record
+        top = tracker.current_module()
+        if top is None:
+            return False
+        cls = type(top)
+        code = _FORWARD_CODES.get(cls)
+        if code is None:
+            code = _FORWARD_CODES[cls] = getattr(getattr(cls, "forward", None), "__code__", 0)
+        return frame.f_code is code
+
+    def before(self, name: str, args: tuple, kwargs: dict, inplace: bool, frame: Any) -> Any:
+        """A call of interest is about to run (``frame``: the one that called it). Returns
+        what :meth:`after` needs, or None."""
+        if not self._active:
+            return None
+        layer = nested = start = before = None
         if name in _LAYER_FUNCS and self.tracker is not None:
             if not self.tracker.in_forward():
                 layer = True
-                self._guarded(name, self.tracker.direct.leaf_op, sys._getframe(1))
+                self._guarded(name, self.tracker.direct.leaf_op, frame)
             else:  # inside a forward: from a submodule whose forward was called directly?
-                nested = self._guarded(name, self.tracker.direct.nested_op, sys._getframe(1))
+                nested = self._guarded(name, self.tracker.direct.nested_op, frame)
                 start = _peek_seq() if nested else None
-        if (name.endswith("_") and not name.startswith("__") and name not in _NOT_INPLACE) \
-                or name in _INPLACE_DUNDERS or kwargs.get("inplace") is True:
+        if inplace or (name.endswith("_") and not name.startswith("__")
+                       and name not in _NOT_INPLACE) or name in _INPLACE_DUNDERS \
+                or kwargs.get("inplace") is True:
             before = self._guarded(name, self._before_inplace, args)
-        result = func(*args, **kwargs)
-        if layer:
-            self._guarded(name, self.tracker.direct.child_done)
-        elif nested:  # that op is the directly-called module's
-            self.tracker.add_range(start, _peek_seq(), *nested)
-        if before is not None:
-            self._guarded(name, self._note_inplace, name, before)
+        if layer is None and nested is None and before is None:
+            return None
+        return layer, nested, start, before
+
+    def after(self, name: str, func: Any, args: tuple, kwargs: dict, inplace: bool,
+              result: Any, token: Any) -> None:
+        """The call returned ``result`` (``token``: what :meth:`before` gave)."""
+        if not self._active:
+            return
+        if token is not None:
+            layer, nested, start, before = token
+            if layer:
+                self._guarded(name, self.tracker.direct.child_done)
+            elif nested:  # that op is the directly-called module's
+                self.tracker.add_range(start, _peek_seq(), *nested)
+            if before is not None:
+                self._guarded(name, self._note_inplace, name, before)
         if name in _COPY_METHODS or name in _HOST_READS or name in _FACTORIES:
             self._guarded(name, self._note_transfer, name, args, kwargs, result)
         elif name in _LOSSES:
@@ -157,7 +191,6 @@ class OpWatch(TorchFunctionMode):
             self._guarded(name, self._note_iteration, args)
         if name in _HISTORY_NAMES:
             self._guarded(name, self.history.note, name, func, args, kwargs, result)
-        return result
 
     def _note_iteration(self, args: tuple) -> None:
         t = args[0] if args else None
@@ -234,7 +267,8 @@ class OpWatch(TorchFunctionMode):
 
     def stop(self) -> None:
         self._active = False
-        self.tracker = None  # nothing of the run stays reachable from the mode
+        self.close()
+        self.tracker = None  # nothing of the run stays reachable from the watch
         self.history.stop()
 
     # -- device copies -------------------------------------------------------------------------

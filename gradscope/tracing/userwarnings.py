@@ -1,7 +1,7 @@
 """Warnings from the user's torch calls keep the user's ``file:line`` under the op watch.
 
-The op watch (``opwatch.py``) is a ``TorchFunctionMode``: it calls each torch function itself,
-so a warning that torch raises about the user's call ("Implicit dimension choice for softmax",
+The op watch (``opwatch.py``, through the wrappers of ``oppatches.py``) calls each torch
+function it watches itself, so a warning that torch raises about the user's call ("Implicit dimension choice for softmax",
 "Using a target size ... different to the input size") would name the op watch's line as its
 location, and Python's once-per-location rule would then merge warnings from different user
 lines into one. While the op watch runs, :class:`WarningRelocator` lets warnings located there
