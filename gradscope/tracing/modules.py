@@ -384,7 +384,11 @@ class ModuleTracker:
         stacks, names, records = self._stacks, self._names, self.records
         muted, direct, plain = self._muted_depth, self.direct, self._plain_types
         get_ident, peek = threading.get_ident, _peek_sequence_nr
-        compiling = torch.compiler.is_compiling
+        # (constant-folded to True while torch.compile traces; a module global otherwise)
+        compiling = torch.compiler.is_dynamo_compiling
+        modes = getattr(torch._C, "_len_torch_function_stack", lambda: 1)
+        tensor = torch.Tensor
+        inputs = self.input_ids
 
         def pre(module: nn.Module, args: Any) -> None:
             if compiling():  # first: a constant to the compiler, no Python of ours traced
@@ -393,8 +397,8 @@ class ModuleTracker:
             if stack and not self.paused and not muted and peek is not None \
                     and not selftime.enabled:
                 entry = names.get(id(module))
-                if entry is not None and entry[0] is module and type(module) in plain \
-                        and not module.__dict__.get("_is_replica", False):
+                # (DataParallel's replicas, new objects at each forward, are never named)
+                if entry is not None and entry[0] is module and type(module) in plain:
                     top = stack[-1]
                     if not (direct.nested and entry[1] == top[1]
                             and entry[2].rpartition(".")[0] != top[2]):
@@ -406,10 +410,10 @@ class ModuleTracker:
             if compiling():
                 return None
             stack = stacks.get(get_ident())
-            if stack and len(stack) > 1 and stack[-1][0] is module and output is not None \
-                    and not self.paused and not muted and not selftime.enabled:
+            if stack and len(stack) > 1 and output is not None and not self.paused \
+                    and not muted and not selftime.enabled:
                 frame = stack[-1]
-                if frame[2][:1] != "<":  # (a wrapper's ranges are its model's: the full hook)
+                if frame[0] is module and frame[2][:1] != "<":  # (a wrapper: the full hook)
                     del stack[-1]
                     if self.record_ranges and get_ident() == self._owner:
                         end = peek()
@@ -421,11 +425,25 @@ class ModuleTracker:
                         rec = records[key] = ModuleRecord(frame[1], frame[2],
                                                           type(module).__name__, True)
                     rec.calls += 1
-                    if self.record_inputs or rec.output is None:
-                        with no_torch_function():
-                            self._note_leaf_output(output)
-                            if rec.output is None:
+                    if not self.record_inputs and rec.output is not None:
+                        return None
+                    if type(output) is tensor and not modes():
+                        # a plain tensor, no torch-function mode: reading it dispatches to
+                        # nothing (else the reads below run with torch functions off)
+                        if self.record_inputs and output.grad_fn is None \
+                                and id(output) not in inputs:
+                            inputs.add(id(output))
+                            self._input_refs.append(output)
+                        if rec.output is None:
+                            try:
+                                rec.output = output.shape
+                            except RuntimeError:  # a nested tensor has no single shape
                                 self._describe(rec, output)
+                        return None
+                    with no_torch_function():
+                        self._note_leaf_output(output)
+                        if rec.output is None:
+                            self._describe(rec, output)
                     return None
             return slow_post(module, args, output)
 
@@ -641,7 +659,8 @@ class ModuleTracker:
             i = bisect.bisect_right(bounds, seq) - 1
             return owners[i] if i >= 0 else None
 
-        return owner_of
+        owner_of.bounds, owner_of.owners = bounds, owners  # type: ignore[attr-defined]
+        return owner_of  # (the graph walk reads the two lists inline)
 
 
 def flatten_ranges(ranges: list) -> tuple:

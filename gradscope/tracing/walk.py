@@ -10,6 +10,7 @@ with less detail.
 from __future__ import annotations
 
 import gc
+from bisect import bisect_right
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -139,6 +140,7 @@ class AutogradWalker:
         types = self._types
         want_shapes = self._has_metadata
         slow = 0  # nodes whose metadata took the slow path (their shape is a tuple or None)
+        every = self.attribution is not None  # every node is attributed: no list of them
         for i, fn in enumerate(fns):
             info = types.get(type(fn)) or self._type_info(fn)
             add_op(info.name)
@@ -156,7 +158,7 @@ class AutogradWalker:
                 add_dtype(dtype)
                 add_device(device)
                 add_out(n_out)
-            if info.special:
+            if info.special and not every:
                 add_special(i)
             for nf, _slot in fn.next_functions:
                 if nf is None:
@@ -175,15 +177,16 @@ class AutogradWalker:
             columns.update(shape=_tuples(shapes, slow), dtype=list(map(strs.__getitem__, dtypes)),
                            device=list(map(strs.__getitem__, devices)), outputs=outputs)
         self.fns = fns  # autograd nodes in graph order, for callers that hook them (then drop)
-        self._details(fns, special, columns, count)
+        self._details(fns, range(count) if every else special, columns, count)
         return Graph.from_columns(count, columns, src, dst, root_index)
 
     def _type_info(self, fn: Any) -> "_TypeInfo":
         info = self._types[type(fn)] = _TypeInfo(fn, self.attribution is not None, self.saved)
         return info
 
-    def _details(self, fns: list, special: list, columns: dict, count: int) -> None:
-        """What only some nodes need: leaf identity, module attribution, saved tensors."""
+    def _details(self, fns: list, special: Any, columns: dict, count: int) -> None:
+        """What only some nodes need: leaf identity, module attribution, saved tensors. One
+        loop over those nodes, the common cases inline (a trace attributes every node)."""
         if not special:
             return
         types = self._types
@@ -193,8 +196,13 @@ class AutogradWalker:
             for name in ("shape", "dtype", "device"):
                 columns[name] = [None] * count
         saved_col = columns["saved"] = [()] * count if self.saved else None
-        models, modules = columns["model"], columns["module"]
+        models, modules, params, leaves = (columns["model"], columns["module"], columns["param"],
+                                           columns["leaf"])
+        dtypes, devices = columns["dtype"], columns["device"]
         owner_of = self.attribution
+        # (the sweep behind ModuleTracker.attribution(): looked up inline, no call per node)
+        bounds, owners = getattr(owner_of, "bounds", None), getattr(owner_of, "owners", None)
+        by_param, inputs = self.params.get, self.inputs
         want_saved = self.saved
         counting = self.forwards is not None
         forwards_before = self.forwards() if counting else None
@@ -202,14 +210,34 @@ class AutogradWalker:
             fn = fns[i]
             info = types[type(fn)]
             if info.is_leaf:
-                self._fill_leaf(columns, i, fn)
+                var = getattr(fn, "variable", None)
+                if var is None:
+                    continue
+                if dtypes[i] is None:  # no metadata read (structure-only walk)
+                    self._leaf_metadata(columns, i, var)
+                found = by_param(id(var))
+                if found is not None:
+                    models[i], params[i] = found
+                    modules[i] = found[1].rpartition(".")[0]
+                    leaves[i] = LEAF_PARAMETER
+                elif id(var) in inputs:
+                    leaves[i] = LEAF_INPUT
+                else:
+                    leaves[i] = LEAF_UNREGISTERED
+                    if self.describe_leaf is not None:
+                        self.unregistered[f"n{i}"] = self.describe_leaf(var)
+                continue
+            if bounds is not None:
+                k = bisect_right(bounds, fn._sequence_nr()) - 1
+                owner = owners[k] if k >= 0 else None
+                if owner is not None:
+                    models[i], modules[i] = owner
             elif owner_of is not None:
                 owner = owner_of(fn._sequence_nr())
                 if owner is not None:
                     models[i], modules[i] = owner
             if want_saved and info.has_saved:
-                saved = self._saved(fn, info, forwards_before, columns["device"][i]
-                                    if "device" in columns else None)
+                saved = self._saved(fn, info, forwards_before, devices[i])
                 if saved:
                     saved_col[i] = tuple(saved)
                 if counting and self.forwards() != forwards_before:
@@ -219,6 +247,14 @@ class AutogradWalker:
                     # updated again) just for a memory figure.
                     want_saved = False
                     self.saved_incomplete = True
+
+    def _leaf_metadata(self, columns: dict, i: int, var: torch.Tensor) -> None:
+        try:
+            columns["shape"][i] = tuple(var.shape)
+        except RuntimeError:  # a nested tensor has no single shape
+            columns["shape"][i] = None
+        columns["dtype"][i] = self._str_cache[var.dtype]
+        columns["device"][i] = self._str_cache[var.device]
 
     # -- one node ------------------------------------------------------------------------------
     def _slow_metadata(self, fn: Any) -> tuple:
@@ -242,30 +278,6 @@ class AutogradWalker:
             return shape, m.dtype, m.device, len(meta)
         except Exception:  # noqa: BLE001
             return shape, None, None, len(meta)
-
-    def _fill_leaf(self, columns: dict, i: int, fn: Any) -> None:
-        var = getattr(fn, "variable", None)
-        if var is None:
-            return
-        if columns["dtype"][i] is None:  # no metadata read (structure-only walk): the tensor's
-            try:
-                columns["shape"][i] = tuple(var.shape)
-            except RuntimeError:  # a nested tensor has no single shape
-                columns["shape"][i] = None
-            columns["dtype"][i] = self._str_cache[var.dtype]
-            columns["device"][i] = self._str_cache[var.device]
-        found = self.params.get(id(var))
-        if found is not None:
-            model, param = found
-            columns["model"][i], columns["param"][i] = model, param
-            columns["module"][i] = param.rpartition(".")[0]
-            columns["leaf"][i] = LEAF_PARAMETER
-        elif id(var) in self.inputs:
-            columns["leaf"][i] = LEAF_INPUT
-        else:
-            columns["leaf"][i] = LEAF_UNREGISTERED
-            if self.describe_leaf is not None:
-                self.unregistered[f"n{i}"] = self.describe_leaf(var)
 
     # -- saved tensors -------------------------------------------------------------------------
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
@@ -292,11 +304,9 @@ class AutogradWalker:
             try:
                 raw = getattr(fn, raw_attr)
                 if type(raw) is plain and raw.unpack_hook is None:  # the usual case
-                    value = getattr(fn, attr)
+                    value = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
                     if type(value) is _Tensor:
                         out.append(record(name, value))
-                        if forwards_before is not None and self.forwards() != forwards_before:
-                            break  # (see below)
                         continue
                 elif _hooked(raw):
                     # Held by saved-tensor hooks (checkpointing, save_on_cpu offloading):
