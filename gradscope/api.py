@@ -16,7 +16,7 @@ from .graph import Graph
 from .report import Report
 from .tracedata import Trace
 from .tracing.capture import Capture, buffer_copies
-from .tracing.gradients import fused_norms
+from .tracing.gradnorms import norm_vector
 from .tracing.handles import ours
 from .tracing.modules import unwrap
 from .tracing.walk import storage_key, walk_autograd_graph
@@ -202,7 +202,7 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     out = {}
     with torch.no_grad():  # (no .detach() per gradient: norms of a create_graph grad too)
         for items in by_device.values():
-            values = torch.stack(fused_norms([g for _, g in items])).tolist()  # float32 norms
+            values = norm_vector([g for _, g in items]).tolist()  # float32 norms
             out.update({(label, n): v for (n, _), v in zip(items, values)})
     return out
 

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from .gradnorms import fused_norms, max_abs, read_per_device  # noqa: F401 - also imported here
+from .gradnorms import max_abs, norm_vector, read_per_device  # noqa: F401 - also imported here
 from .uniform import GRAD, UniformSteps, all_none, none_missing, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location
@@ -512,7 +512,7 @@ class GradientRecorder:
             # read under no_grad: no detach needed
             grads = all_grads if len(ks) == len(all_grads) else [all_grads[k] for k in ks]
             with torch.no_grad():
-                parts = [torch.stack(fused_norms(grads))]  # float32 already
+                parts = [norm_vector(grads)]  # float32 already
                 if want_max:
                     parts.append(max_abs(grads))
                 layout = [0] * len(ks)  # per parameter: how many fingerprint flags follow
