@@ -36,7 +36,7 @@ from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
 from .steady import SteadySteps, backward_key
-from .walk import AutogradWalker, storage_key
+from .walk import AutogradWalker, storage_id
 
 MAX_EVENTS = 10_000
 FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
@@ -544,7 +544,7 @@ class Capture(steporder.StepOrderEvents):
             for name, p in self.named_parameters(model):
                 if id(p) not in params:
                     params[id(p)] = (label, name)
-                    storages.add(storage_key(p)[0])
+                    storages.add(storage_id(p))
         return params, storages
 
     # -- backward and optimizer hooks ----------------------------------------------------------

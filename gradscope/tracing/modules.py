@@ -671,25 +671,36 @@ def flatten_ranges(ranges: list) -> tuple:
     """
     bounds: list = []
     owners: list = []
-
-    def emit(pos: int, owner: Optional[tuple]) -> None:
+    stack: list = []
+    # Equal ranges (a module whose whole forward is one child's call): ranges are appended when
+    # calls end, inner first, so the later one is the outer and must come first. (Sorted as
+    # tuples, in C: no key function per range.)
+    order = sorted([(r[0], -r[1], -i) for i, r in enumerate(ranges)])
+    for start, neg_end, neg_i in order:
+        _, end, model, name = ranges[-neg_i]
+        while stack and stack[-1][0] <= start:
+            pos = stack.pop()[0]
+            owner = stack[-1][1] if stack else None
+            if bounds and bounds[-1] == pos:
+                owners[-1] = owner
+            else:
+                bounds.append(pos)
+                owners.append(owner)
+        owner = (model, name)
+        if bounds and bounds[-1] == start:
+            owners[-1] = owner
+        else:
+            bounds.append(start)
+            owners.append(owner)
+        stack.append((end, owner))
+    while stack:
+        pos = stack.pop()[0]
+        owner = stack[-1][1] if stack else None
         if bounds and bounds[-1] == pos:
             owners[-1] = owner
         else:
             bounds.append(pos)
             owners.append(owner)
-
-    stack: list = []
-    # Equal ranges (a module whose whole forward is one child's call): ranges are appended when
-    # calls end, inner first, so the later one is the outer and must come first.
-    order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], -ranges[i][1], -i))
-    for start, end, model, name in (ranges[i] for i in order):
-        while stack and stack[-1][1] <= start:
-            emit(stack.pop()[1], stack[-1][2] if stack else None)
-        emit(start, (model, name))
-        stack.append((start, end, (model, name)))
-    while stack:
-        emit(stack.pop()[1], stack[-1][2] if stack else None)
     return bounds, owners
 
 

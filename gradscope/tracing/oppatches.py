@@ -35,7 +35,8 @@ from torch.nn import functional as F
 from .patches import SharedPatches
 
 _get_ident = threading.get_ident
-_compiling = torch.compiler.is_compiling
+# (constant-folded to True while torch.compile traces; 78 ns against is_compiling's 175)
+_compiling = torch.compiler.is_dynamo_compiling
 _tf_enabled = torch._C._is_torch_function_enabled
 _no_tf = torch._C.DisableTorchFunction
 
@@ -261,6 +262,8 @@ class _OpPatches(SharedPatches):
     def __init__(self) -> None:
         super().__init__()
         self.installed: list = []  # (owner, name, had its own attribute, original, wrapper)
+        self._targets: Optional[list] = None
+        self._made: dict = {}      # (id(owner), name) -> its wrapper, made once
 
     def add(self, watch: Any) -> None:
         super().add(watch)
@@ -280,13 +283,19 @@ class _OpPatches(SharedPatches):
         return list(self.captures)
 
     def _install(self) -> None:
-        for owner, name, make in targets():
+        if self._targets is None:  # (dir() of torch and inspect.signature: once a process)
+            self._targets = targets()
+        made = self._made
+        for owner, name, make in self._targets:
             own = name in vars(owner)
             original = vars(owner)[name] if own else getattr(owner, name)
             if getattr(original, "__gradscope_wraps__", None) is not None \
                     or isinstance(original, (staticmethod, classmethod)):
                 continue  # never a wrapper of a wrapper; no static or class methods
-            wrapper = make(name, original)
+            key = (id(owner), name)
+            wrapper = made.get(key)
+            if wrapper is None or wrapper.__gradscope_wraps__ is not original:
+                wrapper = made[key] = make(name, original)  # (made again if torch's changed)
             setattr(owner, name, wrapper)
             self.installed.append((owner, name, own, original, wrapper))
         for name, make in (("data", _data_property), ("requires_grad", _requires_grad_property)):

@@ -138,10 +138,10 @@ class OpWatch:
         tracker = self.tracker
         if tracker is None:
             return True  # stopped: nothing to record
-        top = tracker.current_module()
-        if top is None:
+        stack = tracker._stacks.get(threading.get_ident())
+        if not stack:
             return False
-        cls = type(top)
+        cls = type(stack[-1][0])
         code = _FORWARD_CODES.get(cls)
         if code is None:
             code = _FORWARD_CODES[cls] = getattr(getattr(cls, "forward", None), "__code__", 0)

@@ -299,15 +299,30 @@ class AutogradWalker:
             for k, t in enumerate(values):
                 self._add_saved(out, f"saved_tensors[{k}]", t)
             return out
-        plain, record = _SavedTensor, self._record
+        plain, params, storages, shapes, strs = (_SavedTensor, self.params, self._storages,
+                                                 self._shapes, self._str_cache)
         for attr, raw_attr, name in info.saved_fields:
             try:
                 raw = getattr(fn, raw_attr)
                 if type(raw) is plain and raw.unpack_hook is None:  # the usual case
-                    value = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
-                    if type(value) is _Tensor:
-                        out.append(record(name, value))
-                        continue
+                    t = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
+                    if type(t) is _Tensor and id(t) not in params:
+                        # a plain strided tensor (about one per node of a big graph), inline;
+                        # weights, and what raises here (nested, meta), take _add_saved
+                        try:
+                            st = t.untyped_storage()
+                            key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
+                            shape = shapes[t.shape]
+                        except Exception:  # noqa: BLE001
+                            pass
+                        else:
+                            counted = key not in storages
+                            if counted:
+                                storages.add(key)
+                            out.append(_new_tuple(SavedTensor, (name, shape, strs[t.dtype],
+                                                                nbytes, counted)))
+                            continue
+                    value = t
                 elif _hooked(raw):
                     # Held by saved-tensor hooks (checkpointing, save_on_cpu offloading):
                     # unpacking would recompute the segment or copy the tensor back to the
@@ -327,27 +342,6 @@ class AutogradWalker:
             else:
                 self._add_saved(out, name, value)
         return out
-
-    def _record(self, name: str, t: torch.Tensor) -> SavedTensor:
-        """The SavedTensor of a plain strided tensor, in as few calls as it takes: a big graph
-        saves about one tensor per node. (Anything else: :meth:`_add_saved`.)"""
-        if id(t) in self.params:  # a weight (saved by every matmul and conv): never counted,
-            key, nbytes = self._param_storage(t)  # its storage looked up once per walk
-        else:
-            try:
-                st = t.untyped_storage()
-                key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
-            except Exception:  # noqa: BLE001 - sparse, nested, fake or meta tensors
-                key, nbytes = storage_key(t)
-        storages = self._storages
-        counted = key not in storages
-        if counted:
-            storages.add(key)
-        try:
-            shape = self._shapes[t.shape]
-        except Exception:  # noqa: BLE001 - nested tensors have no single shape, or a ragged one
-            shape = None
-        return _new_tuple(SavedTensor, (name, shape, self._str_cache[t.dtype], nbytes, counted))
 
     def _param_storage(self, t: torch.Tensor) -> tuple:
         found = self._param_storages.get(id(t))
@@ -456,6 +450,14 @@ def _hooked(raw: Any) -> bool:
 # Without it (another torch) every value takes the general path above.
 _SavedTensor = getattr(getattr(torch._C, "_autograd", None), "SavedTensor", None)
 _Tensor = torch.Tensor
+
+
+def storage_id(t: torch.Tensor) -> tuple:
+    """``storage_key(t)[0]`` without reading the storage's size (a parameter table's keys)."""
+    try:
+        return t.get_device(), t.untyped_storage().data_ptr()
+    except Exception:  # noqa: BLE001 - sparse, nested, fake or meta tensors
+        return storage_key(t)[0]
 
 
 def storage_key(t: torch.Tensor) -> tuple:
