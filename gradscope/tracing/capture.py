@@ -682,36 +682,41 @@ class Capture(steporder.StepOrderEvents):
         dtypes: dict = {}   # their names, made once each
         devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
+        seen = self.gradients.seen
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
             total = 0
-            aliases: dict = {}
-            unique = []  # what named_parameters() lists: each parameter under its first name
+            first: dict = {}   # id -> the first name (what named_parameters() lists)
+            more: dict = {}    # id -> its other names (tied weights: rare)
+            unique = []
             for name, p in self.named_parameters(model):
-                known = aliases.get(id(p))
-                if known is None:
-                    aliases[id(p)] = [name]
-                    unique.append((name, p))
+                if id(p) in first:
+                    more.setdefault(id(p), []).append(name)
                 else:
-                    known.append(name)
+                    first[id(p)] = name
+                    unique.append((name, p))
             for name, p in unique:
+                pid = id(p)
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
-                numel = sizes[id(p)] = 0 if lazy else p.numel()
+                numel = sizes[pid] = 0 if lazy else p.numel()
                 total += numel
                 dtype, device = p.dtype, p.device
+                text = dtypes.get(dtype)
+                if text is None:
+                    text = dtypes[dtype] = str(dtype).replace("torch.", "")
+                where = devices.get(device)
+                if where is None:
+                    where = devices[device] = str(device)
                 parameters.append({
                     "model": label, "name": name, "module": name.rpartition(".")[0],
-                    "shape": None if lazy else list(p.shape),
-                    "dtype": dtypes.get(dtype) or dtypes.setdefault(
-                        dtype, str(dtype).replace("torch.", "")),
-                    "device": devices.get(device) or devices.setdefault(device, str(device)),
-                    "numel": numel,
-                    "requires_grad": p.requires_grad, "in_graph": (label, name) in in_graph,
-                    "in_optimizer": (id(p) in optimized) if any_optimizer else None,
+                    "shape": None if lazy else list(p.shape), "dtype": text, "device": where,
+                    "numel": numel, "requires_grad": p.requires_grad,
+                    "in_graph": (label, name) in in_graph,
+                    "in_optimizer": (pid in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
-                    "grad_seen": (id(p) in self.gradients.seen) if backward_ran else None,
-                    "aliases": aliases[id(p)][1:],
+                    "grad_seen": (pid in seen) if backward_ran else None,
+                    "aliases": more.get(pid, []),
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
