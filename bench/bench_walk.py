@@ -16,6 +16,11 @@ The baselines, all iterative and run with the cyclic collector paused (as the wa
 - *bare BFS + metadata reads*: the object-set walk that also reads every node's
   ``_input_metadata`` shape, dtype and device and keeps them: the floor for a walk with shapes,
   since torch offers no cheaper way to read them.
+- *bare BFS + metadata + saved reads*: that walk, also reading every tensor a node saved for
+  backward the way any reader must (its ``_raw_saved_*`` first: a tensor held by saved-tensor
+  hooks must not be unpacked, that would re-run a checkpointed forward), with its storage,
+  size, shape and dtype: the floor for ``graph_of()``'s saved-activation memory. (The chain
+  saves nothing; the recurrence saves about one tensor per node.)
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ import gc
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -88,6 +92,29 @@ def bare_with_metadata(root: torch.Tensor) -> int:
     return len(fns)
 
 
+def bare_with_saved(root: torch.Tensor) -> int:
+    fns, seen, meta, saved, names = [root.grad_fn], {root.grad_fn}, [], [], {}
+    for fn in fns:
+        m = fn._input_metadata[0]
+        meta.append((m.shape, m.dtype, m.device))
+        fields = names.get(type(fn))
+        if fields is None:
+            attrs = set(dir(fn))
+            fields = names[type(fn)] = [(a, "_raw" + a) for a in sorted(attrs)
+                                        if a.startswith("_saved_") and "_raw" + a in attrs]
+        for attr, raw in fields:
+            if getattr(fn, raw).unpack_hook is None:
+                t = getattr(fn, attr)
+                if t is not None:  # (an optional input that was not given)
+                    st = t.untyped_storage()
+                    saved.append((st.data_ptr(), st.nbytes(), t.shape, t.dtype))
+        for nf, _ in fn.next_functions:
+            if nf is not None and nf not in seen:
+                seen.add(nf)
+                fns.append(nf)
+    return len(fns)
+
+
 def cpu(fn, *args) -> float:
     gc.collect()
     was = gc.isenabled()
@@ -117,6 +144,7 @@ WALKS = {
     "bare BFS, id() set": bare_id_set,
     "bare BFS, object set": bare_object_set,
     "bare BFS + metadata reads": bare_with_metadata,
+    "bare BFS + metadata + saved reads": bare_with_saved,
     "graph_of(shapes=False)": lambda root: gradscope.graph_of(root, shapes=False),
     "graph_of() (shapes, dtypes, saved)": gradscope.graph_of,
 }
@@ -147,16 +175,19 @@ def measure(build, n: int, reps: int, path: str) -> dict:
 
 
 def table(name: str, r: dict) -> list:
-    base, fast, floor = (r["bare BFS, id() set"], r["bare BFS, object set"],
-                         r["bare BFS + metadata reads"])
+    base, fast, floor, full = (r["bare BFS, id() set"], r["bare BFS, object set"],
+                               r["bare BFS + metadata reads"],
+                               r["bare BFS + metadata + saved reads"])
     lines = [f"{name}: {r['nodes']:,} nodes, {r['edges']:,} edges, JSON "
              f"{r['bytes'] / 1e6:.0f} MB", "",
              "| configuration | CPU time (median) | / bare BFS, id() set | / bare BFS, object set "
-             "| / bare BFS + metadata reads |", "|---|---|---|---|---|"]
+             "| / bare BFS + metadata reads | / bare BFS + metadata + saved reads |",
+             "|---|---|---|---|---|---|"]
     for k, v in r.items():
         if k in ("nodes", "edges", "bytes"):
             continue
-        lines.append(f"| {k} | {v:.2f} s | {v / base:.2f}x | {v / fast:.2f}x | {v / floor:.2f}x |")
+        lines.append(f"| {k} | {v:.2f} s | {v / base:.2f}x | {v / fast:.2f}x | {v / floor:.2f}x "
+                     f"| {v / full:.2f}x |")
     return lines
 
 

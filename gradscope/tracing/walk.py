@@ -125,6 +125,7 @@ class AutogradWalker:
         fns, root_index = _seeds(roots)
         seen = set(fns)
         known = _KnownPositions(fns)
+        known_get = known.index.get
         ops: list = []
         shapes: list = []
         dtypes: list = []
@@ -171,7 +172,8 @@ class AutogradWalker:
                 if nf is None:
                     continue
                 if nf in seen:
-                    add_src(known(nf))
+                    s = known_get(nf)  # (reached again: its position, indexed in bulk)
+                    add_src(s if s is not None else known(nf))
                 else:
                     add_seen(nf)
                     add_src(len(fns))
@@ -251,7 +253,9 @@ class AutogradWalker:
                 if owner is not None:
                     models[i], modules[i] = owner
             if want_saved and info.has_saved:
-                saved = self._saved(fn, info, forwards_before, devices[i])
+                saved = None if info.python_function else self._plain_saved(fn, info)
+                if saved is None:  # something else than plain tensors: the general reader
+                    saved = self._saved(fn, info, forwards_before, devices[i])
                 if saved:
                     saved_col[i] = tuple(saved)
                 if counting and self.forwards() != forwards_before:
@@ -286,6 +290,36 @@ class AutogradWalker:
             return shape, None, None, len(meta)
 
     # -- saved tensors -------------------------------------------------------------------------
+    def _plain_saved(self, fn: Any, info: _TypeInfo) -> Optional[list]:
+        """The saved tensors of a built-in node when all are plain strided tensors held
+        without saved-tensor hooks (about one per node of a big graph), else None (then
+        :meth:`_saved` reads the node). Nothing is counted before all were read."""
+        found = []
+        plain, params, shapes = _SavedTensor, self.params, self._shapes
+        for attr, raw_attr, name in info.saved_fields:
+            try:
+                raw = getattr(fn, raw_attr)
+                if type(raw) is not plain or raw.unpack_hook is not None:
+                    return None
+                t = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
+                if t is None:
+                    continue  # an optional input that was not given
+                if type(t) is not _Tensor or id(t) in params:
+                    return None
+                st = t.untyped_storage()
+                found.append((name, shapes[t.shape], t.dtype, st.nbytes(),
+                              (t.get_device(), st.data_ptr())))
+            except Exception:  # noqa: BLE001 - freed, nested, meta: the general reader
+                return None
+        storages, strs = self._storages, self._str_cache
+        out = []
+        for name, shape, dtype, nbytes, key in found:
+            counted = key not in storages
+            if counted:
+                storages.add(key)
+            out.append(_new_tuple(SavedTensor, (name, shape, strs[dtype], nbytes, counted)))
+        return out
+
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
                device: Optional[str] = None) -> list:
         out: list = []
@@ -305,39 +339,17 @@ class AutogradWalker:
             for k, t in enumerate(values):
                 self._add_saved(out, f"saved_tensors[{k}]", t)
             return out
-        plain, params, storages, shapes, strs = (_SavedTensor, self.params, self._storages,
-                                                 self._shapes, self._str_cache)
         for attr, raw_attr, name in info.saved_fields:
             try:
                 raw = getattr(fn, raw_attr)
-                if type(raw) is plain and raw.unpack_hook is None:  # the usual case
-                    t = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
-                    if type(t) is _Tensor and id(t) not in params:
-                        # a plain strided tensor (about one per node of a big graph), inline;
-                        # weights, and what raises here (nested, meta), take _add_saved
-                        try:
-                            st = t.untyped_storage()
-                            key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
-                            shape = shapes[t.shape]
-                        except Exception:  # noqa: BLE001
-                            pass
-                        else:
-                            counted = key not in storages
-                            if counted:
-                                storages.add(key)
-                            out.append(_new_tuple(SavedTensor, (name, shape, strs[t.dtype],
-                                                                nbytes, counted)))
-                            continue
-                    value = t
-                elif _hooked(raw):
+                if _hooked(raw):
                     # Held by saved-tensor hooks (checkpointing, save_on_cpu offloading):
                     # unpacking would recompute the segment or copy the tensor back to the
                     # device. Measure what the hook packed instead, without unpacking.
                     self.hooked += 1
                     self._add_packed(out, name, raw, device)
                     continue
-                else:
-                    value = getattr(fn, attr)
+                value = getattr(fn, attr)
             except Exception:  # freed by an earlier backward: nothing left to measure
                 continue
             if forwards_before is not None and self.forwards() != forwards_before:
