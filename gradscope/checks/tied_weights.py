@@ -6,6 +6,8 @@ backward: siamese inputs, two views of a batch), not once per parameter."""
 from __future__ import annotations
 
 from collections import Counter
+from itertools import compress, repeat
+from operator import is_not
 
 from ..findings import Finding
 from ..graph import module_path
@@ -38,17 +40,24 @@ def run(trace) -> list:
     # Uses by the model's own ops only: a weight penalty computed outside the model
     # (sum(p.pow(2).sum() for p in model.parameters())) is not a second run of it.
     # (By positions, from the columns: no row per node or edge is made for this.)
-    counts = Counter(s for s, d in zip(graph.src, graph.dst) if model_of[d] is not None)
+    counts = Counter(compress(graph.src, map(is_not, map(model_of.__getitem__, graph.dst),
+                                             repeat(None))))
     leaf_at = {(model_of[i], p): i for i, p in enumerate(params) if p}
-    uses = {graph.id_of(i): counts.get(i, 0) for i in leaf_at.values()}
-    leaf_of = {key: graph.id_of(i) for key, i in leaf_at.items()}
+    if not any(counts.get(i, 0) > 1 for i in leaf_at.values()) \
+            and not any(p.get("aliases") for p in trace.parameters):
+        return []  # every parameter used once, under one name: the usual
     shared: dict = {}   # model -> [(parameter, node, uses)] used more than once
     in_graph: dict = {}  # model -> parameters with a node in the graph
     for p in trace.parameters:
-        node = leaf_of.get((p["model"], p["name"]))
-        n_uses = uses.get(node, 0) if node else 0
-        if node:
+        pos = leaf_at.get((p["model"], p["name"]))
+        if pos is None:
+            node, n_uses = None, 0
+        else:
             in_graph[p["model"]] = in_graph.get(p["model"], 0) + 1
+            n_uses = counts.get(pos, 0)
+            node = graph.id_of(pos)
+        if n_uses <= 1 and not p.get("aliases"):
+            continue  # the usual: one use, one name
         if p.get("aliases"):
             names = [p["name"]] + list(p["aliases"])
             out.append(Finding(

@@ -472,9 +472,10 @@ class Capture(steporder.StepOrderEvents):
 
         def record() -> None:
             deps = self._mode_modules.get(id(model))
-            if deps is None:
+            if deps is None:  # (modules from the shared listing: a deep model's, once; not
+                # the parameters, which torch.func.functional_call swaps for this call alone)
                 deps = self._mode_modules[id(model)] = [
-                    (name, m) for name, m in model.named_modules() if _obeys_training(m)]
+                    (name, m) for name, m in self.named_modules(model) if _obeys_training(m)]
                 self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
             if grad and self._trainable[id(model)]:  # a model's forward, not a loss module's
                 self._guard("a look for kept graphs", lambda: self.keepalive.on_forward(

@@ -105,7 +105,9 @@ class ModuleTracker:
 
     def __init__(self) -> None:
         self.models: dict = {}        # label -> root module
-        self.records: dict = {}       # (model, name) -> ModuleRecord
+        self._records: dict = {}      # (model, name) -> ModuleRecord (read: .records)
+        # module calls the fast post hook left to count: (stack frame, end seq, output size)
+        self._pending: list = []
         self.input_ids: set = set()   # ids of leaf tensors that were passed to a model's forward
         self._input_refs: list = []   # keeps those tensors alive so ids stay unique
         self.record_ranges = True
@@ -191,7 +193,35 @@ class ModuleTracker:
             stack = self._stacks[threading.get_ident()] = []
         return stack
 
+    @property
+    def records(self) -> dict:
+        """``(model, name) -> ModuleRecord``, every call counted (see :meth:`flush_calls`)."""
+        if self._pending:
+            self.flush_calls()
+        return self._records
+
+    def flush_calls(self) -> None:
+        """Count the module calls the fast post hook only noted: their records, first output
+        sizes and attribution ranges. The hook runs between two torch kernels, where every
+        lookup is slowed by cold caches; this loop runs once, at the end of the forward."""
+        pending = self._pending[:]  # (the fast hook holds this list: emptied, not replaced)
+        self._pending.clear()
+        records, ranges = self._records, self._ranges
+        keep = self.record_ranges
+        for frame, end, size in pending:
+            _, model, name, start, _ = frame
+            if keep and end > start:
+                ranges.append((start, end, model, name))
+            key = (model, name)
+            rec = records.get(key)
+            if rec is None:
+                rec = records[key] = ModuleRecord(model, name, type(frame[0]).__name__, True)
+            rec.calls += 1
+            if rec.output is None:
+                rec.output = size
+
     def clear_ranges(self) -> None:
+        self.flush_calls()
         self._ranges.clear()
 
     def in_forward(self) -> bool:
@@ -262,7 +292,7 @@ class ModuleTracker:
             else:
                 self.models[label] = inner
                 self._name_tree(label, inner)
-            self._names[id(module)] = (module, label, f"<{type(module).__name__}>")
+            self._names[id(module)] = (module, label, f"<{type(module).__name__}>", "")
             return self._names[id(module)]
         self.models[label] = module
         self._name_tree(label, module)
@@ -307,7 +337,8 @@ class ModuleTracker:
         for name, sub in self.listing(module):
             known = self._names.get(id(sub))
             if known is None or known[0] is not sub:
-                self._names[id(sub)] = (sub, label, name)
+                # (module, model label, name, parent's name)
+                self._names[id(sub)] = (sub, label, name, name.rpartition(".")[0])
 
     def _rename_stale(self) -> None:
         self._stale = False
@@ -381,7 +412,8 @@ class ModuleTracker:
         output; the top of a forward; muting, pausing, direct calls, the benchmark's timing).
         """
         slow_pre, slow_post = self._pre_hook, self._post_hook
-        stacks, names, records = self._stacks, self._names, self.records
+        stacks, names, records = self._stacks, self._names, self._records
+        pending = self._pending
         muted, direct, plain = self._muted_depth, self.direct, self._plain_types
         get_ident, peek = threading.get_ident, _peek_sequence_nr
         # (constant-folded to True while torch.compile traces; a module global otherwise)
@@ -400,8 +432,9 @@ class ModuleTracker:
                 # (DataParallel's replicas, new objects at each forward, are never named)
                 if entry is not None and entry[0] is module and type(module) in plain:
                     top = stack[-1]
-                    if not (direct.nested and entry[1] == top[1]
-                            and entry[2].rpartition(".")[0] != top[2]):
+                    # entry[3]: the parent's name (a grandchild called while only its
+                    # grandparent runs goes to the full hook: a direct call, or a container)
+                    if not direct.nested or entry[1] != top[1] or entry[3] == top[2]:
                         stack.append([module, entry[1], entry[2], peek(), 0])
                         return None
             return slow_pre(module, args)
@@ -409,11 +442,26 @@ class ModuleTracker:
         def post(module: nn.Module, args: Any, output: Any) -> None:
             if compiling():
                 return None
-            stack = stacks.get(get_ident())
+            ident = get_ident()
+            stack = stacks.get(ident)
             if stack and len(stack) > 1 and output is not None and not self.paused \
                     and not muted and not selftime.enabled:
                 frame = stack[-1]
                 if frame[0] is module and frame[2][:1] != "<":  # (a wrapper: the full hook)
+                    if type(output) is tensor and ident == self._owner and not modes():
+                        # the usual: a plain tensor out, on the thread that records ranges;
+                        # counted later (flush_calls), only what cannot wait is read now
+                        del stack[-1]
+                        if self.record_inputs and output.is_leaf \
+                                and id(output) not in inputs:
+                            inputs.add(id(output))
+                            self._input_refs.append(output)
+                        try:
+                            size = output.shape
+                        except RuntimeError:  # a nested tensor has no single shape
+                            size = "nested"
+                        pending.append((frame, peek(), size))
+                        return None
                     del stack[-1]
                     if self.record_ranges and get_ident() == self._owner:
                         end = peek()
@@ -426,19 +474,6 @@ class ModuleTracker:
                                                           type(module).__name__, True)
                     rec.calls += 1
                     if not self.record_inputs and rec.output is not None:
-                        return None
-                    if type(output) is tensor and not modes():
-                        # a plain tensor, no torch-function mode: reading it dispatches to
-                        # nothing (else the reads below run with torch functions off)
-                        if self.record_inputs and output.grad_fn is None \
-                                and id(output) not in inputs:
-                            inputs.add(id(output))
-                            self._input_refs.append(output)
-                        if rec.output is None:
-                            try:
-                                rec.output = output.shape
-                            except RuntimeError:  # a nested tensor has no single shape
-                                self._describe(rec, output)
                         return None
                     with no_torch_function():
                         self._note_leaf_output(output)
@@ -653,6 +688,7 @@ class ModuleTracker:
     # -- attribution ---------------------------------------------------------------------------
     def attribution(self) -> Callable[[int], Optional[tuple]]:
         """A function from sequence number to the innermost ``(model, module)`` that made it."""
+        self.flush_calls()
         bounds, owners = flatten_ranges(self._ranges)
 
         def owner_of(seq: int) -> Optional[tuple]:

@@ -8,7 +8,8 @@ devices, host reads, in-place ops, losses, subtractions, dropout, softmax, the l
 and the ways of leaving autograd, see ``opwatch``); every other call runs as it would without
 gradscope. A wrapper costs a Python call (~0.5 us) and passes straight through:
 
-- while torch.compile traces (``is_compiling()`` first: the compiled graph gets none of our code),
+- while torch.compile traces (``is_dynamo_compiling()`` first: the compiled graph gets none of
+  our code),
 - on a thread with no open capture, or while torch-function handling is off (our own
   bookkeeping runs so, as do C++ extensions that disable it),
 - inside another wrapped call (``F.softmax`` calls ``Tensor.softmax``, ``F.relu(inplace=True)``
