@@ -212,3 +212,19 @@ def test_loading_columns_checks_every_value():
     for bad, message in bad_cases:
         with pytest.raises(ValueError, match=message):
             Graph.from_dict(bad)
+
+
+def test_a_schema_1_file_still_loads_renders_and_diffs(tmp_path):
+    """trace.json files written before schema 2 (one object per graph node) stay readable:
+    the same graph as the schema 2 file of the same run, rendered and diffed alike."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    old = Report.load(os.path.join(GOLDEN, "mlp_bn_schema1.json"))
+    new = Report.load(os.path.join(GOLDEN, "mlp_bn.json"))
+    assert old.graph == new.graph and old.graph.nodes == new.graph.nodes
+    assert old.to_dot() == new.to_dot()
+    result = CliRunner().invoke(main, ["diff", os.path.join(GOLDEN, "mlp_bn_schema1.json"),
+                                       os.path.join(GOLDEN, "mlp_bn.json")])
+    assert result.exit_code == 0 and "no changes" in result.output, result.output
