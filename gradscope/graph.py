@@ -399,6 +399,9 @@ def _read_columns(d: dict) -> Graph:
     count = d.get("nodes", 0)
     if type(count) is not int or count < 0:
         raise ValueError(f"graph 'nodes' must be the number of nodes, got {count!r}")
+    if count and not isinstance(d.get("op"), list):
+        # (the other columns may be left out, but then a count alone would claim any size)
+        raise ValueError("graph 'op' must be a list of the nodes' ops")
     columns: dict = {}
     for name in COLUMNS:
         if name == "saved" or d.get(name) is None:

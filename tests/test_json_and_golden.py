@@ -196,6 +196,7 @@ def test_loading_columns_checks_every_value():
     assert g.nodes[1].shape == (2,) and g.nodes[0].module is None and g.roots == ["n0"]
     bad_cases = [
         (dict(good, nodes=-1), "number of nodes"),
+        ({"nodes": 10 ** 9}, "'op' must be a list"),  # a 20-byte file claiming a huge graph
         (dict(good, op=["A"]), "list of 2 values"),
         (dict(good, op=["A", 3]), "strings or nulls"),
         (dict(good, shape=[[], ["2"]]), "lists of integers"),

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from .gradnorms import max_abs, norm_vector, read_per_device  # noqa: F401 - also imported here
+from .gradnorms import max_abs, norm_vector, read_per_device  # noqa: F401 - imported from here too
 from .uniform import GRAD, UniformSteps, all_none, none_missing, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location

@@ -416,8 +416,8 @@ class ModuleTracker:
         pending = self._pending
         muted, direct, plain = self._muted_depth, self.direct, self._plain_types
         get_ident, peek = threading.get_ident, _peek_sequence_nr
-        # (constant-folded to True while torch.compile traces; a module global otherwise)
-        compiling = torch.compiler.is_dynamo_compiling
+        # (folded to True while torch.compile traces; True while AOTAutograd and export run)
+        compiling = torch.compiler.is_compiling
         modes = getattr(torch._C, "_len_torch_function_stack", lambda: 1)
         tensor = torch.Tensor
         inputs = self.input_ids
@@ -462,6 +462,8 @@ class ModuleTracker:
                             size = "nested"
                         pending.append((frame, peek(), size))
                         return None
+                    if pending:  # counted in call order: ranges of equal span, first outputs
+                        self.flush_calls()
                     del stack[-1]
                     if self.record_ranges and get_ident() == self._owner:
                         end = peek()
@@ -569,6 +571,8 @@ class ModuleTracker:
 
     @hook_of_ours
     def _post_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._pending:  # the calls the fast hook queued come first (see flush_calls)
+            self.flush_calls()
         if self._muted(module, False):
             return
         stack = self._stack

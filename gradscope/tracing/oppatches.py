@@ -3,47 +3,58 @@
 A ``TorchFunctionMode`` would see every torch call of the program, but it costs torch's mode
 dispatch on every one of them, about 10 us a call here (a 1000-layer MLP's forward went from
 29 ms to 49 ms with a mode that does nothing), and almost none is of interest. Instead, only the
-functions the op watch has something to do for are wrapped (about 450: copies between
-devices, host reads, in-place ops, losses, subtractions, dropout, softmax, the layer functions
-and the ways of leaving autograd, see ``opwatch``); every other call runs as it would without
-gradscope. A wrapper costs a Python call (~0.5 us) and passes straight through:
+functions the op watch has something to do for are wrapped (copies between devices, host
+reads, in-place ops, losses, subtractions, dropout, softmax, the layer functions and the ways of
+leaving autograd, see ``opwatch``), and, only to hide the calls they make, the other torch
+functions written in Python that a mode would see (``Tensor.__format__``, ``torch.split``,
+``F.max_pool2d``, ...): about 620 in all. Every other call runs as it would without gradscope.
+A wrapper costs a Python call (~0.5 us) and passes straight through:
 
-- while torch.compile traces (``is_dynamo_compiling()`` first: the compiled graph gets none of
-  our code),
+- while torch.compile traces, or AOTAutograd or export runs (``is_compiling()`` first: the
+  compiled graph gets none of our code), and inside a backward;
 - on a thread with no open capture, or while torch-function handling is off (our own
-  bookkeeping runs so, as do C++ extensions that disable it),
+  bookkeeping runs so, as do C++ extensions that disable it);
 - inside another wrapped call (``F.softmax`` calls ``Tensor.softmax``, ``F.relu(inplace=True)``
-  calls ``torch.relu_``): like a mode, which is off while it handles a call, the op watch sees
-  the outer call only.
+  calls ``torch.relu_``, printing a tensor calls ``.detach()``): like a mode, which is off while
+  it handles a call, the op watch sees the outer call only.
 
 Two properties of ``torch.Tensor`` are wrapped too: reading ``.data`` (history left behind) and
-setting ``.requires_grad`` (switched on). Reading ``.requires_grad`` stays torch's own C getter.
+setting ``.requires_grad`` (switched on), when the program's own code does it. Reading
+``.requires_grad`` stays torch's own C getter. Names that alias a wrapped function in the
+program's modules (``from torch.nn.functional import dropout`` before the trace) are wrapped
+too.
 
-Everything is put back when the last capture closes, also on errors (``SharedPatches``); an
-attribute someone else replaced after us is left as it is, with our wrapper under it passing
-through.
+Everything is put back when the last capture closes, also on errors and Ctrl-C
+(``SharedPatches``); an attribute someone else replaced after us is left as it is, with our
+wrapper under it passing through.
 """
 from __future__ import annotations
 
 import inspect
 import sys
 import threading
+import types
 from typing import Any, Callable, Optional
 
 import torch
 from torch.nn import functional as F
 
+from .locations import is_installed_file
 from .patches import SharedPatches
 
 _get_ident = threading.get_ident
-# (constant-folded to True while torch.compile traces; 78 ns against is_compiling's 175)
-_compiling = torch.compiler.is_dynamo_compiling
+# (folded to True while torch.compile traces, and True while AOTAutograd and export run)
+_compiling = torch.compiler.is_compiling
 _tf_enabled = torch._C._is_torch_function_enabled
 _no_tf = torch._C.DisableTorchFunction
+# -1 unless the autograd engine runs a backward on this thread: nothing a backward does
+# (checkpointing's recomputation, hooks) is the program's call (a mode saw none of it either:
+# loss.backward() is itself a torch function, which hides what runs inside it)
+_graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 
 
 class _ThreadWatches:
-    """The op watches open on one thread, and whether a wrapped call is running there."""
+    """The op watches open on one thread, and how deep in wrapped calls that thread is."""
 
     __slots__ = ("watches", "depth")
 
@@ -55,17 +66,35 @@ class _ThreadWatches:
 _STATE: dict = {}  # thread ident -> _ThreadWatches
 
 
+def _watching() -> Optional[_ThreadWatches]:
+    """This thread's watches when a call here is the program's to look at, else None: not
+    while torch.compile traces, not inside another wrapped call (a mode, too, sees the outer
+    call only), not with torch-function handling off (our own bookkeeping), not in a backward."""
+    if _compiling():
+        return None
+    state = _STATE.get(_get_ident())
+    if state is None or state.depth or not _tf_enabled() or _graph_task() != -1:
+        return None
+    return state
+
+
+def _inside(state: _ThreadWatches, original: Callable, args: tuple, kwargs: dict) -> Any:
+    """The call, with every wrapped call it makes hidden (it is one torch call, as a mode
+    sees it: F.softmax's Tensor.softmax, nn.MultiheadAttention's inner softmax, ...)."""
+    state.depth += 1
+    try:
+        return original(*args, **kwargs)
+    finally:
+        state.depth -= 1
+
+
 def _handled(state: _ThreadWatches, name: str, original: Callable, args: tuple, kwargs: dict,
              inplace: bool, frame: Any) -> Any:
     """A call of interest: each watch looks before and after; the call itself runs once."""
     watches = list(state.watches)
     with _no_tf():  # (our reads of the tensors are not the program's torch calls)
         tokens = [w.before(name, args, kwargs, inplace, frame) for w in watches]
-    state.depth += 1
-    try:
-        result = original(*args, **kwargs)
-    finally:
-        state.depth -= 1
+    result = _inside(state, original, args, kwargs)
     with _no_tf():
         for w, token in zip(watches, tokens):
             w.after(name, original, args, kwargs, inplace, result, token)
@@ -92,53 +121,61 @@ def _wrap(name: str, original: Callable, at: Optional[int] = None) -> Callable:
     parameter, if it has one (``F.dropout(x, 0.5, True, True)``)."""
     if name in LAYER_FUNCS:
         return _wrap_layer(name, original)
-    op = _wrap_named(_REPORTED_AS.get(name, name), original, at)
-    op.__name__ = getattr(original, "__name__", name)
-    return op
+    reported = _REPORTED_AS.get(name, name)
 
-
-def _wrap_named(name: str, original: Callable, at: Optional[int]) -> Callable:
     def op(*args: Any, **kwargs: Any) -> Any:
-        if _compiling():
-            return original(*args, **kwargs)
-        state = _STATE.get(_get_ident())
-        if state is None or state.depth or not _tf_enabled():
+        state = _watching()
+        if state is None:
             return original(*args, **kwargs)
         inplace = at is not None and kwargs.get(
             "inplace", args[at] if len(args) > at else False) is True
-        return _handled(state, name, original, args, kwargs, inplace, sys._getframe(1))
+        return _handled(state, reported, original, args, kwargs, inplace, sys._getframe(1))
     return _mark(op, original)
 
 
 def _wrap_layer(name: str, original: Callable, at: Optional[int] = None) -> Callable:
     """A layer function (``F.linear``, ``F.conv2d``, ...): of interest only when no module's
     forward that is running called it (a submodule's forward called directly). Called from
-    the running module's own forward, the usual, it passes through after one comparison."""
+    the running module's own forward, the usual, it runs after one comparison."""
+    leaf = isinstance(original, types.BuiltinFunctionType)  # (C: it calls nothing of ours)
+
     def op(*args: Any, **kwargs: Any) -> Any:
-        if _compiling():
-            return original(*args, **kwargs)
-        state = _STATE.get(_get_ident())
-        if state is None or state.depth or not _tf_enabled():
+        state = _watching()
+        if state is None:
             return original(*args, **kwargs)
         frame = sys._getframe(1)
         for watch in state.watches:
             if not watch.own_forward(frame):
                 return _handled(state, name, original, args, kwargs, False, frame)
-        return original(*args, **kwargs)
+        if leaf:
+            return original(*args, **kwargs)
+        return _inside(state, original, args, kwargs)
     return _mark(op, original)
 
 
 def _wrap_inplace_arg(name: str, original: Callable, at: int) -> Callable:
     """A function with an ``inplace`` parameter (``F.relu(x, inplace=True)``): of interest
-    only when it is true; otherwise the cheapest pass-through of all."""
+    only when it is true."""
     def op(*args: Any, **kwargs: Any) -> Any:
-        inplace = kwargs.get("inplace", args[at] if len(args) > at else False)
-        if inplace is not True or _compiling():
+        # (not in place, these call only torch's C functions: nothing of ours to hide)
+        if kwargs.get("inplace", args[at] if len(args) > at else False) is not True:
             return original(*args, **kwargs)
-        state = _STATE.get(_get_ident())
-        if state is None or state.depth or not _tf_enabled():
+        state = _watching()
+        if state is None:
             return original(*args, **kwargs)
         return _handled(state, name, original, args, kwargs, True, sys._getframe(1))
+    return _mark(op, original)
+
+
+def _wrap_hiding(name: str, original: Callable) -> Callable:
+    """A torch function written in Python that the op watch has nothing to do for
+    (``Tensor.__format__``, ``torch.split``, ``F.max_pool2d``, ...): it only hides the calls
+    it makes (``.detach()`` and ``.item()`` inside a print of a tensor), as a mode would."""
+    def op(*args: Any, **kwargs: Any) -> Any:
+        state = _watching()
+        if state is None:
+            return original(*args, **kwargs)
+        return _inside(state, original, args, kwargs)
     return _mark(op, original)
 
 
@@ -152,15 +189,23 @@ def _mark(op: Callable, original: Callable) -> Callable:
     return op
 
 
-def _noted(name: str, func: Any, args: tuple) -> None:
+def _noted(state: _ThreadWatches, name: str, func: Any, args: tuple) -> None:
     """A property get/set of interest (``.data``, ``.requires_grad = ...``): the watches note
     it as the op watch notes ``__get__``/``__set__`` calls."""
-    state = _STATE.get(_get_ident())
-    if state is None or state.depth or not _tf_enabled():
-        return
     with _no_tf():
         for w in list(state.watches):
             w.after(name, func, args, {}, False, None, None)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # (not the compiler's fake tensors)
+
+
+def _by_the_program(frame: Any) -> bool:
+    """Is ``frame`` the program's own code (not torch's, or another library's)? A ``.data``
+    read or a ``requires_grad`` switch inside torch (an optimizer, torch.compile's runtime,
+    export) is not one the program wrote."""
+    return not is_installed_file(frame.f_code.co_filename) \
+        and not frame.f_code.co_filename.startswith("<eval_with_key>")  # (fx-generated code)
 
 
 def _data_property(original: Any) -> property:
@@ -168,8 +213,10 @@ def _data_property(original: Any) -> property:
 
     def get(self: torch.Tensor) -> Any:
         value = getter(self, type(self))
-        if not _compiling():
-            _noted("__get__", getter, (self,))
+        if type(self) in _PLAIN_TENSORS and _by_the_program(sys._getframe(1)):
+            state = _watching()
+            if state is not None:
+                _noted(state, "__get__", getter, (self,))
         return value
 
     def set_(self: torch.Tensor, value: Any) -> None:
@@ -181,9 +228,11 @@ def _requires_grad_property(original: Any) -> property:
     setter = original.__set__
 
     def set_(self: torch.Tensor, value: Any) -> None:
-        if not _compiling():
-            _noted("__set__", setter, (self, value))
-        setter(self, value)
+        setter(self, value)  # (first: one that raises, on an integer tensor, switched nothing)
+        if type(self) in _PLAIN_TENSORS and _by_the_program(sys._getframe(1)):
+            state = _watching()
+            if state is not None:
+                _noted(state, "__set__", setter, (self, value))
     # reading stays torch's C getter (called by property without a Python frame)
     return property(original.__get__, set_, doc=original.__doc__)
 
@@ -253,7 +302,41 @@ def targets() -> list:
     for name in _VF_FUNCTIONS:
         if vf is not None and hasattr(vf, name):
             out.append((vf, name, _wrap))
+    return out + _hiding_targets({(id(owner), name) for owner, name, _ in out})
+
+
+def _hiding_targets(taken: set) -> list:
+    """The torch functions written in Python that dispatch to torch-function modes, and
+    that no other wrapper covers: wrapped only to hide the calls they make. nn.init's own
+    dispatching functions (``kaiming_uniform_``, ...) are in-place ops by their name."""
+    from torch.overrides import get_overridable_functions
+
+    out: list = []
+    python = {id(f) for funcs in get_overridable_functions().values() for f in funcs
+              if getattr(f, "__code__", None) is not None}
+    spaces = [torch, torch.Tensor, F] + [getattr(torch, n) for n in ("functional", "linalg",
+                                                                      "fft", "special")
+                                          if hasattr(torch, n)]
+    for owner in spaces:
+        for name, value in list(vars(owner).items()):
+            if id(value) in python and (id(owner), name) not in taken \
+                    and name not in ("__torch_function__", "data", "requires_grad"):
+                taken.add((id(owner), name))
+                out.append((owner, name, _wrap_hiding))
+    init = torch.nn.init
+    for name in dir(init):
+        fn = getattr(init, name)
+        if name.endswith("_") and not name.startswith("_") and callable(fn) \
+                and "has_torch_function" in _source(fn):
+            out.append((init, name, _wrap))
     return out
+
+
+def _source(fn: Any) -> str:
+    try:
+        return inspect.getsource(fn)
+    except (OSError, TypeError):
+        return ""
 
 
 class _OpPatches(SharedPatches):
@@ -265,6 +348,9 @@ class _OpPatches(SharedPatches):
         self.installed: list = []  # (owner, name, had its own attribute, original, wrapper)
         self._targets: Optional[list] = None
         self._made: dict = {}      # (id(owner), name) -> its wrapper, made once
+        self.aliases: list = []    # (module namespace, name, original, wrapper)
+        self._scanned: dict = {}   # id(module) -> (module, namespace size, alias names)
+        self._modules_seen = -1    # len(sys.modules) at the last scan
 
     def add(self, watch: Any) -> None:
         super().add(watch)
@@ -284,6 +370,14 @@ class _OpPatches(SharedPatches):
         return list(self.captures)
 
     def _install(self) -> None:
+        try:
+            self._wrap_all()
+            self._wrap_aliases()
+        except BaseException:  # (Ctrl-C half way: nothing stays wrapped)
+            self._uninstall()
+            raise
+
+    def _wrap_all(self) -> None:
         if self._targets is None:  # (dir() of torch and inspect.signature: once a process)
             self._targets = targets()
         made = self._made
@@ -307,7 +401,38 @@ class _OpPatches(SharedPatches):
             self.installed.append((torch.Tensor, name, own, vars(torch.Tensor).get(name)
                                    if own else original, wrapper))
 
+    def _wrap_aliases(self) -> None:
+        """The same functions under other names: ``from torch.nn.functional import dropout``
+        in a module imported before the capture opened (a mode sees those calls too). Every
+        module outside torch and gradscope is looked at once, and again when its namespace
+        changed size; an import after the capture opened binds the wrapper itself."""
+        wrapped = {id(original): (original, wrapper) for _, _, _, original, wrapper
+                   in self.installed if callable(original)}
+        scanned = self._scanned
+        if len(sys.modules) != self._modules_seen:  # (else: no module came since the last time)
+            self._modules_seen = len(sys.modules)
+            for module in list(sys.modules.values()):
+                space = getattr(module, "__dict__", None)
+                if not isinstance(space, dict) or not _foreign(module):
+                    continue
+                known = scanned.get(id(module))
+                if known is None or known[0] is not module or known[1] != len(space):
+                    names = [k for k, v in list(space.items()) if id(v) in wrapped]
+                    scanned[id(module)] = (module, len(space), names)
+        for module, _, names in scanned.values():
+            space = module.__dict__
+            for name in names:
+                original, wrapper = wrapped.get(id(space.get(name)), (None, None))
+                if original is not None and space.get(name) is original:
+                    space[name] = wrapper
+                    self.aliases.append((space, name, original, wrapper))
+
     def _uninstall(self) -> None:
+        aliases, self.aliases = self.aliases, []
+        for space, name, original, wrapper in aliases:
+            if space.get(name) is wrapper:
+                space[name] = original
+        _FORWARD_CODES.clear()  # (holds module classes: let them go with the last capture)
         installed, self.installed = self.installed, []
         for owner, name, own, original, wrapper in reversed(installed):
             if vars(owner).get(name) is not wrapper:
@@ -317,5 +442,15 @@ class _OpPatches(SharedPatches):
             else:
                 delattr(owner, name)
 
+
+def _foreign(module: Any) -> bool:
+    """A module whose names may alias torch functions: not torch's own, not gradscope's."""
+    name = getattr(module, "__name__", None)
+    return isinstance(name, str) and not name.startswith(_OWN_PACKAGES)
+
+
+_OWN_PACKAGES = ("torch", "gradscope", "functorch", "builtins", "sys")
+# module class -> its forward's code object (opwatch.OpWatch.own_forward): cleared on uninstall
+_FORWARD_CODES: dict = {}
 
 OP_PATCHES = _OpPatches()

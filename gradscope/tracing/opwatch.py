@@ -28,7 +28,7 @@ from .failures import sequence_nr
 from .modules import _peek_sequence_nr
 from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
-from .oppatches import LAYER_FUNCS, OP_PATCHES
+from .oppatches import _FORWARD_CODES, LAYER_FUNCS, OP_PATCHES
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
 MAX_INPLACE = 4096        # most recent in-place operations remembered
@@ -80,7 +80,6 @@ class _Watched(dict):
 
 
 _WATCHED = _Watched()
-_FORWARD_CODES: dict = {}  # module class -> its forward's code object
 
 
 def _peek_seq() -> int:
