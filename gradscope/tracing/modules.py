@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import difflib
+import math
 import sys
 import threading
 import weakref
@@ -716,9 +717,9 @@ def flatten_ranges(ranges: list) -> tuple:
     # calls end, inner first, so the later one is the outer and must come first. (Sorted as
     # tuples, in C: no key function per range.)
     order = sorted([(r[0], -r[1], -i) for i, r in enumerate(ranges)])
-    for start, neg_end, neg_i in order:
-        _, end, model, name = ranges[-neg_i]
-        while stack and stack[-1][0] <= start:
+    order.append((math.inf, 0, None))  # past the end: every range still open closes
+    for start, _, neg_i in order:
+        while stack and stack[-1][0] <= start:  # ranges that ended: their parent owns again
             pos = stack.pop()[0]
             owner = stack[-1][1] if stack else None
             if bounds and bounds[-1] == pos:
@@ -726,6 +727,9 @@ def flatten_ranges(ranges: list) -> tuple:
             else:
                 bounds.append(pos)
                 owners.append(owner)
+        if neg_i is None:
+            break
+        _, end, model, name = ranges[-neg_i]
         owner = (model, name)
         if bounds and bounds[-1] == start:
             owners[-1] = owner
@@ -733,14 +737,6 @@ def flatten_ranges(ranges: list) -> tuple:
             bounds.append(start)
             owners.append(owner)
         stack.append((end, owner))
-    while stack:
-        pos = stack.pop()[0]
-        owner = stack[-1][1] if stack else None
-        if bounds and bounds[-1] == pos:
-            owners[-1] = owner
-        else:
-            bounds.append(pos)
-            owners.append(owner)
     return bounds, owners
 
 
