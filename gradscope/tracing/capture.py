@@ -27,6 +27,7 @@ from .gradients import GradientRecorder, read_per_device
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .keepalive import KeepAliveWatch
+from .listing import listings
 from .lightmode import LightForwards
 from .opwatch import OpWatch
 from . import oppatches
@@ -513,13 +514,22 @@ class Capture(steporder.StepOrderEvents):
         """``list(model.named_parameters(remove_duplicate=False))``, shared (see
         :meth:`_listing`) by the graph walk's tables, the gradient norms and the snapshot; the
         watched set itself (``_watch_gradients``) always lists afresh."""
-        return self._listing(self._param_lists, model,
-                             lambda: list(model.named_parameters(remove_duplicate=False)))
+        return self._listing(self._param_lists, model, lambda: self._both(model)[1])
 
     def named_modules(self, model: torch.nn.Module) -> list:
         """``list(model.named_modules())``, shared by the module table and the attribute
         scans (see :meth:`_listing`)."""
-        return self._listing(self._module_lists, model, lambda: list(model.named_modules()))
+        return self._listing(self._module_lists, model, lambda: self._both(model)[0])
+
+    def _both(self, model: torch.nn.Module) -> tuple:
+        """Both listings from one walk of the model (``listing.listings``): the one not asked
+        for yet is kept too, under the same key."""
+        modules, params = listings(model)
+        key = (self.registrations.generation, self.optimizer_steps)
+        ref = weakref.ref(model)
+        self._module_lists[id(model)] = (key, ref, modules)
+        self._param_lists[id(model)] = (key, ref, params)
+        return modules, params
 
     def _listing(self, cache: dict, model: torch.nn.Module, make: Callable[[], list]) -> list:
         """``make()``, made once for the passes that follow each other without a training event
