@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from itertools import compress
 import weakref
 import warnings
 from typing import Any, Callable, Iterable, Optional
@@ -684,8 +685,8 @@ class Capture(steporder.StepOrderEvents):
         self._wake()
         in_graph = set()
         if self.graph is not None:  # (from the columns: no Node rows made for this)
-            in_graph = {(m, p) for m, p in zip(self.graph.column("model"),
-                                               self.graph.column("param")) if p is not None}
+            params = self.graph.column("param")  # (names: a param leaf's is never "")
+            in_graph = set(compress(zip(self.graph.column("model"), params), params))
         optimized = self.optimizers.optimized
         any_optimizer = self.optimizers.active
         models, parameters = [], []
