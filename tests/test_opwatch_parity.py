@@ -146,3 +146,49 @@ def test_an_interrupted_install_leaves_nothing_wrapped(monkeypatch):
             pass
     assert op_watch_attributes() == before
     assert not oppatches._STATE
+
+
+def test_torch_layers_are_trusted_to_call_their_own_function_and_nothing_else_is():
+    """A layer function called while a module running torch's own forward is on top (nn.Linear,
+    nn.Conv2d through its _conv_forward helper) is that module's own call: no frame is read.
+    Every layer function has such a forward in this torch; a subclass that keeps the forward
+    is trusted, one that writes its own is not (its frame decides, as before)."""
+    for name in oppatches.LAYER_FUNCS:
+        assert oppatches._torch_forwards(name), name
+
+    class Kept(nn.Linear):
+        pass
+
+    class Own(nn.Linear):
+        def forward(self, x):
+            return F.linear(x, self.weight * 2, self.bias)
+
+    trusted = oppatches._torch_forwards("linear")
+    assert id(Kept.forward.__code__) in trusted and id(Own.forward.__code__) not in trusted
+    assert id(nn.Conv2d.forward.__code__) in oppatches._torch_forwards("conv2d")
+    assert id(nn.Conv2d.forward.__code__) not in trusted
+
+
+def test_a_direct_call_inside_a_torch_layers_subclass_is_still_seen(no_leaks):
+    """The shortcut must not hide what the frame check found: a subclass of nn.Linear whose
+    forward calls another layer's forward directly."""
+    class Head(nn.Linear):
+        def __init__(self):
+            super().__init__(4, 4)
+            self.inner = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return super().forward(self.inner.forward(x))  # <- the direct call
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+            self.head = Head()
+
+        def forward(self, x):
+            return self.head(self.conv(x).mean((2, 3)).repeat(1, 2))
+
+    report = gradscope.trace(Net(), torch.randn(2, 1, 6, 6))
+    calls = report.trace.direct_calls
+    assert [(c["module"], c["method"]) for c in calls] == [("head.inner", "forward")], calls

@@ -56,10 +56,13 @@ _graph_task = getattr(torch._C, "_current_graph_task_id", lambda: -1)
 class _ThreadWatches:
     """The op watches open on one thread, and how deep in wrapped calls that thread is."""
 
-    __slots__ = ("watches", "depth")
+    __slots__ = ("watches", "stacks", "depth")
 
     def __init__(self) -> None:
         self.watches: list = []
+        # each watch's module tracker's stacks of running modules (thread ident -> stack),
+        # read by the layer functions' wrappers without a call
+        self.stacks: list = []
         self.depth = 0
 
 
@@ -136,21 +139,68 @@ def _wrap(name: str, original: Callable, at: Optional[int] = None) -> Callable:
 def _wrap_layer(name: str, original: Callable, at: Optional[int] = None) -> Callable:
     """A layer function (``F.linear``, ``F.conv2d``, ...): of interest only when no module's
     forward that is running called it (a submodule's forward called directly). Called from
-    the running module's own forward, the usual, it runs after one comparison."""
+    the running module's own forward, the usual, it runs after one comparison; when that
+    forward is torch's own (``nn.Linear``'s, ``nn.Conv2d``'s), after one set lookup, without
+    reading the caller's frame."""
     leaf = isinstance(original, types.BuiltinFunctionType)  # (C: it calls nothing of ours)
+    trusted = _torch_forwards(name)
 
     def op(*args: Any, **kwargs: Any) -> Any:
-        state = _watching()
-        if state is None:
+        # _watching()'s tests, inline and in another order: the usual call (from the running
+        # module's forward, of a C function) is told before the torch-function and backward
+        # tests, which only decide between the calls that are looked at
+        if _compiling():
             return original(*args, **kwargs)
-        frame = sys._getframe(1)
-        for watch in state.watches:
-            if not watch.own_forward(frame):
+        ident = _get_ident()
+        state = _STATE.get(ident)
+        if state is None or state.depth:
+            return original(*args, **kwargs)
+        frame = None
+        for stacks in state.stacks:
+            stack = stacks.get(ident)  # (opwatch.OpWatch.running_forward, inline)
+            code = None
+            if stack:
+                cls = type(stack[-1][0])
+                code = _FORWARD_CODES.get(cls) or forward_code(cls)
+                if id(code) in trusted:  # (a code object hashes its contents: not the set)
+                    continue
+            if frame is None:
+                frame = sys._getframe(1)
+            if code is None or frame.f_code is not code:
+                if not _tf_enabled() or _graph_task() != -1:
+                    return original(*args, **kwargs)
                 return _handled(state, name, original, args, kwargs, False, frame)
-        if leaf:
+        if leaf or not _tf_enabled() or _graph_task() != -1:
             return original(*args, **kwargs)
         return _inside(state, original, args, kwargs)
     return _mark(op, original)
+
+
+# torch's module classes whose forward calls the layer function itself (some through a
+# helper, like Conv2d's _conv_forward, which a frame comparison would not recognise)
+_TORCH_LAYERS = {
+    "linear": ("Linear",), "bilinear": ("Bilinear",), "conv1d": ("Conv1d",),
+    "conv2d": ("Conv2d",), "conv3d": ("Conv3d",), "conv_transpose1d": ("ConvTranspose1d",),
+    "conv_transpose2d": ("ConvTranspose2d",), "conv_transpose3d": ("ConvTranspose3d",),
+    "embedding": ("Embedding",), "embedding_bag": ("EmbeddingBag",),
+    "layer_norm": ("LayerNorm",), "group_norm": ("GroupNorm",), "rms_norm": ("RMSNorm",),
+    "batch_norm": ("BatchNorm1d",), "instance_norm": ("InstanceNorm1d",),
+    "lstm": ("LSTM",), "gru": ("GRU",), "rnn_tanh": ("RNN",), "rnn_relu": ("RNN",),
+    "multi_head_attention_forward": ("MultiheadAttention",), "prelu": ("PReLU",)}
+
+
+def _torch_forwards(name: str) -> frozenset:
+    """The ids of the code objects of torch's forwards that call layer function ``name`` (a module
+    whose forward is one of them calls it where it should: its subclasses that keep that
+    forward too). While such a module is the one running, nothing else can call the
+    function but a hook of its own."""
+    codes = set()
+    for cls_name in _TORCH_LAYERS.get(name, ()):
+        cls = getattr(torch.nn, cls_name, None)
+        code = getattr(getattr(cls, "forward", None), "__code__", None)
+        if code is not None:
+            codes.add(id(code))  # (torch's classes, alive as long as torch is)
+    return frozenset(codes)
 
 
 def _wrap_inplace_arg(name: str, original: Callable, at: int) -> Callable:
@@ -355,12 +405,15 @@ class _OpPatches(SharedPatches):
     def add(self, watch: Any) -> None:
         super().add(watch)
         with self.lock:
-            _STATE.setdefault(watch.thread, _ThreadWatches()).watches.append(watch)
+            state = _STATE.setdefault(watch.thread, _ThreadWatches())
+            state.watches.append(watch)
+            state.stacks.append(watch.tracker._stacks if watch.tracker is not None else {})
 
     def remove(self, watch: Any) -> None:
         with self.lock:
             state = _STATE.get(watch.thread)
             if state is not None and watch in state.watches:
+                del state.stacks[state.watches.index(watch)]
                 state.watches.remove(watch)
                 if not state.watches:
                     del _STATE[watch.thread]
@@ -450,7 +503,13 @@ def _foreign(module: Any) -> bool:
 
 
 _OWN_PACKAGES = ("torch", "gradscope", "functorch", "builtins", "sys")
-# module class -> its forward's code object (opwatch.OpWatch.own_forward): cleared on uninstall
+# module class -> its forward's code object (the layer functions' wrappers): cleared on uninstall
 _FORWARD_CODES: dict = {}
+
+
+def forward_code(cls: type) -> Any:
+    """The code object of ``cls.forward`` (0 if it has none), remembered per class."""
+    code = _FORWARD_CODES[cls] = getattr(getattr(cls, "forward", None), "__code__", 0)
+    return code
 
 OP_PATCHES = _OpPatches()

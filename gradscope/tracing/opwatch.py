@@ -28,7 +28,7 @@ from .failures import sequence_nr
 from .modules import _peek_sequence_nr
 from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
-from .oppatches import _FORWARD_CODES, LAYER_FUNCS, OP_PATCHES
+from .oppatches import LAYER_FUNCS, OP_PATCHES
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
 MAX_INPLACE = 4096        # most recent in-place operations remembered
@@ -130,21 +130,6 @@ class OpWatch:
         if self._open:
             self._open = False
             OP_PATCHES.remove(self)
-
-    def own_forward(self, frame: Any) -> bool:
-        """Is ``frame`` the forward of the module running now (a layer function called where
-        it should be)? One code-object comparison; the rest is :meth:`before`'s."""
-        tracker = self.tracker
-        if tracker is None:
-            return True  # stopped: nothing to record
-        stack = tracker._stacks.get(threading.get_ident())
-        if not stack:
-            return False
-        cls = type(stack[-1][0])
-        code = _FORWARD_CODES.get(cls)
-        if code is None:
-            code = _FORWARD_CODES[cls] = getattr(getattr(cls, "forward", None), "__code__", 0)
-        return frame.f_code is code
 
     def before(self, name: str, args: tuple, kwargs: dict, inplace: bool, frame: Any) -> Any:
         """A call of interest is about to run (``frame``: the one that called it). Returns
