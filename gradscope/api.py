@@ -152,7 +152,7 @@ def preserved_state(model: nn.Module, capture: Optional[Capture] = None) -> Iter
     with torch._C.DisableTorchFunction():  # our bookkeeping, not the program's torch calls
         if capture is not None:
             modules = [m for _, m in capture.named_modules(model)]
-            params = list(dict.fromkeys(p for _, p in capture.named_parameters(model)))
+            params = [p for _, p in capture.unique_parameters(model)[0]]
         else:
             modules, params = list(model.modules()), list(dict.fromkeys(model.parameters()))
         modes = [m.training for m in modules]
@@ -186,12 +186,8 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     label = names[0] if names else type(model).__name__
     by_device: dict = {}
     strided = torch.strided
-    listed = set()
     reached = capture.gradients.seen if not capture.gradient_watch else set()
-    for n, p in capture.named_parameters(unwrap(model)):  # the names the report uses
-        if id(p) in listed:  # (named_parameters() lists each parameter under its first name)
-            continue
-        listed.add(id(p))
+    for n, p in capture.unique_parameters(unwrap(model))[0]:  # the names the report uses
         g = p.grad
         if g is None:
             continue

@@ -203,6 +203,7 @@ class Capture(steporder.StepOrderEvents):
         self.gradient_watch = True
         self._param_lists: dict = {}         # id(model) -> (key, weak ref, named parameters)
         self._module_lists: dict = {}        # id(model) -> (key, weak ref, named modules)
+        self._unique_lists: dict = {}        # id(model) -> (listing, unique, aliases)
         self._scalers: Any = weakref.WeakSet()  # GradScalers seen scaling or stepping
         self._scaler_steps: set = set()      # (id(scaler), id(optimizer)) it stepped
         self._snapshot: Optional[dict] = None
@@ -269,6 +270,7 @@ class Capture(steporder.StepOrderEvents):
                 self.tracker.clear_references()
                 self._param_lists.clear()
                 self._module_lists.clear()
+                self._unique_lists.clear()
                 self.optimizers.clear()
                 self._mode_modules.clear()
                 self._trainable.clear()
@@ -522,6 +524,27 @@ class Capture(steporder.StepOrderEvents):
         scans (see :meth:`_listing`)."""
         return self._listing(self._module_lists, model, lambda: self._both(model)[0])
 
+    def unique_parameters(self, model: torch.nn.Module) -> tuple:
+        """``(unique, aliases)``: ``[(name, parameter)]`` with each parameter under its first
+        name (what ``named_parameters()`` lists), and ``id(parameter) -> [its other names]``
+        for tied weights; from the shared listing, made once for each of its versions (the
+        snapshot, the gradient norms, the preserved state and the walk's tables read it)."""
+        listing = self.named_parameters(model)
+        hit = self._unique_lists.get(id(model))
+        if hit is not None and hit[0] is listing:
+            return hit[1], hit[2]
+        first: dict = {}
+        aliases: dict = {}
+        unique = []
+        for name, p in listing:
+            if id(p) in first:
+                aliases.setdefault(id(p), []).append(name)
+            else:
+                first[id(p)] = name
+                unique.append((name, p))
+        self._unique_lists[id(model)] = (listing, unique, aliases)
+        return unique, aliases
+
     def _both(self, model: torch.nn.Module) -> tuple:
         """Both listings from one walk of the model (``listing.listings``): the one not asked
         for yet is kept too, under the same key."""
@@ -553,8 +576,8 @@ class Capture(steporder.StepOrderEvents):
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            for name, p in self.named_parameters(model):
-                if id(p) not in params:
+            for name, p in self.unique_parameters(model)[0]:
+                if id(p) not in params:  # (a parameter shared by two models: the first's)
                     params[id(p)] = (label, name)
                     storages.add(storage_id(p))
         return params, storages
@@ -699,15 +722,7 @@ class Capture(steporder.StepOrderEvents):
             if model is None:
                 continue
             total = 0
-            first: dict = {}   # id -> the first name (what named_parameters() lists)
-            more: dict = {}    # id -> its other names (tied weights: rare)
-            unique = []
-            for name, p in self.named_parameters(model):
-                if id(p) in first:
-                    more.setdefault(id(p), []).append(name)
-                else:
-                    first[id(p)] = name
-                    unique.append((name, p))
+            unique, more = self.unique_parameters(model)  # more: tied weights' other names
             for name, p in unique:
                 pid = id(p)
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
