@@ -158,7 +158,9 @@ def preserved_state(model: nn.Module, capture: Optional[Capture] = None) -> Iter
         modes = [m.training for m in modules]
         grads = [p.grad for p in params]
         buffers = buffer_copies([model], capture.named_modules if capture is not None else None)
-        devices = sorted({p.get_device() for p in params if p.is_cuda})
+        # (no parameter can be on a GPU before CUDA was initialised: no read per parameter)
+        devices = sorted({p.get_device() for p in params if p.is_cuda}) \
+            if torch.cuda.is_initialized() else []
         for p, g in zip(params, grads):
             if g is not None:
                 p.grad = None  # our backward starts from clean gradients; yours come back after
