@@ -65,6 +65,7 @@ def scan_attributes(models: dict, backward_seqs: Any = (),
     ``named_modules``: ``model -> [(name, module)]`` when the caller has the listing."""
     records: list = []
     names: dict = {}
+    layouts: dict = {}  # attribute names of a module -> those that are not torch's own
     for label, model in models.items():
         if model is None:
             continue
@@ -79,15 +80,20 @@ def scan_attributes(models: dict, backward_seqs: Any = (),
                         # a registered buffer re-assigned a value with autograd history
                         records.append({**_tensor_record(label, qual, mod, attr, value,
                                                          backward_seqs), "kind": "buffer"})
-            # torch's own attributes left out in one set operation (most modules have none
-            # of their own but sizes); the dict's order is kept for deterministic records
-            own = state.keys() - _MODULE_INTERNALS
-            if not own:
-                continue
-            if all(type(state[a]) in _PLAIN for a in own):
+            # torch's own attributes left out, once per layout of attribute names (most
+            # modules share one with many others and have none of their own but sizes); in
+            # the dict's order, for deterministic records
+            names_in = tuple(state)
+            own = layouts.get(names_in)
+            if own is None:
+                own = layouts[names_in] = tuple(a for a in names_in if a not in _MODULE_INTERNALS)
+            for a in own:
+                if type(state[a]) not in _PLAIN:
+                    break
+            else:
                 continue  # sizes, flags, strings: nothing torch would have to manage
             prefix = f"{qual}." if qual else ""
-            for attr in own if len(own) == 1 else [a for a in list(state) if a in own]:
+            for attr in own:
                 value = state[attr]
                 if not isinstance(value, (torch.Tensor, list, tuple, dict, set)):
                     continue

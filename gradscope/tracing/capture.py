@@ -713,7 +713,7 @@ class Capture(steporder.StepOrderEvents):
         optimized = self.optimizers.optimized
         any_optimizer = self.optimizers.active
         models, parameters = [], []
-        sizes: dict = {}    # id(parameter) -> numel, for the module table
+        sizes: dict = {}    # (model, module) -> numel of its own parameters, for the module table
         dtypes: dict = {}   # their names, made once each
         devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
@@ -726,8 +726,16 @@ class Capture(steporder.StepOrderEvents):
             for name, p in unique:
                 pid = id(p)
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
-                numel = sizes[pid] = 0 if lazy else p.numel()
+                numel = 0 if lazy else p.numel()
                 total += numel
+                module = name.rpartition(".")[0]
+                key = (label, module)
+                sizes[key] = sizes.get(key, 0) + numel
+                aliases = more.get(pid)
+                if aliases:  # tied: the module of each other name holds it too
+                    for alias in aliases:
+                        key = (label, alias.rpartition(".")[0])
+                        sizes[key] = sizes.get(key, 0) + numel
                 dtype, device = p.dtype, p.device
                 text = dtypes.get(dtype)
                 if text is None:
@@ -736,14 +744,14 @@ class Capture(steporder.StepOrderEvents):
                 if where is None:
                     where = devices[device] = str(device)
                 parameters.append({
-                    "model": label, "name": name, "module": name.rpartition(".")[0],
+                    "model": label, "name": name, "module": module,
                     "shape": None if lazy else list(p.shape), "dtype": text, "device": where,
                     "numel": numel, "requires_grad": p.requires_grad,
                     "in_graph": (label, name) in in_graph,
                     "in_optimizer": (pid in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
                     "grad_seen": (pid in seen) if backward_ran else None,
-                    "aliases": more.get(pid, []),
+                    "aliases": aliases or [],
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
@@ -775,8 +783,8 @@ class Capture(steporder.StepOrderEvents):
                               "nonfinite_search": self.nonfinite is not None}}
 
     def _module_table(self, sizes: dict) -> list:
-        """One row per module. ``sizes``: ``id(parameter) -> numel`` of every parameter of
-        the models (the parameter table's figures)."""
+        """One row per module. ``sizes``: ``(model, module) -> numel`` of the module's own
+        parameters, tied ones included (the parameter table's figures)."""
         if self.light is not None:
             self.light.flush()  # forwards replayed since the last read
         rows = []
@@ -788,11 +796,11 @@ class Capture(steporder.StepOrderEvents):
             if model is None:
                 continue
             for name, sub in self.named_modules(model):
-                rec = records.get((label, name))
-                seen.add((label, name))
+                key = (label, name)
+                rec = records.get(key)
+                seen.add(key)
                 cls = type(sub)
                 typo = typos[cls] if cls in typos else typos.setdefault(cls, init_typo(cls))
-                own = sub._parameters  # the module's own, without a generator walk per module
                 output = rec.output if rec else None
                 if output.__class__ is torch.Size:
                     text = shown.get(output)
@@ -801,8 +809,7 @@ class Capture(steporder.StepOrderEvents):
                 rows.append({
                     "model": label, "name": name, "type": cls.__name__, "registered": True,
                     "calls": rec.calls if rec else 0, "output": output,
-                    "parameters": sum(sizes.get(id(p), 0) for p in own.values()
-                                      if p is not None) if own else 0,
+                    "parameters": sizes.get(key, 0),
                     "location": None, "init_typo": typo,
                 })
                 if rec is not None and rec.batch_stats:
