@@ -254,8 +254,12 @@ class AutogradWalker:
                     models[i], modules[i] = owner
             if want_saved and info.has_saved:
                 saved = None if info.python_function else self._plain_saved(fn, info)
-                if saved is None:  # something else than plain tensors: the general reader
-                    saved = self._saved(fn, info, forwards_before, devices[i])
+                if saved is not None:  # (no unpack hook ran: no forward was re-run)
+                    if saved:
+                        saved_col[i] = saved
+                    continue
+                # something else than plain tensors: the general reader
+                saved = self._saved(fn, info, forwards_before, devices[i])
                 if saved:
                     saved_col[i] = tuple(saved)
                 if counting and self.forwards() != forwards_before:
@@ -290,7 +294,7 @@ class AutogradWalker:
             return shape, None, None, len(meta)
 
     # -- saved tensors -------------------------------------------------------------------------
-    def _plain_saved(self, fn: Any, info: _TypeInfo) -> Optional[list]:
+    def _plain_saved(self, fn: Any, info: _TypeInfo) -> Optional[tuple]:
         """The saved tensors of a built-in node when all are plain strided tensors held
         without saved-tensor hooks (about one per node of a big graph), else None (then
         :meth:`_saved` reads the node). Nothing is counted before all were read."""
@@ -318,7 +322,7 @@ class AutogradWalker:
             if counted:
                 storages.add(key)
             out.append(_new_tuple(SavedTensor, (name, shape, strs[dtype], nbytes, counted)))
-        return out
+        return tuple(out)
 
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
                device: Optional[str] = None) -> list:
