@@ -149,24 +149,83 @@ def test_an_interrupted_install_leaves_nothing_wrapped(monkeypatch):
 
 
 def test_torch_layers_are_trusted_to_call_their_own_function_and_nothing_else_is():
-    """A layer function called while a module running torch's own forward is on top (nn.Linear,
-    nn.Conv2d through its _conv_forward helper) is that module's own call: no frame is read.
-    Every layer function has such a forward in this torch; a subclass that keeps the forward
-    is trusted, one that writes its own is not (its frame decides, as before)."""
+    """A layer function called while one of torch's own layers runs (nn.Linear, nn.Conv2d
+    through its _conv_forward helper) is that layer's call: no frame is read. Every layer
+    function has such a class in this torch; subclasses are not trusted (they may override a
+    helper or a property the forward calls): their frame decides, as before."""
     for name in oppatches.LAYER_FUNCS:
         assert oppatches._torch_forwards(name), name
 
     class Kept(nn.Linear):
         pass
 
-    class Own(nn.Linear):
-        def forward(self, x):
-            return F.linear(x, self.weight * 2, self.bias)
-
     trusted = oppatches._torch_forwards("linear")
-    assert id(Kept.forward.__code__) in trusted and id(Own.forward.__code__) not in trusted
-    assert id(nn.Conv2d.forward.__code__) in oppatches._torch_forwards("conv2d")
-    assert id(nn.Conv2d.forward.__code__) not in trusted
+    assert nn.Linear in trusted and Kept not in trusted
+    assert nn.Conv2d in oppatches._torch_forwards("conv2d") and nn.Conv2d not in trusted
+
+
+class _Adapter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return F.linear(x, self.w)
+
+
+class _PreHooked(nn.Module):
+    """A forward pre-hook on a torch layer runs another module's forward directly."""
+    def __init__(self):
+        super().__init__()
+        self.fc, self.adapter = nn.Linear(4, 4), _Adapter()
+        self.fc.register_forward_pre_hook(lambda m, a: (a[0] + self.adapter.forward(a[0]),))
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _Patched(nn.Module):
+    """A torch layer whose forward was replaced on the instance."""
+    def __init__(self):
+        super().__init__()
+        self.fc, self.adapter = nn.Linear(4, 4), _Adapter()
+        orig = self.fc.forward
+        self.fc.forward = lambda x: orig(x) + self.adapter.forward(x)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class _HelperConv(nn.Conv2d):
+    """Keeps Conv2d's forward, overrides the helper it calls."""
+    def __init__(self):
+        super().__init__(2, 2, 1)
+        self.other = nn.Conv2d(2, 2, 1)
+
+    def _conv_forward(self, x, w, b):
+        return super()._conv_forward(x, w, b) + self.other.forward(x)
+
+
+class _WithHelperConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = _HelperConv()
+
+    def forward(self, x):
+        return self.m(x)
+
+
+@pytest.mark.parametrize("model, x, call", [
+    (_PreHooked, (2, 4), ("adapter", "forward")),
+    (_Patched, (2, 4), ("adapter", "forward")),
+    (_WithHelperConv, (1, 2, 3, 3), ("m.other", "_conv_forward"))],
+    ids=["pre-hook", "instance-forward", "subclass-helper"])
+def test_a_direct_call_around_a_trusted_torch_layer_is_still_seen(no_leaks, model, x, call):
+    """Code that runs while a torch layer is on top but is not its forward (found in review):
+    the direct call inside it is recorded, as the frame check always did."""
+    torch.manual_seed(0)
+    t = gradscope.trace(model(), torch.randn(*x)).trace
+    assert [(c["module"], c["method"]) for c in t.direct_calls] == [call]
 
 
 def test_a_direct_call_inside_a_torch_layers_subclass_is_still_seen(no_leaks):

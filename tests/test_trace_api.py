@@ -140,3 +140,31 @@ def test_report_repr_and_save_rejects_unknown_extension(tmp_path):
     with pytest.raises(ValueError, match="extension"):
         r.save(str(tmp_path / "graph.png"))
     assert not list(tmp_path.iterdir())
+
+
+def test_module_parameter_counts_are_the_modules_own_under_a_renaming_wrapper():
+    """checkpoint_wrapper lists its parameters without its own prefix: a module's count is
+    read from its ``_parameters`` (found in review: counts from the listing's names were 0)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    body = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    t = gradscope.trace(checkpoint_wrapper(body), torch.randn(3, 4)).trace
+    counts = {m["name"]: m["parameters"] for m in t.modules}
+    assert counts["_checkpoint_wrapped_module.0"] == 40
+    assert counts["_checkpoint_wrapped_module.2"] == 18
+    assert counts["_checkpoint_wrapped_module.1"] == 0 and counts[""] == 0
+
+
+def test_tied_weights_count_in_every_module_that_holds_them():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(10, 8), nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.emb(x))
+
+    t = gradscope.trace(Tied(), torch.randint(0, 10, (2, 3))).trace
+    counts = {m["name"]: m["parameters"] for m in t.modules}
+    assert counts == {"": 0, "emb": 80, "head": 80}

@@ -713,7 +713,7 @@ class Capture(steporder.StepOrderEvents):
         optimized = self.optimizers.optimized
         any_optimizer = self.optimizers.active
         models, parameters = [], []
-        sizes: dict = {}    # (model, module) -> numel of its own parameters, for the module table
+        sizes: dict = {}    # id(parameter) -> numel, for the module table
         dtypes: dict = {}   # their names, made once each
         devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
@@ -726,16 +726,10 @@ class Capture(steporder.StepOrderEvents):
             for name, p in unique:
                 pid = id(p)
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
-                numel = 0 if lazy else p.numel()
+                numel = sizes[pid] = 0 if lazy else p.numel()
                 total += numel
                 module = name.rpartition(".")[0]
-                key = (label, module)
-                sizes[key] = sizes.get(key, 0) + numel
                 aliases = more.get(pid)
-                if aliases:  # tied: the module of each other name holds it too
-                    for alias in aliases:
-                        key = (label, alias.rpartition(".")[0])
-                        sizes[key] = sizes.get(key, 0) + numel
                 dtype, device = p.dtype, p.device
                 text = dtypes.get(dtype)
                 if text is None:
@@ -783,8 +777,10 @@ class Capture(steporder.StepOrderEvents):
                               "nonfinite_search": self.nonfinite is not None}}
 
     def _module_table(self, sizes: dict) -> list:
-        """One row per module. ``sizes``: ``(model, module) -> numel`` of the module's own
-        parameters, tied ones included (the parameter table's figures)."""
+        """One row per module. ``sizes``: ``id(parameter) -> numel`` of every parameter of
+        the models (the parameter table's figures). A module's count is that of its own
+        ``_parameters``, read from the module: a wrapper's listing may rename them
+        (checkpoint_wrapper, FSDP)."""
         if self.light is not None:
             self.light.flush()  # forwards replayed since the last read
         rows = []
@@ -792,6 +788,7 @@ class Capture(steporder.StepOrderEvents):
         seen = set()
         typos: dict = {}  # per class: the misspelled __init__ is a property of the class
         shown: dict = {}  # torch.Size -> "(8, 10)": most shapes repeat
+        size_of = sizes.get
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
@@ -801,6 +798,9 @@ class Capture(steporder.StepOrderEvents):
                 seen.add(key)
                 cls = type(sub)
                 typo = typos[cls] if cls in typos else typos.setdefault(cls, init_typo(cls))
+                count = 0
+                for p in sub._parameters.values():  # (id(None) is no parameter's: 0)
+                    count += size_of(id(p), 0)
                 output = rec.output if rec else None
                 if output.__class__ is torch.Size:
                     text = shown.get(output)
@@ -809,7 +809,7 @@ class Capture(steporder.StepOrderEvents):
                 rows.append({
                     "model": label, "name": name, "type": cls.__name__, "registered": True,
                     "calls": rec.calls if rec else 0, "output": output,
-                    "parameters": sizes.get(key, 0),
+                    "parameters": count,
                     "location": None, "init_typo": typo,
                 })
                 if rec is not None and rec.batch_stats:

@@ -157,13 +157,17 @@ def _wrap_layer(name: str, original: Callable, at: Optional[int] = None) -> Call
             return original(*args, **kwargs)
         frame = None
         for stacks in state.stacks:
-            stack = stacks.get(ident)  # (opwatch.OpWatch.running_forward, inline)
+            stack = stacks.get(ident)  # (the module running now on this thread)
             code = None
             if stack:
-                cls = type(stack[-1][0])
+                module = stack[-1][0]
+                cls = type(module)
+                if cls in trusted:
+                    own = module.__dict__
+                    if "forward" not in own and not own.get("_forward_pre_hooks") \
+                            and len(_GLOBAL_PRE_HOOKS) == 1:
+                        continue
                 code = _FORWARD_CODES.get(cls) or forward_code(cls)
-                if id(code) in trusted:  # (a code object hashes its contents: not the set)
-                    continue
             if frame is None:
                 frame = sys._getframe(1)
             if code is None or frame.f_code is not code:
@@ -184,23 +188,26 @@ _TORCH_LAYERS = {
     "conv_transpose2d": ("ConvTranspose2d",), "conv_transpose3d": ("ConvTranspose3d",),
     "embedding": ("Embedding",), "embedding_bag": ("EmbeddingBag",),
     "layer_norm": ("LayerNorm",), "group_norm": ("GroupNorm",), "rms_norm": ("RMSNorm",),
-    "batch_norm": ("BatchNorm1d",), "instance_norm": ("InstanceNorm1d",),
+    "batch_norm": ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"),
+    "instance_norm": ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"),
     "lstm": ("LSTM",), "gru": ("GRU",), "rnn_tanh": ("RNN",), "rnn_relu": ("RNN",),
     "multi_head_attention_forward": ("MultiheadAttention",), "prelu": ("PReLU",)}
+_GLOBAL_PRE_HOOKS = torch.nn.modules.module._global_forward_pre_hooks
 
 
 def _torch_forwards(name: str) -> frozenset:
-    """The ids of the code objects of torch's forwards that call layer function ``name`` (a module
-    whose forward is one of them calls it where it should: its subclasses that keep that
-    forward too). While such a module is the one running, nothing else can call the
-    function but a hook of its own."""
-    codes = set()
+    """torch's own module classes (these classes exactly, not subclasses, which may override a
+    helper or a property that the forward calls) whose forward calls layer function ``name``
+    where it should. While such a module runs, with torch's forward (none set on the instance)
+    and no forward pre-hook but the tracker's own, nothing else can call the function; the
+    frame decides for every other module."""
+    classes = set()
     for cls_name in _TORCH_LAYERS.get(name, ()):
         cls = getattr(torch.nn, cls_name, None)
-        code = getattr(getattr(cls, "forward", None), "__code__", None)
-        if code is not None:
-            codes.add(id(code))  # (torch's classes, alive as long as torch is)
-    return frozenset(codes)
+        forward = getattr(cls, "forward", None)
+        if getattr(forward, "__module__", "").startswith("torch.nn."):  # (not replaced)
+            classes.add(cls)
+    return frozenset(classes)
 
 
 def _wrap_inplace_arg(name: str, original: Callable, at: int) -> Callable:
