@@ -63,6 +63,8 @@ def _uninitialized(p: torch.Tensor) -> bool:
 
 
 _Parameter = torch.nn.Parameter
+_Tensor = torch.Tensor
+_Storage = torch.UntypedStorage
 
 
 def buffer_copies(models: Iterable[torch.nn.Module],
@@ -576,10 +578,16 @@ class Capture(steporder.StepOrderEvents):
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            for name, p in self.unique_parameters(model)[0]:
+            unique = self.unique_parameters(model)[0]
+            try:  # the storages in bulk (reads in C); one at a time if one cannot say
+                storages.update(zip(map(_Tensor.get_device, (p for _, p in unique)),
+                                    map(_Storage.data_ptr, map(_Tensor.untyped_storage,
+                                                               (p for _, p in unique)))))
+            except Exception:  # noqa: BLE001 - sparse, nested, fake or meta parameters
+                storages.update(storage_id(p) for _, p in unique)
+            for name, p in unique:
                 if id(p) not in params:  # (a parameter shared by two models: the first's)
                     params[id(p)] = (label, name)
-                    storages.add(storage_id(p))
         return params, storages
 
     # -- backward and optimizer hooks ----------------------------------------------------------
@@ -730,13 +738,17 @@ class Capture(steporder.StepOrderEvents):
                 total += numel
                 module = name.rpartition(".")[0]
                 aliases = more.get(pid)
-                dtype, device = p.dtype, p.device
+                dtype = p.dtype
                 text = dtypes.get(dtype)
                 if text is None:
                     text = dtypes[dtype] = str(dtype).replace("torch.", "")
-                where = devices.get(device)
-                if where is None:
-                    where = devices[device] = str(device)
+                if p.is_cpu:  # (.device builds an object per parameter)
+                    where = "cpu"
+                else:
+                    device = p.device
+                    where = devices.get(device)
+                    if where is None:
+                        where = devices[device] = str(device)
                 parameters.append({
                     "model": label, "name": name, "module": module,
                     "shape": None if lazy else list(p.shape), "dtype": text, "device": where,
