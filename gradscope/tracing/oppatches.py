@@ -111,6 +111,9 @@ LAYER_FUNCS = frozenset((
     "conv_transpose3d", "embedding", "embedding_bag", "layer_norm", "group_norm", "batch_norm",
     "instance_norm", "rms_norm", "lstm", "gru", "rnn_tanh", "rnn_relu",
     "multi_head_attention_forward", "prelu"))
+# Trailing underscore, yet no data is written: not in-place ops.
+NOT_INPLACE = frozenset(("requires_grad_", "retain_grad", "share_memory_", "record_stream",
+                         "pin_memory"))
 # Operators that torch hands to a mode under their function's name (``y - x`` is ``sub``,
 # ``y += 1`` is ``add_``): the op watch's records keep those names.
 _REPORTED_AS = {"__sub__": "sub", "__gt__": "gt", "__lt__": "lt", "__ge__": "ge", "__le__": "le",
@@ -136,7 +139,7 @@ def _wrap(name: str, original: Callable, at: Optional[int] = None) -> Callable:
     return _mark(op, original)
 
 
-def _wrap_layer(name: str, original: Callable, at: Optional[int] = None) -> Callable:
+def _wrap_layer(name: str, original: Callable) -> Callable:
     """A layer function (``F.linear``, ``F.conv2d``, ...): of interest only when no module's
     forward that is running called it (a submodule's forward called directly). Called from
     the running module's own forward, the usual, it runs after one comparison; when that
@@ -296,15 +299,12 @@ def _requires_grad_property(original: Any) -> property:
 
 # -- what is wrapped ---------------------------------------------------------------------------
 _VF_FUNCTIONS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-# Trailing underscore, yet no data is written (as in opwatch._NOT_INPLACE)
-_NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream",
-                "pin_memory"}
 
 
 def _inplace_names(owner: Any, private: bool) -> list:
     names = []
     for name in dir(owner):
-        if not name.endswith("_") or name.startswith("__") or name in _NOT_INPLACE \
+        if not name.endswith("_") or name.startswith("__") or name in NOT_INPLACE \
                 or (not private and name.startswith("_")) or "__" in name.strip("_"):
             continue
         if callable(getattr(owner, name, None)) and not isinstance(getattr(owner, name), type):

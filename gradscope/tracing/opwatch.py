@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import collections
 import sys
-from typing import Any, Optional
-
 import threading
+from typing import Any, Optional
 
 import torch
 
@@ -28,7 +27,7 @@ from .failures import sequence_nr
 from .modules import _peek_sequence_nr
 from .history import NAMES as _HISTORY_NAMES, HistoryRecorder
 from .locations import display_path, user_frame, user_location
-from .oppatches import LAYER_FUNCS, OP_PATCHES
+from .oppatches import LAYER_FUNCS as _LAYER_FUNCS, NOT_INPLACE as _NOT_INPLACE, OP_PATCHES
 
 MAX_TRANSFER_KEYS = 200   # distinct (module, op, devices, line) transfer records
 MAX_INPLACE = 4096        # most recent in-place operations remembered
@@ -38,8 +37,6 @@ _COPY_METHODS = {"to", "cuda", "cpu", "copy_", "pin_memory"}
 _HOST_READS = {"item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"}
 # Factories that build a tensor from Python data: a host->device copy when device= is not CPU.
 _FACTORIES = {"tensor", "as_tensor", "new_tensor"}
-# Trailing underscore, yet no data is written.
-_NOT_INPLACE = {"requires_grad_", "retain_grad", "share_memory_", "record_stream", "pin_memory"}
 # Losses that apply (log-)softmax or sigmoid themselves: where they are called (double-softmax).
 _LOSSES = {"cross_entropy", "binary_cross_entropy_with_logits"}
 MAX_LOSS_SITES = 50
@@ -55,31 +52,9 @@ MAX_BROADCASTS = 50
 _ITERATIONS = {"__iter__", "unbind"}
 MIN_ITERATED_ROWS = 16
 MAX_ITERATION_SITES = 50
-# Layer functions: run while no forward is, they come from a module's forward called directly
-# (``model.head.forward(x)``), which no module hook sees (directcall.py attributes them).
-_LAYER_FUNCS = LAYER_FUNCS
 _INPLACE_DUNDERS = {"__iadd__", "__isub__", "__imul__", "__itruediv__", "__ifloordiv__",
                     "__imod__", "__ipow__", "__iand__", "__ior__", "__ixor__", "__ilshift__",
                     "__irshift__", "__imatmul__", "__setitem__"}
-
-
-class _Watched(dict):
-    """function name -> does ``__torch_function__`` have anything to do for it? Decided once
-    per name, from the same sets it tests (an ``inplace=True`` keyword is looked at apart)."""
-
-    def __missing__(self, name: str) -> bool:
-        watched = (name in _LAYER_FUNCS or name in _INPLACE_DUNDERS or name in _COPY_METHODS
-                   or name in _HOST_READS or name in _FACTORIES or name in _LOSSES
-                   or name in _SUBTRACTIONS or name in _SHAPE_LOSSES or name in _ITERATIONS
-                   or name in _HISTORY_NAMES
-                   or (name.endswith("_") and not name.startswith("__")
-                       and name not in _NOT_INPLACE))
-        if len(self) < 10_000:
-            self[name] = watched
-        return watched
-
-
-_WATCHED = _Watched()
 
 
 def _peek_seq() -> int:
