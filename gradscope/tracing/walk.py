@@ -88,8 +88,8 @@ class AutogradWalker:
         self.saved_incomplete = False
         self.hooked = 0  # saved tensors held by saved-tensor hooks: measured without unpacking
         self._types: dict = {}
-        self._str_cache = _Strings({None: None})
-        self._shapes = _Shapes()  # torch.Size -> tuple of ints, for saved tensors  # (None: a node without metadata)
+        self._str_cache = _Strings({None: None})  # (None: a node without metadata)
+        self._shapes = _Shapes()  # torch.Size -> tuple of ints, for saved tensors and leaves
         # Parameters are not activation memory: a saved weight is never counted.
         self._storages: set = set(param_storage_keys)
         self._param_storages: dict = {}  # id(parameter) -> storage_key(parameter)
@@ -277,9 +277,7 @@ class AutogradWalker:
         leaves)."""
         try:
             meta = fn._input_metadata
-        except AttributeError:
-            return None, None, None, 1
-        except Exception:  # noqa: BLE001 - a node that cannot describe its outputs
+        except Exception:  # noqa: BLE001 - no such attribute, or a node that cannot say
             return None, None, None, 1
         if not meta:
             return None, None, None, 0
@@ -407,13 +405,8 @@ class AutogradWalker:
 
 def _seeds(roots: Iterable[Any]) -> tuple:
     """The distinct root nodes in order, and each root's position among them."""
-    fns: list = []
-    first: dict = {}
-    for root in roots:
-        fn = root.grad_fn if isinstance(root, torch.Tensor) else root
-        if fn is not None and fn not in first:
-            first[fn] = len(fns)
-            fns.append(fn)
+    fns = list(dict.fromkeys(fn for fn in (r.grad_fn if isinstance(r, torch.Tensor) else r
+                                           for r in roots) if fn is not None))
     return fns, list(range(len(fns)))
 
 
