@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 from operator import attrgetter
+from typing import Callable, Optional
 
 import torch
 
@@ -47,24 +48,33 @@ _STACK_GROUP = 8        # tensors of one shape and dtype worth a stack
 
 def norm_vector(grads: list) -> torch.Tensor:
     """The L2 norm of each tensor (all on one device), as one float32 vector."""
+    out = _by_stacks(grads, _stacked_norms, lambda rest: torch.stack(fused_norms(rest)))
+    return out if out is not None else torch.stack(fused_norms(grads))
+
+
+def _stacked_norms(stacked: torch.Tensor) -> torch.Tensor:
+    low = stacked.dtype in _LOW_PRECISION
+    return torch.linalg.vector_norm(stacked, dim=1,
+                                    dtype=torch.float32 if low else None).float()
+
+
+def _by_stacks(grads: list, per_stack: Callable[[torch.Tensor], torch.Tensor],
+               per_rest: Callable[[list], torch.Tensor]) -> Optional[torch.Tensor]:
+    """One float32 value per tensor: ``per_stack`` of each group that ``_stacks`` made (one
+    value per row), ``per_rest`` of the other tensors, put back in the tensors' order. None
+    when there is no group to stack."""
     groups, rest = _stacks(grads)
     if not groups:
-        return torch.stack(fused_norms(grads))
+        return None
     parts, order = [], []
     for ks, stacked in groups:
-        low = stacked.dtype in _LOW_PRECISION
-        parts.append(torch.linalg.vector_norm(stacked, dim=1,
-                                              dtype=torch.float32 if low else None).float())
+        parts.append(per_stack(stacked))
         order += ks
     if rest:
-        parts.append(torch.stack(fused_norms([grads[k] for k in rest])))
+        parts.append(per_rest([grads[k] for k in rest]))
         order += rest
-    return _in_order(parts, order)
-
-
-def _in_order(parts: list, order: list) -> torch.Tensor:
-    """The values of ``parts`` (concatenated) put back at positions ``order``. (The index
-    through an int64 array: torch.tensor() of a list of 2,000 ints takes 0.5 ms.)"""
+    # the values put back at their positions (the index through an int64 array:
+    # torch.tensor() of a list of 2,000 ints takes 0.5 ms)
     out = torch.empty(len(order), dtype=torch.float32)
     index = torch.frombuffer(array.array("q", order), dtype=torch.long)
     return out.index_copy_(0, index, torch.cat(parts))
@@ -97,6 +107,11 @@ def _stacks(grads: list) -> tuple:
 _KIND = attrgetter("shape", "dtype")
 
 
+def _stacked_max_abs(stacked: torch.Tensor) -> torch.Tensor:
+    low, high = torch.aminmax(stacked, dim=1)
+    return torch.maximum(low.float().neg_(), high.float())
+
+
 def read_per_device(values: list) -> list:
     """The Python values of 0-d device tensors, in order, with one transfer per device: a read
     per tensor would be one synchronisation each on a GPU."""
@@ -117,17 +132,9 @@ def max_abs(grads: list) -> torch.Tensor:
     ``aminmax`` is a quarter of that and copies nothing (``_foreach_abs`` would copy every
     gradient): max(-min, max) is the same value, NaN included. On other devices the fused
     kernel is the fast one."""
-    groups, rest = _stacks(grads)
-    if groups:  # (the same groups as norm_vector's: a few kernels, not one per tensor)
-        parts, order = [], []
-        for ks, stacked in groups:
-            low, high = torch.aminmax(stacked, dim=1)
-            parts.append(torch.maximum(low.float().neg_(), high.float()))
-            order += ks
-        if rest:
-            parts.append(max_abs([grads[k] for k in rest]))
-            order += rest
-        return _in_order(parts, order)
+    out = _by_stacks(grads, _stacked_max_abs, max_abs)  # (norm_vector's groups: few kernels)
+    if out is not None:
+        return out
     if grads and grads[0].device.type == "cpu" and not any(g.is_complex() for g in grads):
         try:
             pairs = [torch.aminmax(g) for g in grads]
