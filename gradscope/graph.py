@@ -319,18 +319,27 @@ class Graph:
     def to_dict(self) -> dict:
         """The JSON layout (``docs/json-schema.md``): one list per column, edges and roots as
         node positions, saved tensors as a table of their own, ids only when not ``n{i}``."""
-        d: dict = {"nodes": self._count, "roots": list(self.root_index)}
-        if not self.canonical:
-            d["id"] = list(self.ids)
-        for name in COLUMNS:
-            if name == "saved":
-                continue
-            col = self.column(name)
-            d[name] = [None if s is None else list(s) for s in col] if name == "shape" \
-                else list(col)
-        d["saved"] = self._saved_table()
-        d["edges"] = {"src": list(self.src), "dst": list(self.dst)}
+        d: dict = {}
+        for key, value in self._json_items():
+            if key == "shape":
+                value = [None if s is None else list(s) for s in value]
+            elif key == "edges":
+                value = {k: list(v) for k, v in value.items()}
+            d[key] = list(value) if type(value) is list else value
         return d
+
+    def _json_items(self) -> Iterator[tuple]:
+        """``(key, value)`` of the JSON layout in order, the graph's own lists as they are:
+        what :meth:`to_dict` copies and :func:`graph_json_lines` writes."""
+        yield "nodes", self._count
+        yield "roots", self.root_index
+        if not self.canonical:
+            yield "id", self.ids
+        for name in COLUMNS:
+            if name != "saved":
+                yield name, self.column(name)
+        yield "saved", self._saved_table()
+        yield "edges", {"src": self.src, "dst": self.dst}
 
     def _saved_table(self) -> dict:
         owner: list = []
@@ -498,12 +507,5 @@ def graph_json_lines(graph: Graph) -> Iterator[str]:
     list each, in C): what ``json.dumps(graph.to_dict())`` holds, written without building
     the dict of a million-node graph in one piece."""
     dumps = json.dumps
-    yield f'"nodes": {graph._count:d}'
-    yield f'"roots": {dumps(graph.root_index)}'
-    if not graph.canonical:
-        yield f'"id": {dumps(graph.ids)}'
-    for name in COLUMNS:
-        if name != "saved":
-            yield f'"{name}": {dumps(graph.column(name))}'
-    yield f'"saved": {dumps(graph._saved_table(), sort_keys=True)}'
-    yield f'"edges": {{"dst": {dumps(graph.dst)}, "src": {dumps(graph.src)}}}'
+    for key, value in graph._json_items():  # (sorted keys inside the objects, as the rest)
+        yield f'"{key}": {dumps(value, sort_keys=True)}'
