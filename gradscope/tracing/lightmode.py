@@ -136,16 +136,17 @@ class LightForwards:
         if not seqs:
             return False
         last = seqs[-1]
+
+        def older(value: Any) -> bool:
+            fn = value.grad_fn if isinstance(value, torch.Tensor) else None
+            return fn is not None and (sequence_nr(fn) or 0) < last
+
         for value in (*args, *kwargs.values()) if kwargs else args:
-            if isinstance(value, torch.Tensor):
-                fn = value.grad_fn
-                if fn is not None and (sequence_nr(fn) or 0) < last:
+            if isinstance(value, (list, tuple, dict)):  # (containers one level in)
+                if any(map(older, value.values() if isinstance(value, dict) else value)):
                     return True
-            elif isinstance(value, (list, tuple, dict)):
-                for v in value.values() if isinstance(value, dict) else value:
-                    fn = v.grad_fn if isinstance(v, torch.Tensor) else None
-                    if fn is not None and (sequence_nr(fn) or 0) < last:
-                        return True
+            elif older(value):
+                return True
         return False
 
     @hook_of_ours
