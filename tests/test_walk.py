@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import gradscope
 from gradscope.graph import LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED
@@ -99,6 +100,20 @@ def test_saved_tensors_count_each_storage_once_and_skip_parameters():
     # the weight is a parameter: saved by addmm but not activation memory
     assert addmm.saved_bytes == 16 * 8 * 4
     assert g.saved_bytes == 2 * h_bytes
+
+
+def test_a_node_saving_activations_and_then_a_parameter_counts_its_activations():
+    # layer_norm saves input, mean and rstd (result1, result2: read first, by name), then the
+    # weight itself, which sends the node to the general reader: the activations are still
+    # counted, once
+    w = nn.Parameter(torch.ones(8))
+    x = torch.randn(4, 8, requires_grad=True)
+    g = gradscope.graph_of(F.layer_norm(x, (8,), weight=w).sum(), params={"w": w})
+    norm = next(n for n in g.nodes if n.op.startswith("NativeLayerNormBackward"))
+    counted = {s.name: s.bytes for s in norm.saved if s.counted}
+    assert counted == {"input": 4 * 8 * 4, "result1": 4 * 4, "result2": 4 * 4}
+    assert [s.counted for s in norm.saved if s.name == "weight"] == [False]
+    assert g.saved_bytes == 4 * 8 * 4 + 2 * 4 * 4
 
 
 def test_custom_autograd_function_saved_tensors():

@@ -205,17 +205,19 @@ class AutogradWalker:
             for name in ("shape", "dtype", "device"):
                 columns[name] = [None] * count
         saved_col = columns["saved"] = [()] * count if self.saved else None
-        models, modules, params, leaves = (columns["model"], columns["module"], columns["param"],
-                                           columns["leaf"])
+        models, modules, params_col, leaves = (columns["model"], columns["module"],
+                                               columns["param"], columns["leaf"])
         shapes, dtypes, devices = columns["shape"], columns["dtype"], columns["device"]
         shape_of, strs = self._shapes, self._str_cache
         owner_of = self.attribution
         # (the sweep behind ModuleTracker.attribution(): looked up inline, no call per node)
         bounds, owners = getattr(owner_of, "bounds", None), getattr(owner_of, "owners", None)
-        by_param, inputs = self.params.get, self.inputs
+        by_param, inputs, params = self.params.get, self.inputs, self.params
         want_saved = self.saved
         counting = self.forwards is not None
         forwards_before = self.forwards() if counting else None
+        plain, tensor_type = _SavedTensor, _Tensor
+        storages, add_storage = self._storages, self._storages.add
         for i in special:
             fn = fns[i]
             info = types[type(fn)]
@@ -233,7 +235,7 @@ class AutogradWalker:
                     dtypes[i], devices[i] = strs[var.dtype], strs[var.device]
                 found = by_param(id(var))
                 if found is not None:
-                    models[i], params[i] = found
+                    models[i], params_col[i] = found
                     modules[i] = found[1].rpartition(".")[0]
                     leaves[i] = LEAF_PARAMETER
                 elif id(var) in inputs:
@@ -252,23 +254,52 @@ class AutogradWalker:
                 owner = owner_of(fn._sequence_nr())
                 if owner is not None:
                     models[i], modules[i] = owner
-            if want_saved and info.has_saved:
-                saved = None if info.python_function else self._plain_saved(fn, info)
-                if saved is not None:  # (no unpack hook ran: no forward was re-run)
-                    if saved:
-                        saved_col[i] = saved
+            if not (want_saved and info.has_saved):
+                continue
+            if not info.python_function:
+                # Inline (a method call per node was a third of the cost): the usual node,
+                # whose saved tensors are plain strided tensors held without saved-tensor hooks
+                # (no unpack hook runs, so no forward is re-run). A storage is counted at its
+                # first appearance in node order; a weight's never (its storage is in the set).
+                found = []
+                for attr, raw_attr, name in info.saved_fields:
+                    try:
+                        raw = getattr(fn, raw_attr)
+                        if type(raw) is not plain or raw.unpack_hook is not None:
+                            break
+                        t = getattr(fn, attr)
+                        if t is None:
+                            continue  # an optional input that was not given
+                        if type(t) is not tensor_type or id(t) in params:
+                            break
+                        st = t.untyped_storage()
+                        shape, dtype, nbytes = shape_of[t.shape], strs[t.dtype], st.nbytes()
+                        key = (t.get_device(), st.data_ptr())
+                        counted = key not in storages  # (nothing raises from here on)
+                        if counted:
+                            add_storage(key)
+                        found.append(_new_tuple(SavedTensor, (name, shape, dtype, nbytes,
+                                                              counted)))
+                    except Exception:  # noqa: BLE001 - freed, nested, meta: general reader
+                        break
+                else:
+                    if found:
+                        saved_col[i] = tuple(found)
                     continue
-                # something else than plain tensors: the general reader
-                saved = self._saved(fn, info, forwards_before, devices[i])
-                if saved:
-                    saved_col[i] = tuple(saved)
-                if counting and self.forwards() != forwards_before:
-                    # That read re-ran a forward: a checkpointed segment (non-reentrant
-                    # checkpointing unpacks by recomputing). Stop reading saved tensors, so
-                    # each further segment is not recomputed (and BatchNorm statistics not
-                    # updated again) just for a memory figure.
-                    want_saved = False
-                    self.saved_incomplete = True
+                # The general reader counts again from the start of this node: what this one
+                # counted is taken back (re-read: those reads ran no hook).
+                if found:
+                    _uncount(fn, info, found, storages)
+            saved = self._saved(fn, info, forwards_before, devices[i])
+            if saved:
+                saved_col[i] = tuple(saved)
+            if counting and self.forwards() != forwards_before:
+                # That read re-ran a forward: a checkpointed segment (non-reentrant
+                # checkpointing unpacks by recomputing). Stop reading saved tensors, so
+                # each further segment is not recomputed (and BatchNorm statistics not
+                # updated again) just for a memory figure.
+                want_saved = False
+                self.saved_incomplete = True
 
     # -- one node ------------------------------------------------------------------------------
     def _slow_metadata(self, fn: Any) -> tuple:
@@ -292,36 +323,6 @@ class AutogradWalker:
             return shape, None, None, len(meta)
 
     # -- saved tensors -------------------------------------------------------------------------
-    def _plain_saved(self, fn: Any, info: _TypeInfo) -> Optional[tuple]:
-        """The saved tensors of a built-in node when all are plain strided tensors held
-        without saved-tensor hooks (about one per node of a big graph), else None (then
-        :meth:`_saved` reads the node). Nothing is counted before all were read."""
-        found = []
-        plain, params, shapes = _SavedTensor, self.params, self._shapes
-        for attr, raw_attr, name in info.saved_fields:
-            try:
-                raw = getattr(fn, raw_attr)
-                if type(raw) is not plain or raw.unpack_hook is not None:
-                    return None
-                t = getattr(fn, attr)  # (no hook: the unpack re-runs no forward)
-                if t is None:
-                    continue  # an optional input that was not given
-                if type(t) is not _Tensor or id(t) in params:
-                    return None
-                st = t.untyped_storage()
-                found.append((name, shapes[t.shape], t.dtype, st.nbytes(),
-                              (t.get_device(), st.data_ptr())))
-            except Exception:  # noqa: BLE001 - freed, nested, meta: the general reader
-                return None
-        storages, strs = self._storages, self._str_cache
-        out = []
-        for name, shape, dtype, nbytes, key in found:
-            counted = key not in storages
-            if counted:
-                storages.add(key)
-            out.append(_new_tuple(SavedTensor, (name, shape, strs[dtype], nbytes, counted)))
-        return tuple(out)
-
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
                device: Optional[str] = None) -> list:
         out: list = []
@@ -401,6 +402,21 @@ class AutogradWalker:
         # tuple.__new__: a NamedTuple's own constructor is a Python function, slow per tensor
         out.append(_new_tuple(SavedTensor, (name, shape, self._str_cache[t.dtype], nbytes,
                                             counted)))
+
+
+def _uncount(fn: Any, info: _TypeInfo, found: list, storages: set) -> None:
+    """Take back the storages that the fast path counted for the plain tensors ``found`` of a
+    node that went on to the general reader (which counts them itself)."""
+    k = 0
+    for attr, _raw, _name in info.saved_fields:
+        if k == len(found):
+            return
+        t = getattr(fn, attr)  # (read before without a hook: reading again runs none)
+        if t is None:
+            continue
+        if found[k].counted:
+            storages.discard((t.get_device(), t.untyped_storage().data_ptr()))
+        k += 1
 
 
 def _seeds(roots: Iterable[Any]) -> tuple:
