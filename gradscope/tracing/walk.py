@@ -232,7 +232,8 @@ class AutogradWalker:
                         shapes[i] = shape_of[var.shape]
                     except Exception:  # noqa: BLE001 - nested tensors have no single shape
                         shapes[i] = None
-                    dtypes[i], devices[i] = strs[var.dtype], strs[var.device]
+                    dtypes[i] = strs[var.dtype]
+                    devices[i] = "cpu" if var.is_cpu else strs[var.device]  # (no object)
                 found = by_param(id(var))
                 if found is not None:
                     models[i], params_col[i] = found
