@@ -440,26 +440,37 @@ class _OpPatches(SharedPatches):
     def _wrap_all(self) -> None:
         if self._targets is None:  # (dir() of torch and inspect.signature: once a process)
             self._targets = targets()
-        made = self._made
+        made, installed, spaces = self._made, self.installed, {}
+        add = installed.append
         for owner, name, make in self._targets:
-            own = name in vars(owner)
-            original = vars(owner)[name] if own else getattr(owner, name)
-            if getattr(original, "__gradscope_wraps__", None) is not None \
+            space = spaces.get(id(owner))
+            if space is None:  # (one namespace view per owner, not one per name)
+                space = spaces[id(owner)] = vars(owner)
+            original = space.get(name, _ABSENT)
+            own = original is not _ABSENT
+            if not own:
+                original = getattr(owner, name)
+            # never a wrapper of a wrapper (only a Python function can be one: a builtin has
+            # no attributes of its own); no static or class methods
+            if (type(original) is _FUNCTION
+                    and getattr(original, "__gradscope_wraps__", None) is not None) \
                     or isinstance(original, (staticmethod, classmethod)):
-                continue  # never a wrapper of a wrapper; no static or class methods
-            key = (id(owner), name)
-            wrapper = made.get(key)
+                continue
+            wrapper = made.get((id(owner), name))
             if wrapper is None or wrapper.__gradscope_wraps__ is not original:
-                wrapper = made[key] = make(name, original)  # (made again if torch's changed)
-            setattr(owner, name, wrapper)
-            self.installed.append((owner, name, own, original, wrapper))
+                wrapper = made[(id(owner), name)] = make(name, original)  # (torch's changed)
+            if type(owner) is _MODULE:
+                space[name] = wrapper  # (a module's own dict: what setattr would write)
+            else:
+                setattr(owner, name, wrapper)
+            add((owner, name, own, original, wrapper))
         for name, make in (("data", _data_property), ("requires_grad", _requires_grad_property)):
             original = getattr(torch.Tensor, name)  # the C descriptor (on TensorBase)
             own = name in vars(torch.Tensor)
             wrapper = make(original)
             setattr(torch.Tensor, name, wrapper)
-            self.installed.append((torch.Tensor, name, own, vars(torch.Tensor).get(name)
-                                   if own else original, wrapper))
+            add((torch.Tensor, name, own, vars(torch.Tensor).get(name) if own else original,
+                 wrapper))
 
     def _wrap_aliases(self) -> None:
         """The same functions under other names: ``from torch.nn.functional import dropout``
@@ -494,11 +505,18 @@ class _OpPatches(SharedPatches):
                 space[name] = original
         _FORWARD_CODES.clear()  # (holds module classes: let them go with the last capture)
         installed, self.installed = self.installed, []
+        spaces: dict = {}
         for owner, name, own, original, wrapper in reversed(installed):
-            if vars(owner).get(name) is not wrapper:
+            space = spaces.get(id(owner))
+            if space is None:
+                space = spaces[id(owner)] = vars(owner)
+            if space.get(name) is not wrapper:
                 continue  # replaced after us: theirs stays (ours passes through under it)
             if own:
-                setattr(owner, name, original)
+                if type(owner) is _MODULE:
+                    space[name] = original
+                else:
+                    setattr(owner, name, original)
             else:
                 delattr(owner, name)
 
@@ -510,6 +528,9 @@ def _foreign(module: Any) -> bool:
 
 
 _OWN_PACKAGES = ("torch", "gradscope", "functorch", "builtins", "sys")
+_ABSENT = object()
+_FUNCTION = types.FunctionType
+_MODULE = types.ModuleType
 # module class -> its forward's code object (the layer functions' wrappers): cleared on uninstall
 _FORWARD_CODES: dict = {}
 
