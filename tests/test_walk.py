@@ -116,6 +116,21 @@ def test_a_node_saving_activations_and_then_a_parameter_counts_its_activations()
     assert g.saved_bytes == 4 * 8 * 4 + 2 * 4 * 4
 
 
+def test_a_node_read_partly_before_a_hooked_tensor_counts_its_plain_tensors_once():
+    # mul saves other (plain, read first) and self, here held by a saved-tensor hook: the
+    # node goes to the general reader, which must still count other (once, not as seen)
+    a = torch.randn(4, 3, requires_grad=True) * 1.0
+    b = torch.randn(4, 3, requires_grad=True) * 1.0
+    y = a * b
+    y.grad_fn._raw_saved_self.register_hooks(lambda t: t.clone(), lambda t: t)
+    g = gradscope.graph_of(y.sum())
+    node = g.nodes[1]
+    assert node.op == "MulBackward0"
+    assert [(s.name, s.counted) for s in node.saved] == [
+        ("other", True), ("self (packed by a hook)", True)]
+    assert node.saved_bytes == 2 * 4 * 3 * 4
+
+
 def test_custom_autograd_function_saved_tensors():
     class Square(torch.autograd.Function):
         @staticmethod

@@ -218,6 +218,9 @@ class AutogradWalker:
         forwards_before = self.forwards() if counting else None
         plain, tensor_type = _SavedTensor, _Tensor
         storages, add_storage = self._storages, self._storages.add
+        param_keys = self._param_storages
+        logged: list = []  # the storages counted by the fast path, in order
+        log_key = logged.append
         for i in special:
             fn = fns[i]
             info = types[type(fn)]
@@ -259,8 +262,8 @@ class AutogradWalker:
                 continue
             if not info.python_function:
                 # Inline (a method call per node was a third of the cost): the usual node,
-                # whose saved tensors are plain strided tensors held without saved-tensor hooks
-                # (no unpack hook runs, so no forward is re-run). A storage is counted at its
+                # whose saved tensors are plain tensors held without saved-tensor hooks (no
+                # unpack hook runs, so no forward is re-run). A storage is counted at its
                 # first appearance in node order; a weight's never (its storage is in the set).
                 found = []
                 for attr, raw_attr, name in info.saved_fields:
@@ -271,14 +274,18 @@ class AutogradWalker:
                         t = getattr(fn, attr)
                         if t is None:
                             continue  # an optional input that was not given
-                        if type(t) is not tensor_type or id(t) in params:
-                            break
-                        st = t.untyped_storage()
-                        shape, dtype, nbytes = shape_of[t.shape], strs[t.dtype], st.nbytes()
-                        key = (t.get_device(), st.data_ptr())
+                        if id(t) in params:  # a weight (every matmul and conv saves one)
+                            key, nbytes = param_keys.get(id(t)) or self._param_storage(t)
+                        elif type(t) is tensor_type:
+                            st = t.untyped_storage()
+                            key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
+                        else:
+                            break  # a subclass, an unlisted parameter: the general reader
+                        shape, dtype = shape_of[t.shape], strs[t.dtype]
                         counted = key not in storages  # (nothing raises from here on)
                         if counted:
                             add_storage(key)
+                            log_key(key)
                         found.append(_new_tuple(SavedTensor, (name, shape, dtype, nbytes,
                                                               counted)))
                     except Exception:  # noqa: BLE001 - freed, nested, meta: general reader
@@ -287,10 +294,12 @@ class AutogradWalker:
                     if found:
                         saved_col[i] = tuple(found)
                     continue
-                # The general reader counts again from the start of this node: what this one
-                # counted is taken back (re-read: those reads ran no hook).
-                if found:
-                    _uncount(fn, info, found, storages)
+                # The general reader counts this node's tensors itself: the storages counted
+                # above (the last ones logged) are taken back first.
+                taken = sum(1 for s in found if s.counted)
+                if taken:
+                    storages.difference_update(logged[-taken:])
+                    del logged[-taken:]
             saved = self._saved(fn, info, forwards_before, devices[i])
             if saved:
                 saved_col[i] = tuple(saved)
@@ -403,21 +412,6 @@ class AutogradWalker:
         # tuple.__new__: a NamedTuple's own constructor is a Python function, slow per tensor
         out.append(_new_tuple(SavedTensor, (name, shape, self._str_cache[t.dtype], nbytes,
                                             counted)))
-
-
-def _uncount(fn: Any, info: _TypeInfo, found: list, storages: set) -> None:
-    """Take back the storages that the fast path counted for the plain tensors ``found`` of a
-    node that went on to the general reader (which counts them itself)."""
-    k = 0
-    for attr, _raw, _name in info.saved_fields:
-        if k == len(found):
-            return
-        t = getattr(fn, attr)  # (read before without a hook: reading again runs none)
-        if t is None:
-            continue
-        if found[k].counted:
-            storages.discard((t.get_device(), t.untyped_storage().data_ptr()))
-        k += 1
 
 
 def _seeds(roots: Iterable[Any]) -> tuple:
