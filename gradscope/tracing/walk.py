@@ -237,10 +237,10 @@ class AutogradWalker:
                         shapes[i] = None
                     dtypes[i] = strs[var.dtype]
                     devices[i] = "cpu" if var.is_cpu else strs[var.device]  # (no object)
-                found = by_param(id(var))
-                if found is not None:
-                    models[i], params_col[i] = found
-                    modules[i] = found[1].rpartition(".")[0]
+                listed = by_param(id(var))  # (model, parameter name)
+                if listed is not None:
+                    models[i], params_col[i] = listed
+                    modules[i] = listed[1].rpartition(".")[0]
                     leaves[i] = LEAF_PARAMETER
                 elif id(var) in inputs:
                     leaves[i] = LEAF_INPUT
