@@ -24,7 +24,7 @@ from .locations import refresh_cwd, user_location, user_variable_name
 from .attributes import scan_attributes
 from . import failures
 from . import gradients as _gradients
-from .gradients import GradientRecorder, read_per_device
+from .gradients import GradientRecorder, read_per_device, uninitialized as _uninitialized
 from .modules import ModuleTracker, _peek_sequence_nr, init_typo
 from .nonfinite import NonfiniteFinder
 from .keepalive import KeepAliveWatch
@@ -55,14 +55,6 @@ def _obeys_training(m: torch.nn.Module) -> bool:
     return isinstance(m, nn.instancenorm._InstanceNorm) and m.track_running_stats
 
 
-def _uninitialized(p: torch.Tensor) -> bool:
-    # The mixin, not UninitializedParameter: Parameter's metaclass makes that isinstance slow;
-    # a plain Parameter (the usual) is told by its class alone.
-    return p.__class__ is not _Parameter and \
-        isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
-
-
-_Parameter = torch.nn.Parameter
 _Tensor = torch.Tensor
 _Storage = torch.UntypedStorage
 
@@ -429,11 +421,9 @@ class Capture(steporder.StepOrderEvents):
             return
         self._watch_key = key
         for label, model in self.tracker.models.items():
-            if model is None:
-                continue
-            for name, p in model.named_parameters():
-                if p.requires_grad and not _uninitialized(p):
-                    self.gradients.watch(p, (label, name), self.handles)
+            if model is not None:  # (named_parameters()'s list, from the shared listing)
+                self.gradients.watch_named(label, self.unique_parameters(model)[0],
+                                           self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
         for o, opt in enumerate(optimizers):
@@ -517,8 +507,8 @@ class Capture(steporder.StepOrderEvents):
 
     def named_parameters(self, model: torch.nn.Module) -> list:
         """``list(model.named_parameters(remove_duplicate=False))``, shared (see
-        :meth:`_listing`) by the graph walk's tables, the gradient norms and the snapshot; the
-        watched set itself (``_watch_gradients``) always lists afresh."""
+        :meth:`_listing`) by the graph walk's tables, the gradient norms, the snapshot and the
+        watched set (``_watch_gradients``)."""
         return self._listing(self._param_lists, model, lambda: self._both(model)[1])
 
     def named_modules(self, model: torch.nn.Module) -> list:

@@ -84,6 +84,15 @@ class _ParamState:
         self.maxes: Optional[list] = None
 
 
+def uninitialized(p: torch.Tensor) -> bool:
+    """A lazy module's parameter not materialised yet. (The mixin, not UninitializedParameter:
+    Parameter's metaclass makes that isinstance slow; a plain Parameter, the usual, is told by
+    its class alone.)"""
+    return p.__class__ is not _Parameter and \
+        isinstance(p, torch.nn.parameter.UninitializedTensorMixin)
+
+
+_Parameter = torch.nn.Parameter
 _REQUIRES_GRAD = attrgetter("requires_grad")
 _SECOND = itemgetter(1)
 _DEVICE = attrgetter("device")
@@ -154,6 +163,17 @@ class GradientRecorder:
         self._pids.append(id(param))
         self._all_seen = False
         self._step_params.clear()
+
+    def watch_named(self, label: str, named: list, handles: HandleGroup) -> None:
+        """:meth:`watch` each ``(name, parameter)`` of model ``label`` that requires grad and
+        is materialised; one already watched under a model's name costs one dict read."""
+        states = self._params
+        for name, p in named:
+            state = states.get(id(p))
+            if state is not None and state.name[0] is not None and state.ref() is p:
+                continue
+            if p.requires_grad and not uninitialized(p):
+                self.watch(p, (label, name), handles)
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
         old, new = _display(state.name), _display(name)
