@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 
 from .gradnorms import (  # noqa: F401 - imported from here too
-    max_abs, norm_vector, norms_and_max_abs, read_per_device)
+    norm_vector, norms_and_max_abs, read_per_device)
 from .uniform import GRAD, UniformSteps, all_none, none_missing, uniform_record
 from .handles import HandleGroup, ours
 from .locations import user_location
