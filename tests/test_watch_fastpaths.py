@@ -198,6 +198,15 @@ def _loss_from_another_line_late(model, opt, x, y, k):
     opt.step()
 
 
+def _step_from_another_line_late(model, opt, x, y, k):
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    if k < 50:
+        opt.step()
+    else:  # the same step from another line, inside an idle run: its events name this line
+        opt.step()
+
+
 def _group_given_fewer_parameters_late(model, opt, x, y, k):
     if k == 50:
         opt.param_groups[0]["params"] = list(model[4].parameters())  # fine-tune the head only
@@ -231,7 +240,8 @@ LATE_BUGS = {_stops_zero_grad_late: "missing-zero-grad",
 LOOPS = [_plain, _keep_grads, _accumulate, _forgets_zero_grad_sometimes, _shapes_change,
          _eval_forward_between, _first_layer_frozen_late, _bad_batch_skipped_late,
          _forward_raises_late, _scaler_loop, _loss_rebuilt_without_history_late,
-         _submodule_evaluated_first, _state_carried_late, _checkpointed, _loss_from_another_line_late, _group_given_fewer_parameters_late,
+         _submodule_evaluated_first, _state_carried_late, _checkpointed, _loss_from_another_line_late,
+         _step_from_another_line_late, _group_given_fewer_parameters_late,
          _total_loss_kept_late, *LATE_BUGS]
 
 

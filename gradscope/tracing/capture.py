@@ -679,6 +679,7 @@ class Capture(steporder.StepOrderEvents):
                 self._wake()  # a report is due: written from the records, complete
             elif steady.step(optimizer):
                 return
+        here = sys._getframe()  # (the idle steps compare the user's line above it)
 
         def record() -> None:
             self.tracker.unmute()
@@ -698,7 +699,7 @@ class Capture(steporder.StepOrderEvents):
                 self._last_flush = time.monotonic()
                 self.flush(self)
             if steady is not None:
-                steady.learn(optimizer, serial)
+                steady.learn(optimizer, serial, here)
         self._guard("an optimizer step", record)
 
     # -- snapshot ------------------------------------------------------------------------------

@@ -76,8 +76,9 @@ class SteadySteps:
         if len(self.events) <= MAX_ENTRIES:
             self.events.append(event)
 
-    def learn(self, optimizer: Any, serial: Optional[int]) -> None:
-        """At the end of a step recorded in full: go idle if it repeated the previous step."""
+    def learn(self, optimizer: Any, serial: Optional[int], frame: Any) -> None:
+        """At the end of a step recorded in full: go idle if it repeated the previous step.
+        ``frame``: the capture's optimizer-step hook (the caller of :meth:`step`)."""
         cap = self.cap
         codes, events = self.codes, self.events
         self.codes, self.events = [], []
@@ -102,7 +103,7 @@ class SteadySteps:
             "looks": cap.keepalive.calls - mark[1], "start": mark,
             "loss_location": next((e.get("location") for e in events
                                    if e["kind"] == "backward"), None),
-            "groups": _groups(optimizer), "step_site": user_site(sys._getframe(1)),
+            "groups": _groups(optimizer), "step_site": _site(frame),
             # held while idle (a registration wakes the session at the next step)
             "params": g._params_now()}
         self.seen, self.done = [], 0
@@ -171,12 +172,12 @@ class SteadySteps:
         if len(self.seen) != len(p["codes"]) or optimizer is not p["optimizer"]() \
                 or cap.registrations.generation != p["generation"] \
                 or _groups(optimizer) != p["groups"] \
-                or p["step_site"] != user_site(sys._getframe(1)) or stream_capturing():
+                or not _same_site(p["step_site"], 0) or stream_capturing():
             self.wake()
             return False
         # Every watched parameter holds a gradient, as in the recorded step (one C pass): a
         # parameter frozen, or cut off from the loss, since then is recorded in full.
-        if not none_missing(list(map(GRAD, p["params"]))):
+        if not none_missing(map(GRAD, p["params"])):
             self.wake()
             return False
         cap.optimizer_steps += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import weakref
 from itertools import repeat
 from operator import attrgetter, is_not
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -29,7 +29,7 @@ def all_none(grads: list) -> bool:
     return not any(map(is_not, grads, repeat(None)))
 
 
-def none_missing(grads: list) -> bool:
+def none_missing(grads: Iterable) -> bool:
     return all(map(is_not, grads, repeat(None)))
 
 
