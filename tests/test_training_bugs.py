@@ -749,6 +749,8 @@ def test_a_threshold_loss_names_the_comparison(tmp_path):
     ("stats['loss'] += loss  # <-", "stats['loss']"),
     ("history['loss'].append(loss)  # <-", "history['loss']"),
     ("meter.update(loss)  # <-", "meter.total"),
+    # a list of plain floats that tensors with history join later (read by kinds first)
+    ("floats.append(loss)  # <-", "floats"),
 ])
 def test_accumulators_in_dicts_and_objects(tmp_path, accumulate, variable):
     trace, _, source = run(tmp_path, f"""
@@ -760,6 +762,7 @@ class Meter:
 model = mlp()
 opt = torch.optim.Adam(model.parameters())
 stats, history, meter = {{"loss": 0.0}}, {{"loss": []}}, Meter()
+floats = [0.5] * 100
 for step in range(10):
     opt.zero_grad()
     loss = F.cross_entropy(model(X), Y)

@@ -173,6 +173,10 @@ class KeepAliveWatch:
             self._measure(rec, [t.grad_fn], now)
 
     def _container(self, key: tuple, items: Any, frame: Any, module_level: bool) -> None:
+        # (the kinds of the items first, in C: a list of floats or of records, the usual in a
+        # training loop's frame, is then passed over without a Python step per item)
+        if not any(issubclass(kind, torch.Tensor) for kind in set(map(type, items))):
+            return
         with_history = [t for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
         if not with_history:
             return
@@ -250,9 +254,12 @@ def _members(var: str, value: Any) -> list:
                               types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
             return []
         source = getattr(sys.modules.get(type(value).__module__), "__file__", None)
-        if not source or is_installed_file(source) or "__dict__" not in dir(type(value)):
+        if not source or is_installed_file(source):
             return []
-        attrs = list(object.__getattribute__(value, "__dict__").items())[:MAX_MEMBERS]
+        own = object.__getattribute__(value, "__dict__")  # (none: AttributeError, below)
+        if type(own) is not dict:
+            return []
+        attrs = list(own.items())[:MAX_MEMBERS]
     except Exception:  # noqa: BLE001 - an object that resists being looked at is not ours
         return []
     return [(f"{var}.{a}", v) for a, v in attrs if isinstance(a, str) and not a.startswith("_")]
