@@ -483,3 +483,29 @@ def test_steps_inside_cuda_graph_capture_are_not_read_and_the_report_says_so(mon
     assert report.trace.gradients["norm_steps"] == [1]
     assert any("CUDA graph" in n for n in report.trace.notes)
     assert "missing-zero-grad" not in {f.check for f in report.findings}
+
+
+class _LateLazyHead(nn.Module):
+    """A lazy auxiliary head first run at the third step (after the first backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.aux, self.calls = nn.Linear(6, 8), nn.LazyLinear(2), 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.body(x)
+        out = h[:, :2]
+        return out + self.aux(h) if self.calls >= 3 else out
+
+
+def test_a_lazy_layer_first_run_after_the_first_backward_is_watched():
+    torch.manual_seed(0)
+    model = _LateLazyHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # (the lazy ones too: same objects)
+    with gradscope.watch(model, opt) as scope:
+        _loop(model, opt, steps=12)
+    norms = scope.report().trace.gradients["grad_norms"]
+    assert {"model.aux.weight", "model.aux.bias"} <= set(norms), sorted(norms)
+    # watched from the backward of the step that materialised it (the third), not later
+    assert len(norms["model.aux.weight"]) == len(norms["model.body.weight"]) - 2

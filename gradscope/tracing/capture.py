@@ -192,6 +192,7 @@ class Capture(steporder.StepOrderEvents):
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
+        self._watch_lazy = True              # a lazy parameter was left for a later pass
         # run_model (one forward and backward on clean gradients) tells which parameters got
         # a gradient itself: no per-parameter states then
         self.gradient_watch = True
@@ -411,19 +412,21 @@ class Capture(steporder.StepOrderEvents):
     def _watch_gradients(self) -> None:
         # Checked before each backward, so heads added late and lazy parameters (materialised in
         # the first forward) are watched too; the recorder ignores parameters it already has.
-        # The walk over every parameter is skipped while nothing it depends on changed (after
-        # the first backward calls; every 64th still walks, for requires_grad switched on).
+        # The walk over every parameter is skipped while nothing it depends on changed (at the
+        # first backward calls only while a lazy parameter waits; every 64th still walks, for
+        # requires_grad switched on).
         optimizers = self.optimizers.live()
         key = (self.registrations.generation, len(self.tracker.models),
                [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
         calls = self.backward_calls + self.grad_calls
-        if key == self._watch_key and calls > 8 and calls % 64:
+        if key == self._watch_key and (calls > 8 or not self._watch_lazy) and calls % 64:
             return
         self._watch_key = key
+        lazy = 0
         for label, model in self.tracker.models.items():
             if model is not None:  # (named_parameters()'s list, from the shared listing)
-                self.gradients.watch_named(label, self.unique_parameters(model)[0],
-                                           self.handles)
+                lazy += self.gradients.watch_named(label, self.unique_parameters(model)[0],
+                                                   self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
         for o, opt in enumerate(optimizers):
@@ -431,9 +434,13 @@ class Capture(steporder.StepOrderEvents):
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
                     if isinstance(p, torch.Tensor) and p.requires_grad \
-                            and not self.gradients.watching(p) and not _uninitialized(p):
+                            and not self.gradients.watching(p):
+                        if _uninitialized(p):
+                            lazy += 1
+                            continue
                         name = user_variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
                         self.gradients.watch(p, (None, name), self.handles)
+        self._watch_lazy = lazy > 0
 
     def _arm_nonfinite(self, roots: Any) -> bool:
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""

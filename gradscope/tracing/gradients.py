@@ -164,16 +164,22 @@ class GradientRecorder:
         self._all_seen = False
         self._step_params.clear()
 
-    def watch_named(self, label: str, named: list, handles: HandleGroup) -> None:
+    def watch_named(self, label: str, named: list, handles: HandleGroup) -> int:
         """:meth:`watch` each ``(name, parameter)`` of model ``label`` that requires grad and
-        is materialised; one already watched under a model's name costs one dict read."""
+        is materialised; one already watched under a model's name costs one dict read.
+        Returns how many lazy parameters (not materialised yet) were left."""
         states = self._params
+        lazy = 0
         for name, p in named:
             state = states.get(id(p))
             if state is not None and state.name[0] is not None and state.ref() is p:
                 continue
-            if p.requires_grad and not uninitialized(p):
-                self.watch(p, (label, name), handles)
+            if p.requires_grad:
+                if uninitialized(p):
+                    lazy += 1
+                else:
+                    self.watch(p, (label, name), handles)
+        return lazy
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
         old, new = _display(state.name), _display(name)
