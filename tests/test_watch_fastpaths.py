@@ -346,6 +346,24 @@ def test_idle_steps_engage_on_a_steady_loop(monkeypatch):
     assert slow["idle_steps"] == 0
 
 
+def test_a_steady_loop_is_recorded_in_full_only_at_its_warm_up_and_periodic_steps():
+    """Warm-up (8), the first light forward (9, whose pattern is recorded), two full steps that
+    match (10, 11); then each 32nd step reads the norms, each 64th also records its forwards in
+    full, and the step after that one is compared with the step before it: idle again at 66."""
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    full = []
+    with gradscope.watch(model, opt) as scope:
+        idle = scope._capture.steady
+        for k in range(200):
+            before = idle.idle_steps
+            _plain(model, opt, x, y, k)
+            if idle.idle_steps == before:
+                full.append(k + 1)
+    assert full == [*range(1, 12), 32, 64, 65, 96, 128, 129, 160, 192, 193]
+
+
 class _DictNet(nn.Module):
     """Takes a dict batch, as Hugging Face-style models do."""
 

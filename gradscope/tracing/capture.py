@@ -419,8 +419,8 @@ class Capture(steporder.StepOrderEvents):
         key = (self.registrations.generation, len(self.tracker.models),
                [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
         calls = self.backward_calls + self.grad_calls
-        if key == self._watch_key and (calls > 8 or not self._watch_lazy) and calls % 64:
-            return
+        if key == self._watch_key and (calls > 8 or not self._watch_lazy) and (calls + 1) % 64:
+            return  # (walks at backward calls 64, 128, ...: each with a periodic full step)
         self._watch_key = key
         lazy = 0
         for label, model in self.tracker.models.items():

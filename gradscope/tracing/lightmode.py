@@ -30,7 +30,8 @@ from .patches import _inside_backward
 
 _SCALARS = (bool, int, float, str, type(None))
 LIGHT_AFTER = 8   # optimizer steps recorded in full first (as many as read max-abs densely)
-FULL_EVERY = 64   # then every 64th step is recorded in full again
+FULL_EVERY = 64   # then every 64th step is recorded in full again (a multiple of steady.WINDOW:
+#                   that step is one an idle run ends with, recorded in full anyway)
 
 
 class LightForwards:
@@ -40,6 +41,7 @@ class LightForwards:
         self.tracker = tracker
         self.active = False
         self.full_step = False         # a periodic full step: the global hooks are in
+        self.full_ended = -1           # the optimizer step that ended the last one
         self._handles: list = []
         self._patterns: dict = {}      # (id(root), signature) -> _Pattern
         self._modes: dict = {}         # id(root) -> its dropout and batch-norm modules
@@ -88,7 +90,15 @@ class LightForwards:
         elif self.full_step:
             self.stop()
             self.start()  # hooks the roots that step found, if any
-        elif step % FULL_EVERY == 0:
+            self.full_ended = step
+        else:
+            self.before_step(step)
+
+    def before_step(self, step: int) -> None:
+        """Optimizer step ``step + 1`` comes next: when it is a FULL_EVERY-th, its forwards are
+        recorded in full. (Also told by an idle run that ends there: a multiple of the idle
+        window, whose step is recorded in full anyway, reading the gradient norms.)"""
+        if self.active and not self.full_step and (step + 1) % FULL_EVERY == 0:
             self.full_step = True
             self.tracker.forward_hooks(True)
 

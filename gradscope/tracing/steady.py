@@ -5,7 +5,9 @@ the gradient counts of a uniform loop once (``uniform``); what is left costs ~30
 fast CPU step (five Python entries, each the first Python after torch work and slowed by cold
 caches, three passes over the gradients, four timeline events). When two consecutive full steps
 are the same (the same hooks in the same order, with the same arguments' shapes and modes,
-the same events at the same lines, the uniform gradient record, no registration), the steps
+the same events at the same lines, the uniform gradient record, no registration; a step whose
+forwards were recorded in full, as the periodic one every ``lightmode.FULL_EVERY`` steps is,
+is passed over: the step after it is compared with the step before it), the steps
 up to the next multiple of ``WINDOW`` are *idle*: each of our entry points checks that its call
 is the next one of the recorded step (a tuple comparison, and one frame: the same line of the
 user's code called it) and counts it; backward calls keep their loss for the finiteness read,
@@ -41,6 +43,7 @@ from .uniform import GRAD, none_missing, uniform_record
 WINDOW = 32  # idle steps end before each multiple of this; that step is recorded in full
 MAX_ENTRIES = 64  # a step with more entries of ours than this is never idle
 _KINDS = frozenset(("zero_grad", "forward", "backward", "step"))
+_PERIODIC = ("periodic",)  # _signature: a step that is neither compared nor a pattern
 
 
 class SteadySteps:
@@ -84,6 +87,8 @@ class SteadySteps:
         self.codes, self.events = [], []
         mark, self._mark = self._mark, (cap.tracker.root_calls, cap.keepalive.calls)
         sig = self._signature(codes, events, serial)
+        if sig is _PERIODIC:
+            return  # (the step after it is compared with the step before it)
         if sig is not None and _scaler_found_inf(optimizer) is not None:
             sig = None  # a fused step GradScaler may skip: its flag is read at every step
         prev, self._prev = self._prev, sig
@@ -112,15 +117,18 @@ class SteadySteps:
     def _signature(self, codes: list, events: list, serial: Optional[int]) -> Optional[tuple]:
         cap = self.cap
         light = cap.light
-        if light is None or not light.active or light.full_step or not codes \
+        if light is None or not light.active or not codes \
                 or len(codes) > MAX_ENTRIES or len(events) > MAX_ENTRIES \
                 or cap.nonfinite is not None or cap.tracker.compiled \
                 or cap.tracker.direct.records or cap.gradients.last_uniform is None \
                 or cap.gradients.last_uniform[0] != cap.optimizer_steps \
                 or cap.gradients._fingerprinted:
             return None
-        if any(key[0] == "F" for key, *_ in codes):
-            return None  # a forward recorded in full: nothing to replay
+        if light.full_step or light.full_ended == cap.optimizer_steps \
+                or any(key[0] == "F" for key, *_ in codes):
+            # The periodic full recording (the next step's forward, or this one's), or a
+            # forward recorded in full (nothing to replay): no pattern, and no break either.
+            return _PERIODIC
         kinds = {e["kind"] for e in events}
         if not kinds <= _KINDS:
             return None  # a clip, a scheduler step, ...: cheaply out, at every such step
@@ -189,6 +197,8 @@ class SteadySteps:
         self.idle_steps += 1
         if cap.optimizer_steps + 1 >= p["until"]:
             self.wake(planned=True)  # the next step is recorded in full
+            if cap.light is not None:  # (with the periodic full recording, when it is due)
+                cap.light.before_step(cap.optimizer_steps)
         return True
 
     # -- waking up -----------------------------------------------------------------------------
