@@ -16,8 +16,14 @@ Figures per model, all from this one run:
 
 - *own time*: median over counted steps of gradscope's time inside its hooks and step code,
   as a share of the median plain step (wall); and its mean, which also carries the costlier
-  steps every 8th (gradient norms read), 32nd (max-abs) and 64th (a full recording). The direct measure: no difference of two noisy
-  medians. It leaves out torch's side of calling each Python hook, which the next one has.
+  steps: each 32nd (gradient norms and max-abs read), each 64th (its forwards recorded in
+  full), the records of idle steps written before those, and a session's first light forward
+  and its keep-alive looks (denser at a session's start). The direct measure: no difference
+  of two noisy medians. It leaves out torch's side of calling each Python hook, which the
+  CPU overhead has.
+- *own time in one long session*: the mean over as many steps as each kind above, after the
+  warm-up, in one session: what a training run pays per step once under way, where the
+  blocks' sessions restart every block.
 - *CPU overhead*: median CPU time of a watched step (counter off) over that of a plain step,
   minus one: everything the watch adds, torch's hook dispatch included, with less of the
   other jobs on a shared machine than wall time has.
@@ -99,6 +105,24 @@ def interleaved(step, model, opt, steps: int, block: int) -> dict:
     return runs
 
 
+def one_session(step, model, opt, steps: int) -> list:
+    """One watch session of WARMUP + ``steps`` steps, own time counted after the warm-up: what
+    a training run pays per step once it is under way (the blocks above start a session every
+    ``block`` steps, so each of their means also carries a session's first light forward and
+    the denser looks of its first steps)."""
+    if selftime is None:
+        return []
+    selftime.reset()
+    session = gradscope.watch(model, opt)
+    session.__enter__()
+    try:
+        timed_steps(step, WARMUP)
+        return timed_steps(step, steps, count=True)
+    finally:
+        session.__exit__(None, None, None)
+        selftime.stop()
+
+
 def median(rows: list, k: int) -> float:
     return statistics.median(r[k] for r in rows)
 
@@ -109,18 +133,21 @@ def bench(name, model, x, y, steps, block, amp=None) -> str:
     for _ in range(3):
         step()  # warm-up
     r = interleaved(step, model, opt, steps, block)
+    long = one_session(step, model, opt, steps)
     plain_wall, plain_cpu = median(r["plain"], 0), median(r["plain"], 1)
     own = median(r["counted"], 2) / 1e9 if selftime is not None else math.nan
     # the mean shows what the median cannot: the costlier steps every 8th (norm read), 32nd
     # (max-abs) and 64th (full recording) one
     own_mean = statistics.mean(c[2] for c in r["counted"]) / 1e9 if selftime is not None \
         else math.nan
+    long_mean = statistics.mean(c[2] for c in long) / 1e9 if long else math.nan
     cpu = median(r["watched"], 1) / plain_cpu - 1
     wall = median(r["watched"], 0) / plain_wall - 1
     warm = statistics.mean(w for w, _, _ in r["warmup"]) / plain_wall - 1
     return (f"| {name} | {len(r['plain'])} / {len(r['watched'])} / {len(r['counted'])} | "
             f"{plain_wall * 1000:.2f} ms | {own * 1e6:.0f} us = **{own / plain_wall * 100:.2f}%** "
-            f"(mean {own_mean * 1e6:.0f} us = {own_mean / plain_wall * 100:.2f}%) "
+            f"| {own_mean * 1e6:.0f} us = **{own_mean / plain_wall * 100:.2f}%** "
+            f"| {long_mean * 1e6:.0f} us = **{long_mean / plain_wall * 100:.2f}%** ({len(long)}) "
             f"| {cpu * 100:+.2f}% | {wall * 100:+.2f}% | {warm * 100:+.1f}% | "
             f"{statistics.median(r['close']) * 1000:.0f} ms |")
 
@@ -178,10 +205,11 @@ def main():
              f"(zero_grad, forward, cross-entropy, backward, step); denormals flushed to zero.",
              "",
              "| model | steps (plain / watched / counted) | plain step (median, wall) | "
-             "gradscope's own time per step (median; mean) | CPU overhead (median) | "
+             "gradscope's own time per step: median | mean, sessions of one block | "
+             "mean, one long session (its steps) | CPU overhead (median) | "
              "wall overhead (median) | first 8 steps of a session (mean, wall) | "
              "session close + report (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for name, model, x, y, amp, steps, block in configs(dev, args.scale):
         if args.only and args.only not in name:
