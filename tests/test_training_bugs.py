@@ -751,6 +751,8 @@ def test_a_threshold_loss_names_the_comparison(tmp_path):
     ("meter.update(loss)  # <-", "meter.total"),
     # a list of plain floats that tensors with history join later (read by kinds first)
     ("floats.append(loss)  # <-", "floats"),
+    ("attrs.loss += loss  # <-", "attrs.loss"),  # an AttrDict: its own __dict__
+    ("total += loss  # <-", "total"),  # beside a list of objects of an unhashable class
 ])
 def test_accumulators_in_dicts_and_objects(tmp_path, accumulate, variable):
     trace, _, source = run(tmp_path, f"""
@@ -761,8 +763,17 @@ class Meter:
         self.total += value
 model = mlp()
 opt = torch.optim.Adam(model.parameters())
+class AttrDict(dict):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__ = self
+class Kind(type):
+    def __eq__(cls, other):  # (and so no __hash__: the class cannot go into a set)
+        return cls is other
+class Record(metaclass=Kind):
+    pass
 stats, history, meter = {{"loss": 0.0}}, {{"loss": []}}, Meter()
-floats = [0.5] * 100
+floats, attrs, records, total = [0.5] * 100, AttrDict(loss=0.0), [Record(), Record()], 0.0
 for step in range(10):
     opt.zero_grad()
     loss = F.cross_entropy(model(X), Y)

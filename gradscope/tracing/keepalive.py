@@ -175,7 +175,11 @@ class KeepAliveWatch:
     def _container(self, key: tuple, items: Any, frame: Any, module_level: bool) -> None:
         # (the kinds of the items first, in C: a list of floats or of records, the usual in a
         # training loop's frame, is then passed over without a Python step per item)
-        if not any(issubclass(kind, torch.Tensor) for kind in set(map(type, items))):
+        try:
+            kinds = set(map(type, items))
+        except TypeError:  # a class whose metaclass defines __eq__ without __hash__
+            kinds = {torch.Tensor}  # (then item by item, below)
+        if not any(issubclass(kind, torch.Tensor) for kind in kinds):
             return
         with_history = [t for t in items if isinstance(t, torch.Tensor) and t.grad_fn is not None]
         if not with_history:
@@ -257,7 +261,7 @@ def _members(var: str, value: Any) -> list:
         if not source or is_installed_file(source):
             return []
         own = object.__getattribute__(value, "__dict__")  # (none: AttributeError, below)
-        if type(own) is not dict:
+        if not isinstance(own, dict):  # (a dict subclass: an AttrDict is its own __dict__)
             return []
         attrs = list(own.items())[:MAX_MEMBERS]
     except Exception:  # noqa: BLE001 - an object that resists being looked at is not ours
