@@ -509,3 +509,18 @@ def test_a_lazy_layer_first_run_after_the_first_backward_is_watched():
     assert {"model.aux.weight", "model.aux.bias"} <= set(norms), sorted(norms)
     # watched from the backward of the step that materialised it (the third), not later
     assert len(norms["model.aux.weight"]) == len(norms["model.body.weight"]) - 2
+
+
+def test_a_layer_unfrozen_in_the_first_steps_is_watched_from_then_on():
+    model = _mlp()
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # holds the frozen weight too
+    x, y = torch.randn(8, 6), torch.randint(0, 2, (8,))
+    with gradscope.watch(model, opt) as scope:
+        for k in range(12):
+            if k == 2:
+                model[0].weight.requires_grad_(True)  # no registration: the same parameter
+            _loop(model, opt, steps=1, x=x, y=y)
+    g = scope.report().trace.gradients
+    first = g["norm_steps"][len(g["norm_steps"]) - len(g["grad_norms"]["model.0.weight"])]
+    assert first == 3

@@ -192,7 +192,7 @@ class Capture(steporder.StepOrderEvents):
         self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
-        self._watch_lazy = True              # a lazy parameter was left for a later pass
+        self._watch_waiting = True           # a parameter was left for a later pass
         # run_model (one forward and backward on clean gradients) tells which parameters got
         # a gradient itself: no per-parameter states then
         self.gradient_watch = True
@@ -412,35 +412,36 @@ class Capture(steporder.StepOrderEvents):
     def _watch_gradients(self) -> None:
         # Checked before each backward, so heads added late and lazy parameters (materialised in
         # the first forward) are watched too; the recorder ignores parameters it already has.
-        # The walk over every parameter is skipped while nothing it depends on changed (at the
-        # first backward calls only while a lazy parameter waits; every 64th still walks, for
-        # requires_grad switched on).
+        # The walk over every parameter is skipped while nothing it depends on changed: at the
+        # first backward calls only while a parameter waits (frozen, then unfrozen in the first
+        # steps; lazy); every 64th call still walks, for requires_grad switched on later.
         optimizers = self.optimizers.live()
         key = (self.registrations.generation, len(self.tracker.models),
                [(id(o), [len(g["params"]) for g in o.param_groups]) for o in optimizers])
         calls = self.backward_calls + self.grad_calls
-        if key == self._watch_key and (calls > 8 or not self._watch_lazy) and (calls + 1) % 64:
+        if key == self._watch_key and (calls > 8 or not self._watch_waiting) \
+                and (calls + 1) % 64:
             return  # (walks at backward calls 64, 128, ...: each with a periodic full step)
         self._watch_key = key
-        lazy = 0
+        waiting = 0
         for label, model in self.tracker.models.items():
             if model is not None:  # (named_parameters()'s list, from the shared listing)
-                lazy += self.gradients.watch_named(label, self.unique_parameters(model)[0],
-                                                   self.handles)
+                waiting += self.gradients.watch_named(label, self.unique_parameters(model)[0],
+                                                      self.handles)
         # Tensors an optimizer trains outside any model (CLIP's logit_scale, a learned loss
         # weight): a forgotten optimizer.zero_grad() behind model.zero_grad() piles up there.
         for o, opt in enumerate(optimizers):
             kind = type(opt).__name__ + (f"#{o + 1}" if o else "")  # unique per optimizer
             for g, group in enumerate(opt.param_groups):
                 for k, p in enumerate(group["params"]):
-                    if isinstance(p, torch.Tensor) and p.requires_grad \
-                            and not self.gradients.watching(p):
-                        if _uninitialized(p):
-                            lazy += 1
-                            continue
-                        name = user_variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
-                        self.gradients.watch(p, (None, name), self.handles)
-        self._watch_lazy = lazy > 0
+                    if not isinstance(p, torch.Tensor) or self.gradients.watching(p):
+                        continue
+                    if not p.requires_grad or _uninitialized(p):
+                        waiting += 1
+                        continue
+                    name = user_variable_name(p) or f"{kind}.param_groups[{g}][{k}]"
+                    self.gradients.watch(p, (None, name), self.handles)
+        self._watch_waiting = waiting > 0
 
     def _arm_nonfinite(self, roots: Any) -> bool:
         """--find-nonfinite: hook every node of this backward's graph (until the first hit)."""

@@ -167,19 +167,18 @@ class GradientRecorder:
     def watch_named(self, label: str, named: list, handles: HandleGroup) -> int:
         """:meth:`watch` each ``(name, parameter)`` of model ``label`` that requires grad and
         is materialised; one already watched under a model's name costs one dict read.
-        Returns how many lazy parameters (not materialised yet) were left."""
+        Returns how many were left waiting: frozen, or lazy (not materialised yet)."""
         states = self._params
-        lazy = 0
+        waiting = 0
         for name, p in named:
             state = states.get(id(p))
             if state is not None and state.name[0] is not None and state.ref() is p:
                 continue
-            if p.requires_grad:
-                if uninitialized(p):
-                    lazy += 1
-                else:
-                    self.watch(p, (label, name), handles)
-        return lazy
+            if p.requires_grad and not uninitialized(p):
+                self.watch(p, (label, name), handles)
+            else:
+                waiting += 1
+        return waiting
 
     def _rename(self, state: _ParamState, name: tuple) -> None:
         old, new = _display(state.name), _display(name)
