@@ -364,6 +364,58 @@ def test_a_steady_loop_is_recorded_in_full_only_at_its_warm_up_and_periodic_step
     assert full == [*range(1, 12), 32, 64, 65, 96, 128, 129, 160, 192, 193]
 
 
+class _BranchLate(nn.Module):
+    """Runs an extra layer from its 41st forward on (a schedule in the user's forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.extra, self.b = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.relu(self.a(x))
+        return self.b(self.extra(h) if self.calls > 40 else h)
+
+
+def _module_calls(fast: bool, late_model: bool, monkeypatch) -> dict:
+    with monkeypatch.context() as m:
+        if not fast:
+            m.setattr(lightmode.LightForwards, "start", lambda self: None)
+            m.setattr(uniform.UniformSteps, "start", lambda self: None)
+            m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+        torch.manual_seed(0)
+        model = _net() if late_model else _BranchLate()
+        aux = nn.Linear(6, 3)  # a second model, first called at step 41 (late_model)
+        opt = torch.optim.SGD(list(model.parameters()) + list(aux.parameters()), lr=0.1)
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+        with gradscope.watch(model, opt) as scope:
+            for k in range(100):
+                opt.zero_grad()
+                out = model(x)
+                if late_model and k >= 40:
+                    out = out + aux(x)
+                nn.functional.cross_entropy(out, y).backward()
+                opt.step()
+        d = json.loads(scope.report().trace.to_json())
+    return {(r["model"], r["name"]): r["calls"] for r in d["modules"]}
+
+
+@pytest.mark.parametrize("late_model", [False, True], ids=["layer", "model"])
+def test_a_module_first_run_after_the_warm_up_is_counted_from_its_second_call(late_model,
+                                                                            monkeypatch):
+    """While forwards are replayed (light) no hook sees a module that was never called: its
+    parameters' first gradients tell, and the next step is recorded in full (and becomes the
+    replayed pattern). Only its first call is missing from the counts, not those until the
+    next periodic full step (60 calls, 37 or 1 of them counted before)."""
+    fast = _module_calls(True, late_model, monkeypatch)
+    slow = _module_calls(False, late_model, monkeypatch)
+    new = ("aux", "") if late_model else ("model", "extra")
+    assert slow[new] == 60 and fast[new] == 59
+    assert {k: v for k, v in fast.items() if k != new} == \
+        {k: v for k, v in slow.items() if k != new}
+
+
 class _DictNet(nn.Module):
     """Takes a dict batch, as Hugging Face-style models do."""
 

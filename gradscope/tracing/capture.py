@@ -677,7 +677,14 @@ class Capture(steporder.StepOrderEvents):
         """Called just after a backward call returned (or raised): which gradients it wrote."""
         if self.steady is not None and self.steady.idle:
             return  # an idle backward (see steady): nothing to look at
+        seen = len(self.gradients.seen)
         self._guard("a backward call", self.gradients.after_backward)
+        light = self.light
+        if light is not None and light.active and len(self.gradients.seen) > seen:
+            # Parameters that never had a gradient got one: a module none of our hooks saw
+            # ran (a model first called after the warm-up, while only known models are
+            # hooked). The next forwards are recorded in full, which finds it.
+            light.record_next()
 
     @ours
     def _on_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:

@@ -10,14 +10,18 @@ recorded in full is counted by replaying that recording: each module's call coun
 batch-norm statistics grow as they did then (added up when the records are read: the report,
 or the next full recording). A forward that matches none is recorded in full,
 with the global hooks back for its duration; so is every forward of the periodic full steps
-(see ``Capture``), which also find models first called after the warm-up.
+(see ``Capture``) and of the step after a parameter first received a gradient (``record_next``:
+a module no hook saw ran, a model first called after the warm-up or a layer a branch of the
+forward takes from step N on). Each such recording becomes the pattern its kind replays.
 
 What a replay assumes: the same inputs and modes call the same modules. A forward whose module
 calls depend on tensor values (routing, early exit) is counted as the last full recording of
-its kind says, until the next full step records it again.
+its kind says, until the next full step records it again; a module first called while
+forwards are replayed is counted from its second call.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Optional
 
 import torch
@@ -42,6 +46,7 @@ class LightForwards:
         self.active = False
         self.full_step = False         # a periodic full step: the global hooks are in
         self.full_ended = -1           # the optimizer step that ended the last one
+        self.full_next = False         # one begun inside a step: it ends with the next step
         self._handles: list = []
         self._patterns: dict = {}      # (id(root), signature) -> _Pattern
         self._modes: dict = {}         # id(root) -> its dropout and batch-norm modules
@@ -58,7 +63,7 @@ class LightForwards:
         """Global hooks out, a hook pair on every root seen so far."""
         if self.active:
             return
-        self.active, self.full_step = True, False
+        self.active, self.full_step, self.full_next = True, False, False
         for ref in list(self.tracker.root_modules.values()):
             root = ref()
             if root is not None:
@@ -87,12 +92,21 @@ class LightForwards:
         if not self.active:
             if eligible and step >= LIGHT_AFTER:
                 self.start()
+        elif self.full_step and self.full_next:
+            self.full_next = False  # begun inside this step: the next one is recorded in full
         elif self.full_step:
             self.stop()
             self.start()  # hooks the roots that step found, if any
             self.full_ended = step
         else:
             self.before_step(step)
+
+    def record_next(self) -> None:
+        """Inside an optimizer step: the forwards from here to the end of the next one are
+        recorded in full."""
+        if self.active and not self.full_step:
+            self.full_step = self.full_next = True
+            self.tracker.forward_hooks(True)
 
     def before_step(self, step: int) -> None:
         """Optimizer step ``step + 1`` comes next: when it is a FULL_EVERY-th, its forwards are
@@ -106,7 +120,11 @@ class LightForwards:
     @hook_of_ours
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tracker = self.tracker
-        if not self.active or tracker.in_forward() or tracker.paused:
+        if not self.active or tracker.paused:
+            return
+        if tracker.in_forward():
+            if self.full_step and self._full is None:
+                self._refresh(module, args, kwargs)
             return  # nested in another model's forward (its recording counts this one)
         try:
             signature = self._signature(module, args, kwargs)
@@ -138,6 +156,21 @@ class LightForwards:
         tracker.root_call(module, entry, args)
         if steady is not None:
             steady.note(("f", id(module), signature), (pattern, entry[1]))
+
+    def _refresh(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward of a full step, which the global hooks record (its own pre-hook ran
+        first): its recording becomes the pattern of its kind, so that calls that began since
+        the last one (a layer a branch of your forward uses from step N on) are replayed too."""
+        stack = self.tracker._stacks.get(threading.get_ident())
+        if not stack or len(stack) != 1 or stack[0][0] is not module:
+            return  # nested in another model's forward
+        try:
+            signature = self._signature(module, args, kwargs)
+        except Exception:  # noqa: BLE001 - an input we cannot describe: no pattern
+            return
+        self.flush()
+        # (the module's own call is counted when it returns: not in the counts yet)
+        self._full = (module, (id(module), signature), _counts(self.tracker.records))
 
     def _carries_history(self, args: tuple, kwargs: dict) -> bool:
         """Does an input hold autograd history from before the last backward (a state not
