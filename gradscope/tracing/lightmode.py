@@ -16,8 +16,11 @@ forward takes from step N on). Each such recording becomes the pattern its kind 
 
 What a replay assumes: the same inputs and modes call the same modules. A forward whose module
 calls depend on tensor values (routing, early exit) is counted as the last full recording of
-its kind says, until the next full step records it again; a module first called while
-forwards are replayed is counted from its second call.
+its kind says, until the next full step records it again. A module first called while
+forwards are replayed is counted from its second call when its parameters get gradients, else
+from the next periodic full step (no parameters, frozen, under no_grad). Patterns are made
+only while no other thread has run modules (another thread's calls would be in the
+difference); with such threads every forward is recorded in full.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ class LightForwards:
         self.full_step = False         # a periodic full step: the global hooks are in
         self.full_ended = -1           # the optimizer step that ended the last one
         self.full_next = False         # one begun inside a step: it ends with the next step
+        self._record_after = False     # record_next asked inside a replayed forward
         self._handles: list = []
         self._patterns: dict = {}      # (id(root), signature) -> _Pattern
         self._modes: dict = {}         # id(root) -> its dropout and batch-norm modules
@@ -98,15 +102,21 @@ class LightForwards:
             self.stop()
             self.start()  # hooks the roots that step found, if any
             self.full_ended = step
+            self.before_step(step)  # (a window that ended just before a periodic one)
         else:
             self.before_step(step)
 
     def record_next(self) -> None:
         """Inside an optimizer step: the forwards from here to the end of the next one are
-        recorded in full."""
-        if self.active and not self.full_step:
-            self.full_step = self.full_next = True
-            self.tracker.forward_hooks(True)
+        recorded in full. (Asked during a replayed forward, a backward inside it: from the end
+        of that forward, whose calls no hook sees.)"""
+        if not self.active or self.full_step:
+            return
+        if self._root is not None or self._idle_root is not None:
+            self._record_after = True
+            return
+        self.full_step = self.full_next = True
+        self.tracker.forward_hooks(True)
 
     def before_step(self, step: int) -> None:
         """Optimizer step ``step + 1`` comes next: when it is a FULL_EVERY-th, its forwards are
@@ -198,8 +208,12 @@ class LightForwards:
         if self._full is not None and self._full[0] is module:
             _, key, before = self._full
             self._full = None
-            if output is not None and key is not None:  # (a forward that raised: none)
+            # (a forward that raised: none; nor while another thread has run modules: its
+            # calls would be in the difference, and replayed at every forward)
+            if output is not None and key is not None and len(tracker._stacks) == 1:
                 self._patterns[key] = _Pattern(before, tracker.records)
+            elif key is not None:
+                self._patterns.pop(key, None)  # (recorded in full from now on)
             if not self.full_step:
                 tracker.forward_hooks(False)
         elif self._root is module:
@@ -210,6 +224,9 @@ class LightForwards:
             if not pattern.pending:
                 self._replayed.append(pattern)
             pattern.pending += 1  # added to the records when they are read (flush)
+            if self._record_after:
+                self._record_after = False
+                self.record_next()
         elif self._idle_root is module:
             self._idle_root, pattern, self._idle_pattern = None, self._idle_pattern, None
             tracker.light_entry = None
@@ -221,6 +238,9 @@ class LightForwards:
                 # it is checkpointing's recomputation, which ends early by raising.)
                 self.steady.wake()
                 tracker._note_failure(module, args)
+            if self._record_after:
+                self._record_after = False
+                self.record_next()
 
     def flush(self) -> None:
         """Add the replays counted so far to the module records (before anyone reads them:
