@@ -246,12 +246,17 @@ LOOPS = [_plain, _keep_grads, _accumulate, _forgets_zero_grad_sometimes, _shapes
          _total_loss_kept_late, *LATE_BUGS]
 
 
+def _general_path(m) -> None:
+    """Switch the fast paths off (``m``: a monkeypatch context): every call recorded in full."""
+    m.setattr(lightmode.LightForwards, "start", lambda self: None)
+    m.setattr(uniform.UniformSteps, "start", lambda self: None)
+    m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+
+
 def _report(loop, fast: bool, monkeypatch):
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(lightmode.LightForwards, "start", lambda self: None)
-            m.setattr(uniform.UniformSteps, "start", lambda self: None)
-            m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+            _general_path(m)
         model = _net()
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
@@ -384,9 +389,7 @@ class _BranchLate(nn.Module):
 def _module_calls(fast: bool, late_model: bool, monkeypatch) -> dict:
     with monkeypatch.context() as m:
         if not fast:
-            m.setattr(lightmode.LightForwards, "start", lambda self: None)
-            m.setattr(uniform.UniformSteps, "start", lambda self: None)
-            m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+            _general_path(m)
         torch.manual_seed(0)
         model = _net() if late_model else _BranchLate()
         aux = nn.Linear(6, 3)  # a second model, first called at step 41 (late_model)
@@ -467,9 +470,7 @@ def test_late_layers_threads_and_inner_backwards_under_light_forwards(hook, monk
     for fast in (True, False):
         with monkeypatch.context() as m:
             if not fast:
-                m.setattr(lightmode.LightForwards, "start", lambda self: None)
-                m.setattr(uniform.UniformSteps, "start", lambda self: None)
-                m.setattr(steady.SteadySteps, "learn", lambda self, *a: None)
+                _general_path(m)
             torch.manual_seed(0)
             model = _Hooked(hook)
             opt = torch.optim.SGD([p for n, p in model.named_parameters()], lr=0.1)
