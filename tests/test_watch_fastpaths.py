@@ -423,6 +423,33 @@ def test_a_module_first_run_after_the_warm_up_is_counted_from_its_second_call(la
         {k: v for k, v in slow.items() if k != new}
 
 
+def test_a_late_layer_is_found_with_two_optimizers_stepped_one_after_the_other(monkeypatch):
+    """Two optimizer steps per iteration: a window of full recording stays open until a forward
+    ran in it (it closed at the second step before, and the layer was never counted)."""
+    calls = []
+    for fast in (True, False):
+        with monkeypatch.context() as m:
+            if not fast:
+                _general_path(m)
+            torch.manual_seed(0)
+            model = _BranchLate()
+            first = torch.optim.SGD([*model.a.parameters(), *model.extra.parameters()], lr=0.1)
+            second = torch.optim.SGD(model.b.parameters(), lr=0.1)
+            x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+            with gradscope.watch(model, first) as scope:
+                for k in range(100):
+                    first.zero_grad()
+                    second.zero_grad()
+                    nn.functional.cross_entropy(model(x), y).backward()
+                    first.step()
+                    second.step()
+            d = json.loads(scope.report().trace.to_json())
+        calls.append({(r["model"], r["name"]): r["calls"] for r in d["modules"]})
+    fast, slow = calls
+    assert slow.pop(("model", "extra")) == 60 and fast.pop(("model", "extra")) == 59
+    assert fast == slow
+
+
 class _Hooked(nn.Module):
     """Calls ``hook(n)`` in the middle of its n-th forward; ``extra`` from its 62nd forward on
     and a parameterless ``act`` from its 64th (review cases of the light forwards)."""

@@ -51,6 +51,7 @@ class LightForwards:
         self.full_ended = -1           # the optimizer step that ended the last one
         self.full_next = False         # one begun inside a step: it ends with the next step
         self._record_after = False     # record_next asked inside a replayed forward
+        self._window_roots = 0         # forwards at top level when a full recording began
         self._handles: list = []
         self._patterns: dict = {}      # (id(root), signature) -> _Pattern
         self._modes: dict = {}         # id(root) -> its dropout and batch-norm modules
@@ -98,6 +99,8 @@ class LightForwards:
                 self.start()
         elif self.full_step and self.full_next:
             self.full_next = False  # begun inside this step: the next one is recorded in full
+        elif self.full_step and self.tracker.root_calls == self._window_roots:
+            pass  # no forward yet (two optimizers stepped one after the other): stays open
         elif self.full_step:
             self.stop()
             self.start()  # hooks the roots that step found, if any
@@ -116,6 +119,7 @@ class LightForwards:
             self._record_after = True
             return
         self.full_step = self.full_next = True
+        self._window_roots = self.tracker.root_calls
         self.tracker.forward_hooks(True)
 
     def before_step(self, step: int) -> None:
@@ -124,6 +128,7 @@ class LightForwards:
         window, whose step is recorded in full anyway, reading the gradient norms.)"""
         if self.active and not self.full_step and (step + 1) % FULL_EVERY == 0:
             self.full_step = True
+            self._window_roots = self.tracker.root_calls
             self.tracker.forward_hooks(True)
 
     # -- the two hooks -------------------------------------------------------------------------
