@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import array
 from operator import attrgetter
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -48,8 +48,8 @@ _STACK_GROUP = 8        # tensors of one shape and dtype worth a stack
 
 def norm_vector(grads: list) -> torch.Tensor:
     """The L2 norm of each tensor (all on one device), as one float32 vector."""
-    out = _by_stacks(grads, _stacked_norms, lambda rest: torch.stack(fused_norms(rest)))
-    return out if out is not None else torch.stack(fused_norms(grads))
+    out = _by_stacks(grads, [_NORMS])
+    return out if out is not None else _rest_norms(grads)
 
 
 def _stacked_norms(stacked: torch.Tensor) -> torch.Tensor:
@@ -58,25 +58,31 @@ def _stacked_norms(stacked: torch.Tensor) -> torch.Tensor:
                                     dtype=torch.float32 if low else None).float()
 
 
-def _by_stacks(grads: list, per_stack: Callable[[torch.Tensor], torch.Tensor],
-               per_rest: Callable[[list], torch.Tensor]) -> Optional[torch.Tensor]:
-    """One float32 value per tensor: ``per_stack`` of each group that ``_stacks`` made (one
-    value per row), ``per_rest`` of the other tensors, put back in the tensors' order. None
-    when there is no group to stack."""
+def _rest_norms(grads: list) -> torch.Tensor:
+    return torch.stack(fused_norms(grads))
+
+
+def _by_stacks(grads: list, reductions: list) -> Optional[torch.Tensor]:
+    """For each ``(per_stack, per_rest)`` of ``reductions``, one float32 value per tensor:
+    ``per_stack`` of each group that ``_stacks`` made (one value per row), ``per_rest`` of the
+    other tensors, put back in the tensors' order; the reductions' vectors one after the other
+    (one stack of each group serves them all). None when there is no group to stack."""
     groups, rest = _stacks(grads)
     if not groups:
         return None
-    parts, order = [], []
-    for ks, stacked in groups:
-        parts.append(per_stack(stacked))
-        order += ks
-    if rest:
-        parts.append(per_rest([grads[k] for k in rest]))
-        order += rest
+    others = [grads[k] for k in rest]
+    order = [k for ks, _ in groups for k in ks] + rest
+    parts = []
+    for per_stack, per_rest in reductions:
+        parts += [per_stack(stacked) for _, stacked in groups]
+        if rest:
+            parts.append(per_rest(others))
     # the values put back at their positions (the index through an int64 array:
     # torch.tensor() of a list of 2,000 ints takes 0.5 ms)
-    out = torch.empty(len(order), dtype=torch.float32)
-    index = torch.frombuffer(array.array("q", order), dtype=torch.long)
+    n = len(order)
+    out = torch.empty(n * len(reductions), dtype=torch.float32)
+    index = torch.frombuffer(array.array("q", [k + r * n for r in range(len(reductions))
+                                               for k in order]), dtype=torch.long)
     return out.index_copy_(0, index, torch.cat(parts))
 
 
@@ -116,23 +122,8 @@ def _stacked_max_abs(stacked: torch.Tensor) -> torch.Tensor:
 def norms_and_max_abs(grads: list) -> torch.Tensor:
     """:func:`norm_vector` and then :func:`max_abs` of the tensors (all on one device), as one
     float32 vector of twice their number: one stack of each group serves both reductions."""
-    groups, rest = _stacks(grads)
-    if not groups:
-        return torch.cat((norm_vector(grads), max_abs(grads)))
-    norms, maxes, order = [], [], []
-    for ks, stacked in groups:
-        norms.append(_stacked_norms(stacked))
-        maxes.append(_stacked_max_abs(stacked))
-        order += ks
-    if rest:
-        others = [grads[k] for k in rest]
-        norms.append(torch.stack(fused_norms(others)))
-        maxes.append(max_abs(others))
-        order += rest
-    n = len(grads)
-    out = torch.empty(2 * n, dtype=torch.float32)
-    index = torch.frombuffer(array.array("q", order + [k + n for k in order]), dtype=torch.long)
-    return out.index_copy_(0, index, torch.cat(norms + maxes))
+    out = _by_stacks(grads, [_NORMS, _MAX_ABS])
+    return out if out is not None else torch.cat((norm_vector(grads), max_abs(grads)))
 
 
 def read_per_device(values: list) -> list:
@@ -155,7 +146,7 @@ def max_abs(grads: list) -> torch.Tensor:
     ``aminmax`` is a quarter of that and copies nothing (``_foreach_abs`` would copy every
     gradient): max(-min, max) is the same value, NaN included. On other devices the fused
     kernel is the fast one."""
-    out = _by_stacks(grads, _stacked_max_abs, max_abs)  # (norm_vector's groups: few kernels)
+    out = _by_stacks(grads, [_MAX_ABS])  # (norm_vector's groups: few kernels)
     if out is not None:
         return out
     if grads and grads[0].device.type == "cpu" and not any(g.is_complex() for g in grads):
@@ -168,6 +159,10 @@ def max_abs(grads: list) -> torch.Tensor:
             highs = torch.stack([hi for _, hi in pairs]).float()
             return torch.maximum(lows.neg_(), highs)
     return torch.stack(fused_norms(grads, float("inf")))
+
+
+_NORMS = (_stacked_norms, _rest_norms)  # (per stack, per other tensors) for _by_stacks
+_MAX_ABS = (_stacked_max_abs, max_abs)
 
 
 def _norms_of_one_dtype(grads: list, order: float, upcast: bool) -> list:
