@@ -118,18 +118,21 @@ class LightForwards:
         if self._root is not None or self._idle_root is not None:
             self._record_after = True
             return
-        self.full_step = self.full_next = True
-        self._window_roots = self.tracker.root_calls
-        self.tracker.forward_hooks(True)
+        self.full_next = True
+        self._open_window()
 
     def before_step(self, step: int) -> None:
         """Optimizer step ``step + 1`` comes next: when it is a FULL_EVERY-th, its forwards are
         recorded in full. (Also told by an idle run that ends there: a multiple of the idle
         window, whose step is recorded in full anyway, reading the gradient norms.)"""
         if self.active and not self.full_step and (step + 1) % FULL_EVERY == 0:
-            self.full_step = True
-            self._window_roots = self.tracker.root_calls
-            self.tracker.forward_hooks(True)
+            self._open_window()
+
+    def _open_window(self) -> None:
+        """Global hooks in: forwards are recorded in full until ``on_step`` ends it."""
+        self.full_step = True
+        self._window_roots = self.tracker.root_calls
+        self.tracker.forward_hooks(True)
 
     # -- the two hooks -------------------------------------------------------------------------
     @hook_of_ours
@@ -229,9 +232,6 @@ class LightForwards:
             if not pattern.pending:
                 self._replayed.append(pattern)
             pattern.pending += 1  # added to the records when they are read (flush)
-            if self._record_after:
-                self._record_after = False
-                self.record_next()
         elif self._idle_root is module:
             self._idle_root, pattern, self._idle_pattern = None, self._idle_pattern, None
             tracker.light_entry = None
@@ -243,9 +243,9 @@ class LightForwards:
                 # it is checkpointing's recomputation, which ends early by raising.)
                 self.steady.wake()
                 tracker._note_failure(module, args)
-            if self._record_after:
-                self._record_after = False
-                self.record_next()
+        if self._record_after and self._root is None and self._idle_root is None:
+            self._record_after = False  # (the replayed forward that asked has returned)
+            self.record_next()
 
     def flush(self) -> None:
         """Add the replays counted so far to the module records (before anyone reads them:
