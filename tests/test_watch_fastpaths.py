@@ -386,25 +386,41 @@ class _BranchLate(nn.Module):
         return self.b(self.extra(h) if self.calls > 40 else h)
 
 
-def _module_calls(fast: bool, late_model: bool, monkeypatch) -> dict:
-    with monkeypatch.context() as m:
-        if not fast:
-            _general_path(m)
-        torch.manual_seed(0)
-        model = _net() if late_model else _BranchLate()
-        aux = nn.Linear(6, 3)  # a second model, first called at step 41 (late_model)
-        opt = torch.optim.SGD(list(model.parameters()) + list(aux.parameters()), lr=0.1)
-        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-        with gradscope.watch(model, opt) as scope:
-            for k in range(100):
-                opt.zero_grad()
-                out = model(x)
-                if late_model and k >= 40:
-                    out = out + aux(x)
-                nn.functional.cross_entropy(out, y).backward()
-                opt.step()
-        d = json.loads(scope.report().trace.to_json())
-    return {(r["model"], r["name"]): r["calls"] for r in d["modules"]}
+def _on_both_paths(setup, monkeypatch) -> list:
+    """``[(module calls, finding checks)]`` of 100 steps of ``setup()``'s loop (it returns the
+    model, the optimizer handed to watch, and one step's function of ``k``), with the fast
+    paths and then on the general path."""
+    out = []
+    for fast in (True, False):
+        with monkeypatch.context() as m:
+            if not fast:
+                _general_path(m)
+            torch.manual_seed(0)
+            model, opt, step = setup()
+            with gradscope.watch(model, opt) as scope:
+                for k in range(100):
+                    step(k)
+            d = json.loads(scope.report().trace.to_json())
+        out.append(({(r["model"], r["name"]): r["calls"] for r in d["modules"]},
+                    [f["check"] for f in d["findings"]]))
+    return out
+
+
+def _late(late_model: bool):
+    """A layer (``_BranchLate``), or a second model, first run at step 41."""
+    model = _net() if late_model else _BranchLate()
+    aux = nn.Linear(6, 3)  # a second model, first called at step 41 (late_model)
+    opt = torch.optim.SGD(list(model.parameters()) + list(aux.parameters()), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def step(k):
+        opt.zero_grad()
+        out = model(x)
+        if late_model and k >= 40:
+            out = out + aux(x)
+        nn.functional.cross_entropy(out, y).backward()
+        opt.step()
+    return model, opt, step
 
 
 @pytest.mark.parametrize("late_model", [False, True], ids=["layer", "model"])
@@ -415,37 +431,32 @@ def test_a_module_first_run_after_the_warm_up_is_counted_from_its_second_call(la
     replayed pattern). Only its first call is missing from the counts, not those until the
     next periodic full step (60 calls, 37 or 1 of them counted before). (A module without
     parameters that train is still found at the next periodic full step only.)"""
-    fast = _module_calls(True, late_model, monkeypatch)
-    slow = _module_calls(False, late_model, monkeypatch)
+    (fast, _), (slow, _) = _on_both_paths(lambda: _late(late_model), monkeypatch)
     new = ("aux", "") if late_model else ("model", "extra")
     assert slow[new] == 60 and fast[new] == 59
     assert {k: v for k, v in fast.items() if k != new} == \
         {k: v for k, v in slow.items() if k != new}
 
 
+def _two_optimizers():
+    model = _BranchLate()
+    first = torch.optim.SGD([*model.a.parameters(), *model.extra.parameters()], lr=0.1)
+    second = torch.optim.SGD(model.b.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def step(k):
+        first.zero_grad()
+        second.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        first.step()
+        second.step()
+    return model, first, step
+
+
 def test_a_late_layer_is_found_with_two_optimizers_stepped_one_after_the_other(monkeypatch):
     """Two optimizer steps per iteration: a window of full recording stays open until a forward
     ran in it (it closed at the second step before, and the layer was never counted)."""
-    calls = []
-    for fast in (True, False):
-        with monkeypatch.context() as m:
-            if not fast:
-                _general_path(m)
-            torch.manual_seed(0)
-            model = _BranchLate()
-            first = torch.optim.SGD([*model.a.parameters(), *model.extra.parameters()], lr=0.1)
-            second = torch.optim.SGD(model.b.parameters(), lr=0.1)
-            x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-            with gradscope.watch(model, first) as scope:
-                for k in range(100):
-                    first.zero_grad()
-                    second.zero_grad()
-                    nn.functional.cross_entropy(model(x), y).backward()
-                    first.step()
-                    second.step()
-            d = json.loads(scope.report().trace.to_json())
-        calls.append({(r["model"], r["name"]): r["calls"] for r in d["modules"]})
-    fast, slow = calls
+    (fast, _), (slow, _) = _on_both_paths(_two_optimizers, monkeypatch)
     assert slow.pop(("model", "extra")) == 60 and fast.pop(("model", "extra")) == 59
     assert fast == slow
 
@@ -493,23 +504,17 @@ def test_late_layers_threads_and_inner_backwards_under_light_forwards(hook, monk
     """Each count as on the general path but the late layer's first call (62 is not counted:
     nothing sees it); the parameterless one, first called at the periodic full step (64), in
     full; no pattern takes another thread's calls; no finding of our own making."""
-    out = []
-    for fast in (True, False):
-        with monkeypatch.context() as m:
-            if not fast:
-                _general_path(m)
-            torch.manual_seed(0)
-            model = _Hooked(hook)
-            opt = torch.optim.SGD([p for n, p in model.named_parameters()], lr=0.1)
-            x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-            with gradscope.watch(model, opt) as scope:
-                for k in range(100):
-                    opt.zero_grad()
-                    nn.functional.cross_entropy(model(x), y).backward()
-                    opt.step()
-            d = json.loads(scope.report().trace.to_json())
-        out.append(({(r["model"], r["name"]): r["calls"] for r in d["modules"]},
-                    [f["check"] for f in d["findings"]]))
+    def setup():
+        model = _Hooked(hook)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+        def step(k):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return model, opt, step
+    out = _on_both_paths(setup, monkeypatch)
     (fast_calls, fast_found), (slow_calls, slow_found) = out
     late = {"extra": 39, "inner": 31 if hook is _backward_inside_from_70 else 0}
     for name, calls in late.items():
