@@ -24,6 +24,7 @@ difference); with such threads every forward is recorded in full.
 """
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Optional
 
@@ -62,6 +63,7 @@ class LightForwards:
         self.steady: Any = None        # the capture's SteadySteps (idle steps), if any
         self._idle_root: Optional[Any] = None  # the root whose idle forward is running
         self._idle_pattern: Optional[_Pattern] = None
+        tracker.on_abandoned = self._abandoned
 
     # -- switching -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,7 +142,7 @@ class LightForwards:
         tracker = self.tracker
         if not self.active or tracker.paused:
             return
-        if tracker.in_forward():
+        if tracker.in_forward() and not tracker.drop_abandoned():
             if self.full_step and self._full is None:
                 self._refresh(module, args, kwargs)
             return  # nested in another model's forward (its recording counts this one)
@@ -155,6 +157,7 @@ class LightForwards:
             if hit is not None:  # the recorded step's forward: replayed as it was
                 self._idle_root, (self._idle_pattern, label) = module, hit[1]
                 tracker.light_entry = (label, "")  # a forward runs (see in_forward)
+                tracker.note_root_frame(sys._getframe(1))
                 return
             steady.wake()
         entry = tracker.entry_of(module)
@@ -171,6 +174,7 @@ class LightForwards:
             return
         self._root, self._pattern = module, pattern
         tracker.light_entry = (entry[1], "")
+        tracker.note_root_frame(sys._getframe(1))
         tracker.root_call(module, entry, args)
         if steady is not None:
             steady.note(("f", id(module), signature), (pattern, entry[1]))
@@ -227,6 +231,7 @@ class LightForwards:
         elif self._root is module:
             self._root, pattern, self._pattern = None, self._pattern, None
             tracker.light_entry = None
+            tracker.end_root_frame()
             if output is None:  # it raised: name the model at least
                 tracker._note_failure(module, args)
             if not pattern.pending:
@@ -235,6 +240,7 @@ class LightForwards:
         elif self._idle_root is module:
             self._idle_root, pattern, self._idle_pattern = None, self._idle_pattern, None
             tracker.light_entry = None
+            tracker.end_root_frame()
             if not pattern.pending:  # counted once it returns (a Ctrl-C skips this hook)
                 self._replayed.append(pattern)
             pattern.pending += 1
@@ -246,6 +252,13 @@ class LightForwards:
         if self._record_after and self._root is None and self._idle_root is None:
             self._record_after = False  # (the replayed forward that asked has returned)
             self.record_next()
+
+    def _abandoned(self) -> None:
+        """The forward running was unwound by a Ctrl-C (``tracker.drop_abandoned``): a replay
+        it began is not counted, and a full recording makes no pattern (the next forward of its
+        kind is recorded in full again). Global hooks it put in stay until the window's end."""
+        self._full = self._root = self._pattern = self._idle_root = None
+        self._idle_pattern = None
 
     def flush(self) -> None:
         """Add the replays counted so far to the module records (before anyone reads them:

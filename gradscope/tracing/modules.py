@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .abandoned import call_frame, running
 from .attributes import container_items
 from .directcall import DirectCalls, holder_in_frames, under_construction
 from .failures import classify, module_devices
@@ -118,6 +119,10 @@ class ModuleTracker:
         # Per thread: [module, model, name, start_seq, unregistered_counter] of running forwards.
         self._stacks: dict = {}
         self._muted_depth: dict = {}  # thread -> depth inside a parametrization run outside forward
+        # Per thread: the Module._call_impl frame of the outermost forward running (see
+        # abandoned.py), and what a light forward's state must forget when one was abandoned
+        self._root_frames: dict = {}
+        self.on_abandoned: Optional[Callable[[], None]] = None
         # Sequence numbers are per thread: ranges are only recorded in the thread that owns the
         # capture (the one running the script or the watch block).
         self._owner = threading.get_ident()
@@ -183,6 +188,7 @@ class ModuleTracker:
         self.failure_exc = None
         self._stacks.clear()
         self._muted_depth.clear()
+        self._root_frames.clear()
         self.root_modules.clear()
         self._input_refs.clear()
         self.models = {k: None for k in self.models}
@@ -431,7 +437,10 @@ class ModuleTracker:
                     and not selftime.enabled:
                 entry = names.get(id(module))
                 # (DataParallel's replicas, new objects at each forward, are never named)
-                if entry is not None and entry[0] is module and type(module) in plain:
+                # (entry[2]: a model's own call, "", goes to the full hook, which tells a
+                # forward left by a Ctrl-C from one running; a wrapper's is "<DDP>" etc.)
+                if entry is not None and entry[0] is module and type(module) in plain \
+                        and entry[2]:
                     top = stack[-1]
                     # entry[3]: the parent's name (a grandchild called while only its
                     # grandparent runs goes to the full hook: a direct call, or a container)
@@ -493,6 +502,38 @@ class ModuleTracker:
         are not Exceptions) ends here. Nor inside a forward called directly: its range ends."""
         self._muted_depth.pop(threading.get_ident(), None)
         self.direct.flush()
+        if self._root_frames:
+            self.drop_abandoned()
+
+    def drop_abandoned(self) -> bool:
+        """Forget the forward this thread was running if it has been unwound without its post
+        hooks (a caught Ctrl-C, see abandoned.py): its stack, the light forward's state. True
+        when there was one. (Called with no forward running, or from a model's own call.)"""
+        ident = threading.get_ident()
+        frame = self._root_frames.get(ident)
+        if frame is None or running(frame):
+            return False
+        del self._root_frames[ident]
+        if self._pending:
+            self.flush_calls()
+        stack = self._stacks.get(ident)
+        if stack:
+            stack.clear()
+        self._muted_depth.pop(ident, None)
+        self._transient.clear()
+        self.light_entry = None
+        if self.on_abandoned is not None:
+            self.on_abandoned()
+        return True
+
+    def note_root_frame(self, frame: Optional[Any]) -> None:
+        """The outermost forward of this thread starts (its hook's caller frame)."""
+        found = call_frame(frame)
+        if found is not None:
+            self._root_frames[threading.get_ident()] = found
+
+    def end_root_frame(self) -> None:
+        self._root_frames.pop(threading.get_ident(), None)
 
     def muted(self) -> bool:
         """Inside a parametrization run outside any forward (see _muted), or our own walk."""
@@ -526,6 +567,8 @@ class ModuleTracker:
             entry = self._transient.get(id(module))
             if entry is not None and entry[0] is not module:
                 entry = None
+        if stack and entry is not None and (entry[2] == "" or entry[2][:1] == "<"):
+            self.drop_abandoned()  # a model called again after a Ctrl-C inside its forward
         if not stack and entry is None and _quietly(under_construction, sys._getframe(1)):
             return  # called while a model is built (its __init__ sizing a layer): not a forward
         if not stack and (entry is None or not (entry[2] == "" or entry[2].startswith("<"))):
@@ -546,6 +589,7 @@ class ModuleTracker:
             # batch statistics: training mode, or a norm that tracks no running statistics
             self._note_batch(module, entry, args)
         if not stack:
+            self.note_root_frame(sys._getframe(1))
             self.root_call(module, entry, args)
         start = _peek_sequence_nr() if _peek_sequence_nr is not None else 0
         stack.append([module, entry[1], entry[2], start, 0])
@@ -607,6 +651,7 @@ class ModuleTracker:
         if not stack:
             self._transient.clear()
             self.direct.child_done()
+            self.end_root_frame()
 
     @staticmethod
     def _describe(rec: ModuleRecord, output: Any) -> None:
