@@ -5,8 +5,10 @@ call (``lightmode``) and keeps the per-parameter counts of a uniform loop once (
 Each loop below runs twice, with the fast paths and with them switched off, and the reports must
 be equal: same findings, same accumulation records, modules table, events and norms.
 """
+import gc
 import json
 import threading
+import weakref
 
 import pytest
 import torch
@@ -631,9 +633,10 @@ class _Interruptible(nn.Module):
         return self.lin(x)
 
 
+@pytest.mark.parametrize("wrapped", [False, True], ids=["model", "in-DataParallel"])
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
-def test_a_forward_interrupted_by_ctrl_c_and_caught_leaves_nothing_behind(fast, monkeypatch,
-                                                                         no_leaks):
+def test_a_forward_interrupted_by_ctrl_c_and_caught_leaves_nothing_behind(fast, wrapped,
+                                                                         monkeypatch, no_leaks):
     # torch runs always-called post hooks on Exceptions only: a Ctrl-C caught by the program
     # (a notebook, a loop that stops an epoch early) used to leave the interrupted forward on
     # the module stack, and every later forward looked nested in it: 145 of 200 forwards
@@ -644,14 +647,17 @@ def test_a_forward_interrupted_by_ctrl_c_and_caught_leaves_nothing_behind(fast, 
         if not fast:
             _general_path(m)
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), _Interruptible(), nn.Linear(6, 3))
+        inner = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), _Interruptible(), nn.Linear(6, 3))
+        # (a wrapper is the model's call: "<DataParallel>", one per forward; on a CPU it
+        # calls the model itself)
+        model = nn.DataParallel(inner) if wrapped else inner
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
         with gradscope.watch(model, opt) as scope:
             for k in range(100):
                 opt.zero_grad()
                 if k in interrupted:
-                    model[2].fire = True
+                    inner[2].fire = True
                     with pytest.raises(KeyboardInterrupt):
                         model(x)
                 nn.functional.cross_entropy(model(x), y).backward()
@@ -663,8 +669,40 @@ def test_a_forward_interrupted_by_ctrl_c_and_caught_leaves_nothing_behind(fast, 
     calls = {r["name"]: r["calls"] for r in d["modules"]}
     # every forward that returned is counted; the interrupted ones up to where they stopped
     assert calls[""] == calls["2"] == calls["2.lin"] == calls["3"] == 101
+    assert calls.get("<DataParallel>", 101) == 101
     assert 101 <= calls["0"] == calls["1"] <= 101 + len(interrupted)
     forwards = [e for e in d["events"] if e["kind"] == "forward"]
     assert len(forwards) == 101 + len(interrupted)
     assert forwards[-1]["training"] is False and forwards[-1]["grad"] is False
     assert not d["findings"]
+
+
+def test_what_an_interrupted_forward_kept_alive_is_let_go_at_the_next_call(no_leaks):
+    # The interrupted forward's call frame is kept to tell it was unwound; the frames the
+    # Ctrl-C unwound (and their locals: a batch, a dataset) go with it at the model's next call.
+    class Data:
+        pass
+
+    model = nn.Sequential(nn.Linear(6, 6), _Interruptible(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    refs = []
+
+    def epoch():
+        data = Data()
+        refs.append(weakref.ref(data))
+        model[1].fire = True
+        try:
+            model(x)
+        except KeyboardInterrupt:
+            return  # stop this epoch early
+
+    with gradscope.watch(model, opt):
+        for k in range(12):  # the warm-up, then light forwards
+            opt.zero_grad()
+            if k in (3, 10):
+                epoch()
+            nn.functional.cross_entropy(model(x), y).backward()
+            gc.collect()
+            assert all(r() is None for r in refs), k
+            opt.step()

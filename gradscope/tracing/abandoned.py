@@ -6,12 +6,13 @@ torch runs a forward hook registered with ``always_call=True`` when the forward 
 catches the Ctrl-C and goes on (a notebook cell, a loop that stops one epoch early, Lightning's
 graceful shutdown) would leave the running-module stack as the interrupted forward left it, and
 every later forward would look nested in it: not counted as a forward of the model, its mode
-never looked at. The outermost forward's call frame is kept; a forward whose frame is no longer
-on the thread's stack has been unwound, and what it left is dropped.
+never looked at. The outermost forward's call frame is kept while it runs (let go by its post
+hook, inside the call); at the model's next call, a backward or a step, a kept frame whose call
+has ended was unwound without its post hooks, and what that forward left is dropped. Until then
+the frames the Ctrl-C unwound (and their locals) stay alive: one forward's worth, once.
 """
 from __future__ import annotations
 
-import sys
 from types import FrameType
 from typing import Optional
 
@@ -33,11 +34,15 @@ def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     return None
 
 
-def running(frame: FrameType) -> bool:
-    """Is ``frame`` on the calling thread's stack (its call neither returned nor unwound)?"""
-    f = sys._getframe(1)
-    while f is not None:
-        if f is frame:
-            return True
-        f = f.f_back
-    return False
+def unwound(frame: FrameType) -> bool:
+    """Has the call of ``frame`` ended (returned, or unwound by an exception)? One test, no
+    walk of the stack: a frame still running refuses ``clear()``. An ended one is cleared,
+    which lets go of its locals (the module call's arguments) at once; the caller drops the
+    frame itself, and with it the frames of the callers the Ctrl-C unwound. (Frames are no
+    weak-reference targets, and ids are no good: the next call from the same line reuses the
+    freed frame's address.)"""
+    try:
+        frame.clear()
+    except RuntimeError:  # "cannot clear an executing frame"
+        return False
+    return True

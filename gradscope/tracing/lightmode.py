@@ -63,6 +63,7 @@ class LightForwards:
         self.steady: Any = None        # the capture's SteadySteps (idle steps), if any
         self._idle_root: Optional[Any] = None  # the root whose idle forward is running
         self._idle_pattern: Optional[_Pattern] = None
+        self._hooks_out = False        # global hooks to take out at the next step (_abandoned)
         tracker.on_abandoned = self._abandoned
 
     # -- switching -----------------------------------------------------------------------------
@@ -96,6 +97,10 @@ class LightForwards:
     def on_step(self, step: int, eligible: bool) -> None:
         """After each optimizer step: go light after the warm-up; every FULL_EVERY-th step
         is recorded in full (new models are found then, and hooked when it ends)."""
+        if self._hooks_out:
+            self._hooks_out = False
+            if self.active and not self.full_step and self._full is None:
+                self.tracker.forward_hooks(False)
         if not self.active:
             if eligible and step >= LIGHT_AFTER:
                 self.start()
@@ -256,7 +261,11 @@ class LightForwards:
     def _abandoned(self) -> None:
         """The forward running was unwound by a Ctrl-C (``tracker.drop_abandoned``): a replay
         it began is not counted, and a full recording makes no pattern (the next forward of its
-        kind is recorded in full again). Global hooks it put in stay until the window's end."""
+        kind is recorded in full again). The global hooks such a recording put in come out at
+        the next optimizer step, where no forward runs (here a hook of this very call may be
+        running: taken out now, its post hook would not run)."""
+        if self._full is not None and not self.full_step:
+            self._hooks_out = True
         self._full = self._root = self._pattern = self._idle_root = None
         self._idle_pattern = None
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from .abandoned import call_frame, running
+from .abandoned import call_frame, unwound
 from .attributes import container_items
 from .directcall import DirectCalls, holder_in_frames, under_construction
 from .failures import classify, module_devices
@@ -437,10 +437,10 @@ class ModuleTracker:
                     and not selftime.enabled:
                 entry = names.get(id(module))
                 # (DataParallel's replicas, new objects at each forward, are never named)
-                # (entry[2]: a model's own call, "", goes to the full hook, which tells a
-                # forward left by a Ctrl-C from one running; a wrapper's is "<DDP>" etc.)
+                # (entry[2]: a model's own call, "", or a wrapper's, "<DDP>", goes to the
+                # full hook, which tells a forward left by a Ctrl-C from one running)
                 if entry is not None and entry[0] is module and type(module) in plain \
-                        and entry[2]:
+                        and entry[2] and entry[2][0] != "<":
                     top = stack[-1]
                     # entry[3]: the parent's name (a grandchild called while only its
                     # grandparent runs goes to the full hook: a direct call, or a container)
@@ -511,9 +511,8 @@ class ModuleTracker:
         when there was one. (Called with no forward running, or from a model's own call.)"""
         ident = threading.get_ident()
         frame = self._root_frames.get(ident)
-        if frame is None or running(frame):
+        if frame is None or not unwound(frame):
             return False
-        del self._root_frames[ident]
         if self._pending:
             self.flush_calls()
         stack = self._stacks.get(ident)
@@ -524,6 +523,7 @@ class ModuleTracker:
         self.light_entry = None
         if self.on_abandoned is not None:
             self.on_abandoned()
+        self._root_frames.pop(ident, None)  # (last: another Ctrl-C in here finds it again)
         return True
 
     def note_root_frame(self, frame: Optional[Any]) -> None:
