@@ -706,3 +706,37 @@ def test_what_an_interrupted_forward_kept_alive_is_let_go_at_the_next_call(no_le
             gc.collect()
             assert all(r() is None for r in refs), k
             opt.step()
+
+
+class _Recursive(nn.Module):
+    """A model that calls itself (tree- and depth-recursive nets): three calls per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x, depth=2):
+        if depth == 0:
+            return self.head(x)
+        return self(torch.relu(self.lin(x)), depth - 1)
+
+
+def _recursive():
+    model = _Recursive()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def step(k):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt, step
+
+
+def test_a_model_that_calls_itself_is_counted_as_on_the_general_path(monkeypatch):
+    """The model's innermost call returning ended the recorded (or replayed) forward: the
+    pattern held one call of the model per forward instead of three (118 of 300 counted)."""
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_recursive, monkeypatch)
+    assert slow[("model", "")] == 300 and slow[("model", "lin")] == 200
+    assert fast == slow and fast_checks == slow_checks

@@ -64,6 +64,7 @@ class LightForwards:
         self._idle_root: Optional[Any] = None  # the root whose idle forward is running
         self._idle_pattern: Optional[_Pattern] = None
         self._hooks_out = False        # global hooks to take out at the next step (_abandoned)
+        self._depth = 0                # calls of the running model inside its own forward
         tracker.on_abandoned = self._abandoned
 
     # -- switching -----------------------------------------------------------------------------
@@ -91,6 +92,7 @@ class LightForwards:
         self._handles = []
         self._full = self._root = self._pattern = self._idle_root = None
         self._idle_pattern = None
+        self._depth = 0
         self.tracker.light_entry = None
         self.tracker.forward_hooks(True)
 
@@ -148,7 +150,9 @@ class LightForwards:
         if not self.active or tracker.paused:
             return
         if tracker.in_forward() and not tracker.drop_abandoned():
-            if self.full_step and self._full is None:
+            if self._running(module):
+                self._depth += 1  # the model calls itself: part of the forward running
+            elif self.full_step and self._full is None:
                 self._refresh(module, args, kwargs)
             return  # nested in another model's forward (its recording counts this one)
         try:
@@ -219,9 +223,17 @@ class LightForwards:
                 return True
         return False
 
+    def _running(self, module: nn.Module) -> bool:
+        """Is ``module`` the model whose forward is running (replayed, idle or recorded)?"""
+        return module is self._root or module is self._idle_root or (
+            self._full is not None and self._full[0] is module)
+
     @hook_of_ours
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         tracker = self.tracker
+        if self._depth and self._running(module):
+            self._depth -= 1  # a call of the model inside its own forward returned
+            return
         if self._full is not None and self._full[0] is module:
             _, key, before = self._full
             self._full = None
@@ -268,6 +280,7 @@ class LightForwards:
             self._hooks_out = True
         self._full = self._root = self._pattern = self._idle_root = None
         self._idle_pattern = None
+        self._depth = 0
 
     def flush(self) -> None:
         """Add the replays counted so far to the module records (before anyone reads them:
