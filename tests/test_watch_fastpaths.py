@@ -740,3 +740,45 @@ def test_a_model_that_calls_itself_is_counted_as_on_the_general_path(monkeypatch
     (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_recursive, monkeypatch)
     assert slow[("model", "")] == 300 and slow[("model", "lin")] == 200
     assert fast == slow and fast_checks == slow_checks
+
+
+class _StepInForward(nn.Module):
+    """Trains an auxiliary head inside its forward (an inner optimizer step, as in
+    meta-learning inner loops or a critic updated in the forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 3)
+        self.aux = nn.Linear(6, 1)
+        self.inner = torch.optim.SGD(self.aux.parameters(), lr=0.01)
+
+    def forward(self, x):
+        h = self.a(x)
+        self.inner.zero_grad()
+        self.aux(h.detach()).pow(2).mean().backward()
+        self.inner.step()
+        return self.b(torch.relu(h))
+
+
+def _step_in_forward():
+    model = _StepInForward()
+    opt = torch.optim.SGD([*model.a.parameters(), *model.b.parameters()], lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def step(k):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt, step
+
+
+def test_an_optimizer_step_inside_a_forward_switches_no_hooks_halfway(monkeypatch):
+    """The light forwards' hook switches at an optimizer step (after the warm-up, around the
+    periodic full steps) happened inside the forward: the global hooks came in halfway, and
+    the rest of the forward looked like calls of its parts from outside (3 forwards too many,
+    a false forward-called-directly finding). They wait for the forward to end now."""
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_step_in_forward, monkeypatch)
+    assert slow[("model", "")] == slow[("model", "b")] == 100
+    assert fast == slow
+    assert "forward-called-directly" not in fast_checks and fast_checks == slow_checks

@@ -660,6 +660,9 @@ class Capture(steporder.StepOrderEvents):
             self._event(kind, index=index, location=location,
                         root=type(roots_[0].grad_fn).__name__ if roots_ else None, **extra)
             self.tracker.unmute()
+            light = self.light
+            if light is not None and light.steps_after and not self.tracker.in_forward():
+                light.take_up_steps()  # optimizer steps that ran inside the forward
             if kind == "backward":
                 self.gradients.before_backward()
                 self.gradients.note_loss(roots, index, location)

@@ -65,6 +65,7 @@ class LightForwards:
         self._idle_pattern: Optional[_Pattern] = None
         self._hooks_out = False        # global hooks to take out at the next step (_abandoned)
         self._depth = 0                # calls of the running model inside its own forward
+        self.steps_after: list = []   # (step, eligible) of steps inside a forward (on_step)
         tracker.on_abandoned = self._abandoned
 
     # -- switching -----------------------------------------------------------------------------
@@ -98,7 +99,23 @@ class LightForwards:
 
     def on_step(self, step: int, eligible: bool) -> None:
         """After each optimizer step: go light after the warm-up; every FULL_EVERY-th step
-        is recorded in full (new models are found then, and hooked when it ends)."""
+        is recorded in full (new models are found then, and hooked when it ends). A step
+        inside a forward (an inner loop, a critic trained in the forward) is taken up after
+        it, at the next backward or step outside one: switching hooks now would take out the
+        post hooks of the calls running, or put the global hooks in halfway through (the rest
+        of the forward would look like calls of its parts from outside)."""
+        if self.tracker.in_forward():
+            self.steps_after.append((step, eligible))
+            return
+        self.take_up_steps()
+        self._on_step(step, eligible)
+
+    def take_up_steps(self) -> None:
+        """The optimizer steps that ran inside a forward, now that none runs."""
+        while self.steps_after:
+            self._on_step(*self.steps_after.pop(0))
+
+    def _on_step(self, step: int, eligible: bool) -> None:
         if self._hooks_out:
             self._hooks_out = False
             if self.active and not self.full_step and self._full is None:
