@@ -408,6 +408,19 @@ def _on_both_paths(setup, monkeypatch) -> list:
     return out
 
 
+def _training(model: nn.Module, params=None):
+    """``(model, optimizer, step)`` of a plain training loop of ``model`` (for _on_both_paths),
+    its optimizer over ``params`` (default: all of the model's)."""
+    opt = torch.optim.SGD(params if params is not None else model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+
+    def step(k):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, opt, step
+
+
 def _late(late_model: bool):
     """A layer (``_BranchLate``), or a second model, first run at step 41."""
     model = _net() if late_model else _BranchLate()
@@ -506,17 +519,7 @@ def test_late_layers_threads_and_inner_backwards_under_light_forwards(hook, monk
     """Each count as on the general path but the late layer's first call (62 is not counted:
     nothing sees it); the parameterless one, first called at the periodic full step (64), in
     full; no pattern takes another thread's calls; no finding of our own making."""
-    def setup():
-        model = _Hooked(hook)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-
-        def step(k):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-        return model, opt, step
-    out = _on_both_paths(setup, monkeypatch)
+    out = _on_both_paths(lambda: _training(_Hooked(hook)), monkeypatch)
     (fast_calls, fast_found), (slow_calls, slow_found) = out
     late = {"extra": 39, "inner": 31 if hook is _backward_inside_from_70 else 0}
     for name, calls in late.items():
@@ -722,22 +725,10 @@ class _Recursive(nn.Module):
         return self(torch.relu(self.lin(x)), depth - 1)
 
 
-def _recursive():
-    model = _Recursive()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-
-    def step(k):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, opt, step
-
-
 def test_a_model_that_calls_itself_is_counted_as_on_the_general_path(monkeypatch):
     """The model's innermost call returning ended the recorded (or replayed) forward: the
     pattern held one call of the model per forward instead of three (118 of 300 counted)."""
-    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_recursive, monkeypatch)
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(lambda: _training(_Recursive()), monkeypatch)
     assert slow[("model", "")] == 300 and slow[("model", "lin")] == 200
     assert fast == slow and fast_checks == slow_checks
 
@@ -763,14 +754,7 @@ class _StepInForward(nn.Module):
 
 def _step_in_forward():
     model = _StepInForward()
-    opt = torch.optim.SGD([*model.a.parameters(), *model.b.parameters()], lr=0.1)
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-
-    def step(k):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, opt, step
+    return _training(model, [*model.a.parameters(), *model.b.parameters()])
 
 
 def test_an_optimizer_step_inside_a_forward_switches_no_hooks_halfway(monkeypatch):
