@@ -766,3 +766,36 @@ def test_an_optimizer_step_inside_a_forward_switches_no_hooks_halfway(monkeypatc
     assert slow[("model", "")] == slow[("model", "b")] == 100
     assert fast == slow
     assert "forward-called-directly" not in fast_checks and fast_checks == slow_checks
+
+
+class _CatchesCtrlC(nn.Module):
+    """Catches a Ctrl-C of one of its parts inside its own forward and goes on without it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.f = _Interruptible()
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        try:
+            h = self.f(h)
+        except KeyboardInterrupt:
+            pass
+        return self.b(h)
+
+
+def test_a_forward_that_caught_a_ctrl_c_inside_is_no_pattern_to_replay(monkeypatch):
+    """Interrupted at step 63, the periodic full step, whose recording becomes the pattern the
+    next steps replay: that forward lacks f's calls, and f was counted 62 times of 98."""
+    def setup():
+        model, opt, train = _training(_CatchesCtrlC())
+
+        def step(k):
+            model.f.fire = k in (5, 63)
+            train(k)
+        return model, opt, step
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(setup, monkeypatch)
+    assert slow[("model", "f")] == slow[("model", "f.lin")] == 98
+    assert fast == slow and fast_checks == slow_checks

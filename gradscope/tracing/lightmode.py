@@ -192,7 +192,7 @@ class LightForwards:
         if entry is None or pattern is None or tracker._stale:
             self.flush()
             self._full = (module, key if signature is not None else None,
-                          _counts(tracker.records))
+                          _counts(tracker.records), tracker.unwound)
             tracker.forward_hooks(True)
             tracker._pre_hook(module, args)  # its own global pre-hook was not in yet
             if steady is not None:
@@ -218,7 +218,8 @@ class LightForwards:
             return
         self.flush()
         # (the module's own call is counted when it returns: not in the counts yet)
-        self._full = (module, (id(module), signature), _counts(self.tracker.records))
+        self._full = (module, (id(module), signature), _counts(self.tracker.records),
+                      self.tracker.unwound)
 
     def _carries_history(self, args: tuple, kwargs: dict) -> bool:
         """Does an input hold autograd history from before the last backward (a state not
@@ -252,11 +253,13 @@ class LightForwards:
             self._depth -= 1  # a call of the model inside its own forward returned
             return
         if self._full is not None and self._full[0] is module:
-            _, key, before = self._full
+            _, key, before, unwound = self._full
             self._full = None
             # (a forward that raised: none; nor while another thread has run modules: its
-            # calls would be in the difference, and replayed at every forward)
-            if output is not None and key is not None and len(tracker._stacks) == 1:
+            # calls would be in the difference, and replayed at every forward; nor one with
+            # calls a Ctrl-C cut short, which it caught: their counts are not a forward's)
+            if output is not None and key is not None and len(tracker._stacks) == 1 \
+                    and tracker.unwound == unwound:
                 self._patterns[key] = _Pattern(before, tracker.records)
             elif key is not None:
                 self._patterns.pop(key, None)  # (recorded in full from now on)

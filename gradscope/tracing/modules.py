@@ -131,6 +131,7 @@ class ModuleTracker:
         self._stale = False           # a model's module tree changed: rename before next call
         self._overflow = 0            # top-level module calls past MAX_MODELS, not kept
         self.root_calls = 0           # top-level forwards so far (counts "per forward")
+        self.unwound = 0              # times calls were taken off the stack unfinished
         self.paused = False           # while our graph walk runs: forwards it triggers
         self.replayed = 0             # are counted here, and recorded nowhere else
         self.compiled: dict = {}      # model label -> compiled module names ("" = all of it)
@@ -629,6 +630,8 @@ class ModuleTracker:
         k = len(stack) - 1
         while k > 0 and stack[k][0] is not module:
             k -= 1
+        if k < len(stack) - 1:
+            self.unwound += 1  # calls inside it ended without their post hooks (a Ctrl-C)
         frame = stack[k]
         del stack[k:]
         _, model, name, start, _ = frame
