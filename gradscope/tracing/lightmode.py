@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .handles import hook_of_ours
+from .abandoned import call_frame
 from .modules import ModuleTracker
 from .failures import sequence_nr
 from .patches import _inside_backward
@@ -106,6 +107,8 @@ class LightForwards:
         of the forward would look like calls of its parts from outside)."""
         if self.tracker.in_forward():
             self.steps_after.append((step, eligible))
+            if len(self.steps_after) > FULL_EVERY:  # (a program that only steps inside its
+                del self.steps_after[0]            # forwards: it stays on the general path)
             return
         self.take_up_steps()
         self._on_step(step, eligible)
@@ -250,8 +253,11 @@ class LightForwards:
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         tracker = self.tracker
         if self._depth and self._running(module):
-            self._depth -= 1  # a call of the model inside its own forward returned
-            return
+            outermost = tracker.root_frame()
+            if outermost is None or call_frame(sys._getframe(1)) is not outermost:
+                self._depth -= 1  # a call of the model inside its own forward returned
+                return
+            self._depth = 0  # the outermost call: inner ones a Ctrl-C cut short left theirs
         if self._full is not None and self._full[0] is module:
             _, key, before, unwound = self._full
             self._full = None

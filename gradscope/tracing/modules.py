@@ -533,6 +533,10 @@ class ModuleTracker:
         if found is not None:
             self._root_frames[threading.get_ident()] = found
 
+    def root_frame(self) -> Optional[Any]:
+        """The kept frame of this thread's outermost forward running, if any."""
+        return self._root_frames.get(threading.get_ident())
+
     def end_root_frame(self) -> None:
         self._root_frames.pop(threading.get_ident(), None)
 
