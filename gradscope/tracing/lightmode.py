@@ -92,9 +92,7 @@ class LightForwards:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._full = self._root = self._pattern = self._idle_root = None
-        self._idle_pattern = None
-        self._depth = 0
+        self._forget_forward()
         self.tracker.light_entry = None
         self.tracker.forward_hooks(True)
 
@@ -304,6 +302,10 @@ class LightForwards:
         running: taken out now, its post hook would not run)."""
         if self._full is not None and not self.full_step:
             self._hooks_out = True
+        self._forget_forward()
+
+    def _forget_forward(self) -> None:
+        """No forward of a root runs any more (light mode stops, or one was abandoned)."""
         self._full = self._root = self._pattern = self._idle_root = None
         self._idle_pattern = None
         self._depth = 0

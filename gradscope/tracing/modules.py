@@ -572,11 +572,11 @@ class ModuleTracker:
             entry = self._transient.get(id(module))
             if entry is not None and entry[0] is not module:
                 entry = None
-        if stack and entry is not None and (entry[2] == "" or entry[2][:1] == "<"):
+        if stack and entry is not None and _model_call(entry):
             self.drop_abandoned()  # a model called again after a Ctrl-C inside its forward
         if not stack and entry is None and _quietly(under_construction, sys._getframe(1)):
             return  # called while a model is built (its __init__ sizing a layer): not a forward
-        if not stack and (entry is None or not (entry[2] == "" or entry[2].startswith("<"))):
+        if not stack and (entry is None or not _model_call(entry)):
             # No forward is running, and this is not a whole model: is a module's forward (or
             # other method) running without __call__ (model.forward(x))? Then it is a part.
             entry = _quietly(self.direct.enter, module, sys._getframe(1)) or entry
@@ -611,7 +611,7 @@ class ModuleTracker:
         # itself then runs nested, or compiled without hooks): one forward of the model.
         model = self.models.get(entry[1])
         if self.on_root_call is not None and model is not None \
-                and (entry[2] == "" or entry[2].startswith("<")):
+                and _model_call(entry):
             self.on_root_call(model, entry[1], args)
 
     def entry_of(self, module: nn.Module) -> Optional[tuple]:
@@ -790,6 +790,12 @@ def flatten_ranges(ranges: list) -> tuple:
             owners.append(owner)
         stack.append((end, owner))
     return bounds, owners
+
+
+def _model_call(entry: tuple) -> bool:
+    """Is this named module a whole model (``""``) or a wrapper around one (``"<DDP>"``)?
+    (The fast pre-hook makes the same test inline.)"""
+    return entry[2] == "" or entry[2].startswith("<")
 
 
 def _quietly(fn: Callable, *args: Any) -> Any:
