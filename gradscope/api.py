@@ -83,7 +83,8 @@ def run_model(capture: Capture, model: nn.Module, args: tuple, kwargs: dict,
         finally:
             if not capture.intercept_backward:
                 capture.after_backward()
-        capture.grad_norms.update(gradient_norms(model, capture))
+        label, norms = gradient_norms(model, capture)
+        capture.grad_norms.setdefault(label, {}).update(norms)
 
 
 def loss_of(output: Any, loss_fn: Optional[Callable[[Any], Any]] = None) -> torch.Tensor:
@@ -180,8 +181,9 @@ def preserved_state(model: nn.Module, capture: Optional[Capture] = None) -> Iter
 
 
 @ours
-def gradient_norms(model: nn.Module, capture: Capture) -> dict:
-    """L2 norm of every parameter's gradient: one fused kernel and one transfer per device.
+def gradient_norms(model: nn.Module, capture: Capture) -> tuple:
+    """``(the model's label, {parameter name: L2 norm of its gradient})``: one fused kernel
+    and one transfer per device.
     Without the capture's gradient watch (run_model cleared every .grad before its backward)
     the parameters holding a gradient are the ones that backward reached: noted as seen."""
     names = capture.tracker.lookup(model)
@@ -201,8 +203,8 @@ def gradient_norms(model: nn.Module, capture: Capture) -> dict:
     with torch.no_grad():  # (no .detach() per gradient: norms of a create_graph grad too)
         for items in by_device.values():
             values = norm_vector([g for _, g in items]).tolist()  # float32 norms
-            out.update({(label, n): v for (n, _), v in zip(items, values)})
-    return out
+            out.update(zip([n for n, _ in items], values))
+    return label, out
 
 
 def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> Report:
@@ -214,11 +216,7 @@ def build_report(capture: Capture, run: dict, checks: Optional[list] = None) -> 
 
 def report_from(capture: Capture, snap: dict, run: dict, checks: Optional[list] = None) -> Report:
     """A checked Report from a capture's snapshot (final, or taken mid-run for a rank's flush)."""
-    snap = dict(snap)
-    snap["parameters"] = [dict(p) for p in snap["parameters"]]
-    gradients = dict(snap["gradients"])
-    for p in snap["parameters"]:
-        p["grad_norm"] = capture.grad_norms.get((p["model"], p["name"]))
+    gradients = dict(snap["gradients"])  # (the parameter rows hold their grad_norm already)
     notes = list(capture.notes)
     if capture.graph is None and capture.backward_calls + capture.grad_calls:
         calls = capture.backward_calls + capture.grad_calls

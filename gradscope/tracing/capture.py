@@ -55,6 +55,25 @@ def _obeys_training(m: torch.nn.Module) -> bool:
     return isinstance(m, nn.instancenorm._InstanceNorm) and m.track_running_stats
 
 
+_MODE_BASES = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm,
+               torch.nn.modules.instancenorm._InstanceNorm)
+
+
+def _mode_modules(listing: list) -> list:
+    """The ``(name, module)`` of ``listing`` that obey ``.training`` (:func:`_obeys_training`),
+    each class told once: a deep model has thousands of modules of a few classes."""
+    kinds: dict = {}  # class -> may its modules obey .training?
+    out = []
+    for name, m in listing:
+        cls = type(m)
+        may = kinds.get(cls)
+        if may is None:
+            may = kinds[cls] = issubclass(cls, _MODE_BASES)
+        if may and _obeys_training(m):
+            out.append((name, m))
+    return out
+
+
 _Tensor = torch.Tensor
 _Storage = torch.UntypedStorage
 
@@ -189,7 +208,7 @@ class Capture(steporder.StepOrderEvents):
         self.events: list = []
         self.notes: list = []
         self.internal_errors: list = []
-        self.grad_norms: dict = {}           # (model, parameter) -> float, set by run_model
+        self.grad_norms: dict = {}           # model -> {parameter: float}, set by run_model
         self.optimizers = OptimizerRegistry()  # weakly held: one built per step is let go
         self._watch_key: Any = None          # what the watched parameter set was made from
         self._watch_waiting = True           # a parameter was left for a later pass
@@ -478,8 +497,7 @@ class Capture(steporder.StepOrderEvents):
             deps = self._mode_modules.get(id(model))
             if deps is None:  # (modules from the shared listing: a deep model's, once; not
                 # the parameters, which torch.func.functional_call swaps for this call alone)
-                deps = self._mode_modules[id(model)] = [
-                    (name, m) for name, m in self.named_modules(model) if _obeys_training(m)]
+                deps = self._mode_modules[id(model)] = _mode_modules(self.named_modules(model))
                 self._trainable[id(model)] = any(p.requires_grad for p in model.parameters())
             if grad and self._trainable[id(model)]:  # a model's forward, not a loss module's
                 self._guard("a look for kept graphs", lambda: self.keepalive.on_forward(
@@ -740,6 +758,7 @@ class Capture(steporder.StepOrderEvents):
                 continue
             total = 0
             unique, more = self.unique_parameters(model)  # more: tied weights' other names
+            norm_of = self.grad_norms.get(label, {}).get
             for name, p in unique:
                 pid = id(p)
                 lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
@@ -766,7 +785,7 @@ class Capture(steporder.StepOrderEvents):
                     "in_optimizer": (pid in optimized) if any_optimizer else None,
                     "has_grad": p.grad is not None,
                     "grad_seen": (pid in seen) if backward_ran else None,
-                    "aliases": aliases or [],
+                    "aliases": aliases or [], "grad_norm": norm_of(name),
                 })
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
