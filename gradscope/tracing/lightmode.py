@@ -17,8 +17,10 @@ forward takes from step N on). Each such recording becomes the pattern its kind 
 What a replay assumes: the same inputs and modes call the same modules. A forward whose module
 calls depend on tensor values (routing, early exit) is counted as the last full recording of
 its kind says, until the next full step records it again. A module first called while
-forwards are replayed is counted from its second call when its parameters get gradients, else
-from the next periodic full step (no parameters, frozen, under no_grad). Patterns are made
+forwards are replayed is counted from its first call: each submodule of a model that no forward
+has called yet has a pre-hook of its own (``_watch_uncalled``), which costs nothing until it
+runs. A second model first called then is counted from its second call when its parameters get
+gradients, else from the next periodic full step. Patterns are made
 only while no other thread has run modules (another thread's calls would be in the
 difference); with such threads every forward is recorded in full.
 """
@@ -81,7 +83,45 @@ class LightForwards:
                 self._handles.append(root.register_forward_pre_hook(self._pre, with_kwargs=True))
                 self._handles.append(root.register_forward_hook(self._post, with_kwargs=True,
                                                                 always_call=True))
+                self._watch_uncalled(root)
         self.tracker.forward_hooks(False)
+
+    def _watch_uncalled(self, root: nn.Module) -> None:
+        """A pre-hook on each submodule of ``root``'s model that no forward has called yet: a
+        replay would not count it (a branch taken from step N on, an eval-only head, a frozen
+        or parameter-free layer, which no first gradient tells of). Never called, these hooks
+        cost nothing; once one runs it counts the call and the next forward is recorded in full
+        (then it is called, and hooked no more). Not in a compiled model, where a hook added
+        or taken out would make torch.compile recompile."""
+        tracker = self.tracker
+        entry = tracker.entry_of(root)
+        model = tracker.models.get(entry[1]) if entry is not None else None
+        if model is None or entry[1] in tracker.compiled:
+            return
+        label = entry[1]
+        called = {key for key, rec in tracker.records.items() if rec.calls}
+        for name, sub in tracker.listing(model):
+            if name and (label, name) not in called:
+                self._handles.append(sub.register_forward_pre_hook(self._first_call))
+
+    @hook_of_ours
+    def _first_call(self, module: nn.Module, args: tuple) -> None:
+        """A module no forward had called runs inside a replayed (or idle) forward: counted
+        here (and a batch norm's batch statistics), its output shape and later calls by the
+        full recording that follows."""
+        if self._root is None and self._idle_root is None:
+            return  # recorded in full (the global hooks count it), or outside any forward
+        tracker = self.tracker
+        entry = tracker.entry_of(module)
+        if entry is None or threading.get_ident() != tracker._owner:
+            return
+        tracker.count_call(entry[1], entry[2], module)
+        if tracker._is_batchnorm(type(module)) and (
+                module.training or (module.running_mean is None and module.running_var is None)):
+            tracker._note_batch(module, entry, args)  # (as the full pre-hook does)
+        self._record_after = True  # (record_next once the replayed forward returns)
+        if self._idle_root is not None:
+            self.steady.wake()  # the step differs from the recorded one
 
     def stop(self) -> None:
         """Back to recording every module call (the session ends, or a full step starts)."""
