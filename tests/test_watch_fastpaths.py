@@ -388,10 +388,11 @@ class _BranchLate(nn.Module):
         return self.b(self.extra(h) if self.calls > 40 else h)
 
 
-def _on_both_paths(setup, monkeypatch) -> list:
+def _on_both_paths(setup, monkeypatch, row=lambda r: r["calls"]) -> list:
     """``[(module calls, finding checks)]`` of 100 steps of ``setup()``'s loop (it returns the
     model, the optimizer handed to watch, and one step's function of ``k``), with the fast
-    paths and then on the general path."""
+    paths and then on the general path; ``row``: what is kept of each module's row. No hook
+    is left on the model's modules afterwards."""
     out = []
     for fast in (True, False):
         with monkeypatch.context() as m:
@@ -402,8 +403,10 @@ def _on_both_paths(setup, monkeypatch) -> list:
             with gradscope.watch(model, opt) as scope:
                 for k in range(100):
                     step(k)
+            assert not [sub for sub in model.modules()
+                        if sub._forward_pre_hooks or sub._forward_hooks]
             d = json.loads(scope.report().trace.to_json())
-        out.append(({(r["model"], r["name"]): r["calls"] for r in d["modules"]},
+        out.append(({(r["model"], r["name"]): row(r) for r in d["modules"]},
                     [f["check"] for f in d["findings"]]))
     return out
 
@@ -486,22 +489,9 @@ def test_a_module_that_trains_nothing_first_run_after_the_warm_up_is_counted(kin
     does (none is called, so they cost nothing), and counts every call from the first, with a
     batch norm's batch statistics. Before, its calls were missing until the next periodic full
     step (at 64: 23 of 60 missing). No hook of ours is left on any module."""
-    out = []
-    for fast in (True, False):
-        with monkeypatch.context() as m:
-            if not fast:
-                _general_path(m)
-            torch.manual_seed(0)
-            model, opt, step = _training(_BranchLateUntrained(kind))
-            with gradscope.watch(model, opt) as scope:
-                for k in range(100):
-                    step(k)
-            assert not [sub for sub in model.modules()
-                        if sub._forward_pre_hooks or sub._forward_hooks]
-            d = json.loads(scope.report().trace.to_json())
-        out.append(({(r["model"], r["name"]): (r["calls"], r.get("batch_stats"))
-                     for r in d["modules"]}, [f["check"] for f in d["findings"]]))
-    (fast, fast_checks), (slow, slow_checks) = out
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(
+        lambda: _training(_BranchLateUntrained(kind)), monkeypatch,
+        row=lambda r: (r["calls"], r.get("batch_stats")))
     assert slow[("model", "extra")][0] == 60
     if kind == "batchnorm":
         assert slow[("model", "extra")][1]
