@@ -7,11 +7,24 @@ error while removing one hook is kept and re-raised after all the others are gon
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Callable
 
 import torch
 
 from . import selftime
+
+
+class CopySafe(functools.partial):
+    """A hook of ours put in the hook dict of one of your modules (the light forwards' hooks):
+    a copy of that module (``copy.deepcopy(model)`` for the best or EMA weights,
+    ``torch.save(model)``, pickling) gets an inert hook in its place, made of the standard
+    library only (``sys.audit`` of an event of ours, which returns None, so neither the copy's
+    inputs nor its outputs change), where copying the hook itself failed on the session's
+    state (a lock). Called, it is the hook itself, with no frame added (a partial)."""
+
+    def __reduce__(self) -> tuple:
+        return functools.partial, (sys.audit, "gradscope.inert_hook")
 
 
 class HandleGroup:

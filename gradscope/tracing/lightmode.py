@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .handles import hook_of_ours
+from .handles import CopySafe, hook_of_ours
 from .abandoned import call_frame
 from .modules import ModuleTracker
 from .failures import sequence_nr
@@ -57,6 +57,7 @@ class LightForwards:
         self._record_after = False     # record_next asked inside a replayed forward
         self._window_roots = 0         # forwards at top level when a full recording began
         self._handles: list = []
+        self._uncalled: dict = {}      # id(module) -> handle of its _first_call hook
         self._patterns: dict = {}      # (id(root), signature) -> _Pattern
         self._modes: dict = {}         # id(root) -> its dropout and batch-norm modules
         self._full: Optional[tuple] = None  # (root, key, counts before) of a full forward
@@ -80,9 +81,10 @@ class LightForwards:
         for ref in list(self.tracker.root_modules.values()):
             root = ref()
             if root is not None:
-                self._handles.append(root.register_forward_pre_hook(self._pre, with_kwargs=True))
-                self._handles.append(root.register_forward_hook(self._post, with_kwargs=True,
-                                                                always_call=True))
+                self._handles.append(root.register_forward_pre_hook(CopySafe(self._pre),
+                                                                    with_kwargs=True))
+                self._handles.append(root.register_forward_hook(
+                    CopySafe(self._post), with_kwargs=True, always_call=True))
                 self._watch_uncalled(root)
         self.tracker.forward_hooks(False)
 
@@ -90,28 +92,38 @@ class LightForwards:
         """A pre-hook on each submodule of ``root``'s model that no forward has called yet: a
         replay would not count it (a branch taken from step N on, an eval-only head, a frozen
         or parameter-free layer, which no first gradient tells of). Never called, these hooks
-        cost nothing; once one runs it counts the call and the next forward is recorded in full
-        (then it is called, and hooked no more). Not in a compiled model, where a hook added
-        or taken out would make torch.compile recompile."""
+        cost nothing. Run inside a replayed forward, one counts the call and has the next
+        forward recorded in full; the first call the global hooks record takes it out. Not in
+        a compiled model, where a hook added or taken out would make torch.compile recompile.
+        (``CopySafe``: a copy of the module made meanwhile gets an inert hook.)"""
         tracker = self.tracker
         entry = tracker.entry_of(root)
         model = tracker.models.get(entry[1]) if entry is not None else None
         if model is None or entry[1] in tracker.compiled:
             return
-        label = entry[1]
         called = {key for key, rec in tracker.records.items() if rec.calls}
         for name, sub in tracker.listing(model):
-            if name and (label, name) not in called:
-                self._handles.append(sub.register_forward_pre_hook(self._first_call))
+            # (by the name the module was recorded under: a layer shared with a model named
+            # first is that model's; hooked once, when two roots are the same model's)
+            known = tracker.entry_of(sub)
+            if name and known is not None and (known[1], known[2]) not in called \
+                    and id(sub) not in self._uncalled:
+                self._uncalled[id(sub)] = sub.register_forward_pre_hook(
+                    CopySafe(self._first_call))
 
     @hook_of_ours
     def _first_call(self, module: nn.Module, args: tuple) -> None:
         """A module no forward had called runs inside a replayed (or idle) forward: counted
         here (and a batch norm's batch statistics), its output shape and later calls by the
         full recording that follows."""
-        if self._root is None and self._idle_root is None:
-            return  # recorded in full (the global hooks count it), or outside any forward
         tracker = self.tracker
+        if tracker._forward_handles:  # recorded in full: the global hooks count it from now on
+            handle = self._uncalled.pop(id(module), None)
+            if handle is not None:
+                handle.remove()  # (torch runs the hooks from a copy of the dict)
+            return
+        if self._root is None and self._idle_root is None:
+            return  # outside any forward (a direct call: as without this hook)
         entry = tracker.entry_of(module)
         if entry is None or threading.get_ident() != tracker._owner:
             return
@@ -129,9 +141,10 @@ class LightForwards:
             return
         self.active = False
         self.flush()
-        for handle in self._handles:
+        for handle in (*self._handles, *self._uncalled.values()):
             handle.remove()
         self._handles = []
+        self._uncalled = {}
         self._forget_forward()
         self.tracker.light_entry = None
         self.tracker.forward_hooks(True)
