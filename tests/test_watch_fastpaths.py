@@ -594,6 +594,38 @@ def test_a_watched_model_can_be_copied_and_saved_after_the_warm_up(tmp_path):
         assert torch.equal(pickle.loads(blob)(h), torch.tanh(h))
 
 
+def _second_model_late():
+    """A GAN-like loop: the generator handed to watch with its optimizer, a discriminator with
+    its own optimizer (not handed to watch) trained from step 41 on."""
+    gen = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 6))
+    disc = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1))
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.01)
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.01)
+    x = torch.randn(8, 6)
+
+    def step(k):
+        opt_g.zero_grad()
+        gen(x).pow(2).mean().backward()
+        opt_g.step()
+        if k >= 40:
+            opt_d.zero_grad()
+            disc(gen(x).detach()).mean().backward()
+            opt_d.step()
+    return gen, opt_g, step
+
+
+def test_a_second_model_with_its_own_optimizer_first_trained_late_is_found(monkeypatch):
+    """Neither the model nor its optimizer was handed to watch, and no hook sees its forwards
+    after the warm-up: its optimizer's first step over parameters of no known model has the
+    next forwards recorded in full, which find it. Only the forward before that first step is
+    missing (59 of 60 calls; 49 before, found at the next 64th step only)."""
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_second_model_late, monkeypatch)
+    disc = [key for key in slow if key[0] != "model"]
+    assert disc and all(slow[key] == 60 and fast.pop(key) == 59 for key in disc)
+    assert fast == {k: v for k, v in slow.items() if k not in disc}
+    assert fast_checks == slow_checks
+
+
 def _two_optimizers():
     model = _BranchLate()
     first = torch.optim.SGD([*model.a.parameters(), *model.extra.parameters()], lr=0.1)

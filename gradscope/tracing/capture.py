@@ -731,12 +731,29 @@ class Capture(steporder.StepOrderEvents):
                 self.light.on_step(self.optimizer_steps, self._graph_has_model
                                    and self.nonfinite is None and not self.tracker.compiled
                                    and not self.tracker.direct.records)
+                if self.light.active and self._trains_another(serial, optimizer):
+                    # An optimizer's first step, over parameters of no model we know: a second
+                    # model (a GAN's discriminator, a critic) first called after the warm-up,
+                    # not handed to watch, whose forward no hook saw. Recorded in full from
+                    # after this step, its next forward finds it (else the next 64th would).
+                    self.light.record_next()
             if self.flush is not None and time.monotonic() - self._last_flush > FLUSH_SECONDS:
                 self._last_flush = time.monotonic()
                 self.flush(self)
             if steady is not None:
                 steady.learn(optimizer, serial, here)
         self._guard("an optimizer step", record)
+
+    def _trains_another(self, serial: int, optimizer: Any) -> bool:
+        """Is this the first step of ``optimizer``, and does it train a tensor that is no
+        parameter of the models known so far?"""
+        rec = self.optimizers.records.get(serial)
+        if rec is None or rec["steps"] != 1:
+            return False
+        known = {id(p) for model in self.tracker.models.values() if model is not None
+                 for _, p in self.unique_parameters(model)[0]}
+        return any(isinstance(p, torch.Tensor) and id(p) not in known
+                   for group in getattr(optimizer, "param_groups", ()) for p in group["params"])
 
     # -- snapshot ------------------------------------------------------------------------------
     def _take_snapshot(self) -> dict:

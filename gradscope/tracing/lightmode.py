@@ -20,7 +20,8 @@ its kind says, until the next full step records it again. A module first called 
 forwards are replayed is counted from its first call: each submodule of a model that no forward
 has called yet has a pre-hook of its own (``_watch_uncalled``), which costs nothing until it
 runs. A second model first called then is counted from its second call when its parameters get
-gradients, else from the next periodic full step. Patterns are made
+gradients or its optimizer takes its first step (``Capture._trains_another``), else from the
+next periodic full step. Patterns are made
 only while no other thread has run modules (another thread's calls would be in the
 difference); with such threads every forward is recorded in full.
 """
