@@ -626,6 +626,82 @@ def test_a_second_model_with_its_own_optimizer_first_trained_late_is_found(monke
     assert fast_checks == slow_checks
 
 
+def _head_called_on_its_own():
+    """An evaluation head, called from the loop on its own under no_grad from step 31 on."""
+    model, opt, step = _training(_BranchLateUntrained("none"))
+    head = nn.Linear(8, 2)
+    model.head = head
+
+    def both(k):
+        step(k)
+        if k >= 30:
+            with torch.no_grad():
+                model.head(torch.randn(4, 8))
+    return model, opt, both
+
+
+def test_an_uncalled_module_first_called_on_its_own_is_counted_without_false_findings(
+        monkeypatch):
+    """Its hook counts the call and has the forwards after the next step recorded in full
+    (which make it a model of its own, then replayed): 70 calls of 70, where none was counted
+    before the next 64th step (60 of 70). Recorded in full from inside the call, its own end
+    and its submodules' calls were seen without its start: one call too many, and a false
+    forward-called-directly."""
+    (fast, fast_checks), (slow, slow_checks) = _on_both_paths(_head_called_on_its_own,
+                                                              monkeypatch)
+    assert slow[("model", "head")] == 70
+    assert fast == slow and fast_checks == slow_checks
+
+
+def test_an_optimizer_rebuilt_each_step_keeps_the_light_forwards(monkeypatch):
+    """An optimizer built anew at every step (over the model and a learned loss weight) is no
+    second model to look for: it did not have every following forward recorded in full."""
+    asked = []
+    original = lightmode.LightForwards.record_next
+    monkeypatch.setattr(lightmode.LightForwards, "record_next",
+                        lambda self: (asked.append(self.active), original(self)))
+    torch.manual_seed(0)
+    model = _net()
+    weight = nn.Parameter(torch.zeros(()))
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with gradscope.watch(model, torch.optim.SGD([*model.parameters(), weight], lr=0.1)):
+        for _ in range(40):
+            opt = torch.optim.SGD([*model.parameters(), weight], lr=0.1)
+            opt.zero_grad()
+            (nn.functional.cross_entropy(model(x), y) * torch.exp(-weight) + weight).backward()
+            opt.step()
+    assert not any(asked)
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(6, 6) for _ in range(3)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
+def test_a_submodule_can_be_scripted_after_the_warm_up():
+    """torch.jit.script(model.enc) in the loop: a ModuleList (never called itself) held one
+    of the hooks on uncalled modules, and TorchScript failed on it. Hooks in a module's dicts
+    have a __name__, as functions do."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_Encoder(), nn.Linear(6, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    with gradscope.watch(model, opt):
+        for _ in range(20):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        assert [h.__name__ for h in model._forward_pre_hooks.values()] == ["_pre"]
+        scripted = torch.jit.script(model[0])
+    assert torch.equal(scripted(x), model[0](x))
+
+
 def _two_optimizers():
     model = _BranchLate()
     first = torch.optim.SGD([*model.a.parameters(), *model.extra.parameters()], lr=0.1)

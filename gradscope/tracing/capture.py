@@ -76,6 +76,7 @@ def _mode_modules(listing: list) -> list:
 
 _Tensor = torch.Tensor
 _Storage = torch.UntypedStorage
+_Parameter = torch.nn.Parameter
 
 
 def buffer_copies(models: Iterable[torch.nn.Module],
@@ -745,14 +746,15 @@ class Capture(steporder.StepOrderEvents):
         self._guard("an optimizer step", record)
 
     def _trains_another(self, serial: int, optimizer: Any) -> bool:
-        """Is this the first step of ``optimizer``, and does it train a tensor that is no
-        parameter of the models known so far?"""
+        """Is this the first step of ``optimizer``, over tensors no optimizer seen before had
+        (not one rebuilt every step), among them an ``nn.Parameter`` (a model's; not the
+        plain tensors an optimizer built per batch trains, an input or latent) that is no
+        parameter whose gradients we follow?"""
         rec = self.optimizers.records.get(serial)
-        if rec is None or rec["steps"] != 1:
+        if rec is None or rec["steps"] != 1 or rec["same_as"] != serial:
             return False
-        known = {id(p) for model in self.tracker.models.values() if model is not None
-                 for _, p in self.unique_parameters(model)[0]}
-        return any(isinstance(p, torch.Tensor) and id(p) not in known
+        watching = self.gradients.watching
+        return any((type(p) is _Parameter or isinstance(p, _Parameter)) and not watching(p)
                    for group in getattr(optimizer, "param_groups", ()) for p in group["params"])
 
     # -- snapshot ------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ class CopySafe(functools.partial):
     def __reduce__(self) -> tuple:
         return functools.partial, (sys.audit, "gradscope.inert_hook")
 
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        """The hook's own name, as a hook that is a function has (code reading hook dicts)."""
+        return getattr(self.func, "__name__", type(self).__name__)
+
 
 class HandleGroup:
     """Removable handles and undo callables, removed together (LIFO)."""

@@ -41,6 +41,7 @@ from .failures import sequence_nr
 from .patches import _inside_backward
 
 _SCALARS = (bool, int, float, str, type(None))
+_NO_FORWARD = nn.Module.forward  # (a container's: ModuleList, ModuleDict)
 LIGHT_AFTER = 8   # optimizer steps recorded in full first (as many as read max-abs densely)
 FULL_EVERY = 64   # then every 64th step is recorded in full again (a multiple of steady.WINDOW:
 #                   that step is one an idle run ends with, recorded in full anyway)
@@ -56,6 +57,7 @@ class LightForwards:
         self.full_ended = -1           # the optimizer step that ended the last one
         self.full_next = False         # one begun inside a step: it ends with the next step
         self._record_after = False     # record_next asked inside a replayed forward
+        self._record_at_step = False   # record_next asked by a module called on its own
         self._window_roots = 0         # forwards at top level when a full recording began
         self._handles: list = []
         self._uncalled: dict = {}      # id(module) -> handle of its _first_call hook
@@ -105,10 +107,13 @@ class LightForwards:
         called = {key for key, rec in tracker.records.items() if rec.calls}
         for name, sub in tracker.listing(model):
             # (by the name the module was recorded under: a layer shared with a model named
-            # first is that model's; hooked once, when two roots are the same model's)
+            # first is that model's; hooked once, when two roots are the same model's; not
+            # a container without a forward of its own, ModuleList or ModuleDict, which is
+            # never called: a module holding one stays free of our hooks for torch.jit.script)
             known = tracker.entry_of(sub)
             if name and known is not None and (known[1], known[2]) not in called \
-                    and id(sub) not in self._uncalled:
+                    and id(sub) not in self._uncalled \
+                    and type(sub).forward is not _NO_FORWARD:
                 self._uncalled[id(sub)] = sub.register_forward_pre_hook(
                     CopySafe(self._first_call))
 
@@ -123,15 +128,23 @@ class LightForwards:
             if handle is not None:
                 handle.remove()  # (torch runs the hooks from a copy of the dict)
             return
-        if self._root is None and self._idle_root is None:
-            return  # outside any forward (a direct call: as without this hook)
         entry = tracker.entry_of(module)
         if entry is None or threading.get_ident() != tracker._owner:
             return
+        replayed = self._root is not None or self._idle_root is not None
+        if not replayed and tracker.in_forward():
+            return  # inside a forward no hook of ours follows (another model's)
         tracker.count_call(entry[1], entry[2], module)
         if tracker._is_batchnorm(type(module)) and (
                 module.training or (module.running_mean is None and module.running_var is None)):
             tracker._note_batch(module, entry, args)  # (as the full pre-hook does)
+        if not replayed:
+            # called on its own from your loop (``model.head(x)`` under no_grad): the
+            # forwards after the next step are recorded in full, which make it a model of its
+            # own (then replayed as one). Not now: the global hooks put in while this call
+            # runs would see its end, and its submodules' calls, without its start.
+            self._record_at_step = True
+            return
         self._record_after = True  # (record_next once the replayed forward returns)
         if self._idle_root is not None:
             self.steady.wake()  # the step differs from the recorded one
@@ -175,6 +188,9 @@ class LightForwards:
             self._hooks_out = False
             if self.active and not self.full_step and self._full is None:
                 self.tracker.forward_hooks(False)
+        if self._record_at_step:  # (a module first called on its own, see _first_call)
+            self._record_at_step = False
+            self.record_next()
         if not self.active:
             if eligible and step >= LIGHT_AFTER:
                 self.start()
