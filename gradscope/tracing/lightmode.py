@@ -95,8 +95,9 @@ class LightForwards:
         """A pre-hook on each submodule of ``root``'s model that no forward has called yet: a
         replay would not count it (a branch taken from step N on, an eval-only head, a frozen
         or parameter-free layer, which no first gradient tells of). Never called, these hooks
-        cost nothing. Run inside a replayed forward, one counts the call and has the next
-        forward recorded in full; the first call the global hooks record takes it out. Not in
+        cost nothing. Run inside a replayed forward (or called on its own), one counts the
+        call and has the next forwards recorded in full; the first call the global hooks
+        record takes it out. Not in
         a compiled model, where a hook added or taken out would make torch.compile recompile.
         (``CopySafe``: a copy of the module made meanwhile gets an inert hook.)"""
         tracker = self.tracker
@@ -119,9 +120,9 @@ class LightForwards:
 
     @hook_of_ours
     def _first_call(self, module: nn.Module, args: tuple) -> None:
-        """A module no forward had called runs inside a replayed (or idle) forward: counted
-        here (and a batch norm's batch statistics), its output shape and later calls by the
-        full recording that follows."""
+        """A module no forward had called runs, inside a replayed (or idle) forward or on its
+        own from the loop: counted here (and a batch norm's batch statistics), its output
+        shape and later calls by the full recording that follows."""
         tracker = self.tracker
         if tracker._forward_handles:  # recorded in full: the global hooks count it from now on
             handle = self._uncalled.pop(id(module), None)
