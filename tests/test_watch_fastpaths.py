@@ -684,6 +684,7 @@ class _Encoder(nn.Module):
         return x
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_a_submodule_can_be_scripted_after_the_warm_up():
     """torch.jit.script(model.enc) in the loop: a ModuleList (never called itself) held one
     of the hooks on uncalled modules, and TorchScript failed on it. Hooks in a module's dicts
