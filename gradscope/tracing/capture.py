@@ -44,19 +44,20 @@ MAX_EVENTS = 10_000
 FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
 
 
+_DROPOUT = torch.nn.modules.dropout._DropoutNd
+_BATCHNORM = torch.nn.modules.batchnorm._BatchNorm
+_INSTANCENORM = torch.nn.modules.instancenorm._InstanceNorm
+_MODE_BASES = (_DROPOUT, _BATCHNORM, _INSTANCENORM)
+
+
 def _obeys_training(m: torch.nn.Module) -> bool:
     """Modules whose forward depends on .training (dropout, batch norm, tracked instance norm).
     Dropout with p=0 (common in LLM fine-tuning configs) is the identity in both modes."""
-    nn = torch.nn.modules
-    if isinstance(m, nn.dropout._DropoutNd):
+    if isinstance(m, _DROPOUT):
         return m.p > 0
-    if isinstance(m, nn.batchnorm._BatchNorm):
+    if isinstance(m, _BATCHNORM):
         return True
-    return isinstance(m, nn.instancenorm._InstanceNorm) and m.track_running_stats
-
-
-_MODE_BASES = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm,
-               torch.nn.modules.instancenorm._InstanceNorm)
+    return isinstance(m, _INSTANCENORM) and m.track_running_stats
 
 
 def _mode_modules(listing: list) -> list:

@@ -97,9 +97,9 @@ class LightForwards:
         or parameter-free layer, which no first gradient tells of). Never called, these hooks
         cost nothing. Run inside a replayed forward (or called on its own), one counts the
         call and has the next forwards recorded in full; the first call the global hooks
-        record takes it out. Not in
-        a compiled model, where a hook added or taken out would make torch.compile recompile.
-        (``CopySafe``: a copy of the module made meanwhile gets an inert hook.)"""
+        record takes it out. Not in a compiled model, where a hook added or taken out would
+        make torch.compile recompile. (``CopySafe``: a copy of the module made meanwhile gets
+        an inert hook.)"""
         tracker = self.tracker
         entry = tracker.entry_of(root)
         model = tracker.models.get(entry[1]) if entry is not None else None
@@ -136,9 +136,7 @@ class LightForwards:
         if not replayed and tracker.in_forward():
             return  # inside a forward no hook of ours follows (another model's)
         tracker.count_call(entry[1], entry[2], module)
-        if tracker._is_batchnorm(type(module)) and (
-                module.training or (module.running_mean is None and module.running_var is None)):
-            tracker._note_batch(module, entry, args)  # (as the full pre-hook does)
+        tracker.note_batch(module, entry, args)  # (as the full pre-hook does)
         if not replayed:
             # called on its own from your loop (``model.head(x)`` under no_grad): the
             # forwards after the next step are recorded in full, which make it a model of its

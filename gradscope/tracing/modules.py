@@ -589,10 +589,7 @@ class ModuleTracker:
         if entry is None:
             entry = (self._name_unregistered(module, stack[-1]) if stack
                      else self._register_root(module))
-        if self._is_batchnorm(type(module)) and (
-                module.training or (module.running_mean is None and module.running_var is None)):
-            # batch statistics: training mode, or a norm that tracks no running statistics
-            self._note_batch(module, entry, args)
+        self.note_batch(module, entry, args)
         if not stack:
             self.note_root_frame(sys._getframe(1))
             self.root_call(module, entry, args)
@@ -681,7 +678,12 @@ class ModuleTracker:
                 self._plain_types.add(cls)  # its calls may take the fast path (_fast_hooks)
         return known
 
-    def _note_batch(self, module: nn.Module, entry: tuple, args: Any) -> None:
+    def note_batch(self, module: nn.Module, entry: tuple, args: Any) -> None:
+        """A batch norm's call that uses batch statistics (training mode, or a norm that
+        tracks no running statistics): its batch size and values per channel are counted."""
+        if not self._is_batchnorm(type(module)) or not (
+                module.training or (module.running_mean is None and module.running_var is None)):
+            return
         x = args[0] if isinstance(args, tuple) and args else args
         if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[1] == 0:
             return
