@@ -188,10 +188,14 @@ def test_structure_only_walk_matches_the_full_one():
     assert all(n.shape is None for n in bare.nodes if n.leaf is None)
 
 
-def _bfs_edges(root):
+def _bfs_edges(*roots):
     """Node ops and edges in breadth-first order, ids from a counter: written apart from the
     walk (a dict keyed by id(), no fast paths) to check its set-and-lazy-index bookkeeping."""
-    order, ids = [root.grad_fn], {id(root.grad_fn): "n0"}
+    order, ids = [], {}
+    for r in roots:
+        if id(r.grad_fn) not in ids:
+            ids[id(r.grad_fn)] = f"n{len(order)}"
+            order.append(r.grad_fn)
     edges = []
     for fn in order:
         for nxt, _ in fn.next_functions:
@@ -231,6 +235,19 @@ def test_nodes_reached_many_times_keep_one_id():
     g = gradscope.graph_of(loss)
     assert [n.op for n in g.nodes] == ops and [tuple(e) for e in g.edges] == edges
     assert len({n.id for n in g.nodes}) == len(g.nodes)
+
+
+def test_roots_reached_from_other_roots_keep_their_positions():
+    # Edges that only find new nodes (a tree) and edges that reach a root given later, or a
+    # node of another root's graph, take different paths to their positions.
+    x = torch.randn(3, requires_grad=True)
+    y = x * 2
+    z = y + 1
+    w = torch.randn(3, requires_grad=True) * 3
+    for roots in ((z, y), (y, z), (z, w), (w, z, y), (z.sum(), y.sum(), z)):
+        ops, edges = _bfs_edges(*roots)
+        g = gradscope.graph_of(*roots)
+        assert [n.op for n in g.nodes] == ops and [tuple(e) for e in g.edges] == edges
 
 
 def test_a_shape_the_fast_path_cannot_read_keeps_dtype_and_device():

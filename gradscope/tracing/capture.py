@@ -6,6 +6,7 @@ needs into plain data and drops every reference to user objects.
 """
 from __future__ import annotations
 
+import operator
 import sys
 import threading
 import time
@@ -76,7 +77,7 @@ def _mode_modules(listing: list) -> list:
 
 
 _Tensor = torch.Tensor
-_Storage = torch.UntypedStorage
+_storage_impl = operator.attrgetter("_cdata")  # (walk.storage_id's key)
 _Parameter = torch.nn.Parameter
 
 
@@ -598,9 +599,8 @@ class Capture(steporder.StepOrderEvents):
                 continue
             unique = self.unique_parameters(model)[0]
             try:  # the storages in bulk (reads in C); one at a time if one cannot say
-                storages.update(zip(map(_Tensor.get_device, (p for _, p in unique)),
-                                    map(_Storage.data_ptr, map(_Tensor.untyped_storage,
-                                                               (p for _, p in unique)))))
+                storages.update(map(_storage_impl, map(_Tensor.untyped_storage,
+                                                       (p for _, p in unique))))
             except Exception:  # noqa: BLE001 - sparse, nested, fake or meta parameters
                 storages.update(storage_id(p) for _, p in unique)
             for name, p in unique:

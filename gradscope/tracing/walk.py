@@ -90,6 +90,7 @@ class AutogradWalker:
         self._types: dict = {}
         self._str_cache = _Strings({None: None})  # (None: a node without metadata)
         self._shapes = _Shapes()  # torch.Size -> tuple of ints, for saved tensors and leaves
+        self._records: dict = {}  # what the fast path read of a saved tensor -> its record
         # Parameters are not activation memory: a saved weight is never counted.
         self._storages: set = set(param_storage_keys)
         self._param_storages: dict = {}  # id(parameter) -> storage_key(parameter)
@@ -119,29 +120,30 @@ class AutogradWalker:
         #
         # "Seen?" is a set of the wrapper objects, not a dict and not id() ints: an object
         # hashes by its rotated address, a set probes neighbouring slots first, and a node
-        # reached a second time (a shared input, a parameter used twice) is the rarer case,
-        # whose position ``known`` looks up. Measured on a 1,000,000-node chain: id()-keyed
-        # dict 0.7 s, object-keyed dict 0.55 s, this set 0.27 s (bare traversal, no records).
+        # reached a second time (a shared input, a parameter used twice) is the rarer case.
+        # Measured on a 1,000,000-node chain: id()-keyed dict 0.7 s, object-keyed dict 0.55 s,
+        # this set 0.27 s (bare traversal, no records).
+        #
+        # Each edge's source is kept as the node itself (``targets``) and made a position
+        # after the loop: in a tree every edge found a new node, in order, so the positions
+        # are a range; else one index of the nodes, built in C, looks them all up. (An index
+        # kept up to date in the loop was a dict store per node; the re-reached edges' places
+        # kept for a second pass cost a tuple and two appends each: 0.1 s more on a
+        # million-node recurrence, where a third of the edges reach a node seen before.)
         fns, root_index = _seeds(roots)
         seen = set(fns)
-        # A node reached again (a shared input, a weight used at every step) is looked up by
-        # position only after the loop, in one pass: its edge's place in ``src`` and the node
-        # are kept meanwhile (an index kept up to date in the loop was a dict store per node,
-        # one grown on demand a method call per miss: 0.3 s on a million-node recurrence).
-        again: list = []
-        add_again = again.append
+        targets: list = []
         ops: list = []
         shapes: list = []
         dtypes: list = []
         devices: list = []
         outputs: list = []
-        src: list = []
         dst: list = []
         special: list = []
         add_op, add_shape, add_dtype, add_device, add_out = (
             ops.append, shapes.append, dtypes.append, devices.append, outputs.append)
-        add_src, add_dst, add_fn, add_seen, add_special = (
-            src.append, dst.append, fns.append, seen.add, special.append)
+        add_target, add_dst, add_fn, add_seen, add_special = (
+            targets.append, dst.append, fns.append, seen.add, special.append)
         types = self._types
         want_shapes = self._has_metadata
         slow = 0  # nodes whose metadata took the slow path (their shape is a tuple or None)
@@ -175,17 +177,14 @@ class AutogradWalker:
             for nf, _slot in fn.next_functions:
                 if nf is None:
                     continue
-                if nf in seen:
-                    add_again((len(src), nf))
-                    add_src(0)  # (its position, filled in below)
-                else:
+                if nf not in seen:
                     add_seen(nf)
-                    add_src(len(fns))
                     add_fn(nf)
+                add_target(nf)
                 add_dst(i)
         count = len(fns)
-        if again:
-            _fill_positions(src, again, fns)
+        src = _positions(targets, fns, len(root_index))
+        del targets
         columns: dict = {"op": ops}
         if want_shapes:
             strs = self._str_cache
@@ -214,7 +213,7 @@ class AutogradWalker:
         models, modules, params_col, leaves = (columns["model"], columns["module"],
                                                columns["param"], columns["leaf"])
         shapes, dtypes, devices = columns["shape"], columns["dtype"], columns["device"]
-        shape_of, strs = self._shapes, self._str_cache
+        shape_of, strs, records = self._shapes, self._str_cache, self._records
         owner_of = self.attribution
         # (the sweep behind ModuleTracker.attribution(): looked up inline, no call per node)
         bounds, owners = getattr(owner_of, "bounds", None), getattr(owner_of, "owners", None)
@@ -225,8 +224,6 @@ class AutogradWalker:
         plain, tensor_type = _SavedTensor, _Tensor
         storages, add_storage = self._storages, self._storages.add
         param_keys = self._param_storages
-        logged: list = []  # the storages counted by the fast path, in order
-        log_key = logged.append
         for i in special:
             fn = fns[i]
             info = types[type(fn)]
@@ -284,29 +281,31 @@ class AutogradWalker:
                             key, nbytes = param_keys.get(id(t)) or self._param_storage(t)
                         elif type(t) is tensor_type:
                             st = t.untyped_storage()
-                            key, nbytes = (t.get_device(), st.data_ptr()), st.nbytes()
+                            key, nbytes = st._cdata, st.nbytes()  # (as in storage_key)
                         else:
                             break  # a subclass, an unlisted parameter: the general reader
-                        shape, dtype = shape_of[t.shape], strs[t.dtype]
-                        counted = key not in storages  # (nothing raises from here on)
-                        if counted:
+                        counted = key not in storages
+                        # One record per distinct (name, shape, dtype, size, counted), shared:
+                        # a big graph saves the same kind of tensor at every layer or step.
+                        # The key holds the torch.Size and dtype as read (no conversion, no
+                        # name lookup); an unhashable (symbolic) size goes to the general reader.
+                        seen_as = (name, t.shape, t.dtype, nbytes, counted)
+                        rec = records.get(seen_as) or self._record(seen_as)
+                        if counted:  # (nothing raises from here on)
                             add_storage(key)
-                            log_key(key)
-                        found.append(_new_tuple(SavedTensor, (name, shape, dtype, nbytes,
-                                                              counted)))
+                        found.append(rec)
                     except Exception:  # noqa: BLE001 - freed, nested, meta: general reader
                         break
                 else:
                     if found:
                         saved_col[i] = tuple(found)
                     continue
-                # The general reader counts this node's tensors itself: the storages counted
-                # above (the last ones logged) are taken back first.
-                taken = sum(1 for s in found if s.counted)
-                if taken:
-                    storages.difference_update(logged[-taken:])
-                    del logged[-taken:]
-            saved = self._saved(fn, info, forwards_before, devices[i])
+                # The general reader goes on from the attribute this loop stopped at (a
+                # hooked, listed, subclass or unreadable value); what it read stays.
+                saved = self._saved(fn, info, forwards_before, devices[i],
+                                    info.saved_attrs.index(attr), found)
+            else:
+                saved = self._saved(fn, info, forwards_before, devices[i])
             if saved:
                 saved_col[i] = tuple(saved)
             if counting and self.forwards() != forwards_before:
@@ -340,8 +339,12 @@ class AutogradWalker:
 
     # -- saved tensors -------------------------------------------------------------------------
     def _saved(self, fn: Any, info: _TypeInfo, forwards_before: Optional[int] = None,
-               device: Optional[str] = None) -> list:
-        out: list = []
+               device: Optional[str] = None, start: int = 0, out: Optional[list] = None
+               ) -> list:
+        """The node's saved tensors, from its ``start``-th saved attribute on, added to
+        ``out`` (the records of the attributes before it)."""
+        if out is None:
+            out = []
         if info.python_function:
             try:
                 raw = fn._raw_saved_tensors
@@ -358,7 +361,7 @@ class AutogradWalker:
             for k, t in enumerate(values):
                 self._add_saved(out, f"saved_tensors[{k}]", t)
             return out
-        for attr, raw_attr, name in info.saved_fields:
+        for attr, raw_attr, name in info.saved_fields[start:]:
             try:
                 raw = getattr(fn, raw_attr)
                 if _hooked(raw):
@@ -379,6 +382,14 @@ class AutogradWalker:
             else:
                 self._add_saved(out, name, value)
         return out
+
+    def _record(self, seen_as: tuple) -> SavedTensor:
+        """The shared record of a saved tensor read as ``(name, torch.Size, dtype, bytes,
+        counted)`` (raises for a size that is not plain ints)."""
+        name, size, dtype, nbytes, counted = seen_as
+        rec = self._records[seen_as] = _new_tuple(
+            SavedTensor, (name, self._shapes[size], self._str_cache[dtype], nbytes, counted))
+        return rec
 
     def _param_storage(self, t: torch.Tensor) -> tuple:
         found = self._param_storages.get(id(t))
@@ -427,29 +438,39 @@ def _seeds(roots: Iterable[Any]) -> tuple:
     return fns, list(range(len(fns)))
 
 
-def _fill_positions(src: list, again: list, fns: list) -> None:
-    """Put each re-reached node's position at its edge's place in ``src`` (``again``: pairs of
-    that place and the node), from one index of the nodes built in C."""
-    position = dict(zip(fns, range(len(fns))))
-    for k, fn in again:
-        src[k] = position[fn]
+def _positions(targets: list, fns: list, first: int) -> list:
+    """The position of each edge's source node (``targets``: the nodes, edge by edge; ``fns``:
+    the nodes in walk order, of which the first ``first`` are roots, found by no edge)."""
+    if len(targets) == len(fns) - first:  # every edge found a new node, in walk order
+        return list(range(first, len(fns)))
+    return list(map(dict(zip(fns, range(len(fns)))).__getitem__, targets))
+
+
+class _Interned(dict):
+    """Each distinct value to its first instance (``interned[value]``): equal values shared."""
+
+    def __missing__(self, value: Any) -> Any:
+        self[value] = value
+        return value
 
 
 def _tuples(shapes: list, slow: int) -> list:
     """The walk's shapes (lists of ints from the fast path; tuples or None from the slow one)
-    as tuples, each distinct shape made once and shared, and checked once: a symbolic size is
-    not plain data (None then)."""
+    as tuples, each distinct shape made once and shared (one pass), and checked once: a
+    symbolic size is not plain data (None then)."""
     if not slow:
-        tuples = list(map(tuple, shapes))
+        tuples: Iterable = map(tuple, shapes)
     else:
-        tuples = [s if s is None or type(s) is tuple else tuple(s) for s in shapes]
+        tuples = (s if s is None or type(s) is tuple else tuple(s) for s in shapes)
+    distinct = _Interned()
     try:
-        distinct = dict.fromkeys(tuples)
+        shared = list(map(distinct.__getitem__, tuples))
     except TypeError:  # an unhashable (symbolic) size: the slow way, one at a time
-        return [_plain_shape(s) for s in tuples]
-    for s in distinct:
-        distinct[s] = _plain_shape(s)
-    return list(map(distinct.__getitem__, tuples))
+        return [_plain_shape(None if s is None else tuple(s)) for s in shapes]
+    plain = {s: _plain_shape(s) for s in distinct}
+    if all(p is s for s, p in plain.items()):
+        return shared
+    return list(map(plain.__getitem__, shared))
 
 
 def _plain_shape(shape: Optional[tuple]) -> Optional[tuple]:
@@ -475,19 +496,26 @@ _SavedTensor = getattr(getattr(torch._C, "_autograd", None), "SavedTensor", None
 _Tensor = torch.Tensor
 
 
-def storage_id(t: torch.Tensor) -> tuple:
+def storage_id(t: torch.Tensor) -> Any:
     """``storage_key(t)[0]`` without reading the storage's size (a parameter table's keys)."""
     try:
-        return t.get_device(), t.untyped_storage().data_ptr()
+        return t.untyped_storage()._cdata
     except Exception:  # noqa: BLE001 - sparse, nested, fake or meta tensors
         return storage_key(t)[0]
 
 
 def storage_key(t: torch.Tensor) -> tuple:
-    """A key identifying the memory a tensor occupies, and that memory's size in bytes."""
+    """A key identifying the memory a tensor occupies, and that memory's size in bytes.
+
+    The key is the address of the storage's C++ object (``_cdata``): every view of a tensor,
+    and the copy of an output autograd saves, share that object, and while the graph holds the
+    tensors no two live storages have the same one. One int, on any device, read without
+    asking the device: in the walk's set, 0.4 us less per saved tensor than
+    ``(get_device(), data_ptr())`` pairs. (Two storages made over the same memory, as
+    ``torch.from_numpy`` twice on one array, count twice.)"""
     try:
         st = t.untyped_storage()
-        return (t.get_device(), st.data_ptr()), st.nbytes()
+        return st._cdata, st.nbytes()
     except Exception:  # sparse, nested, fake or meta tensors: fall back to the tensor itself
         return ("id", id(t)), t.numel() * t.element_size()
 
