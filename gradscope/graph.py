@@ -399,6 +399,14 @@ def _check_ids(ids: Iterable[Any]) -> None:
                          "underscores (n0, n1, ...)")
 
 
+class Interned(dict):
+    """Each distinct value to its first instance (``interned[value]``): equal values shared."""
+
+    def __missing__(self, value: Any) -> Any:
+        self[value] = value
+        return value
+
+
 # -- reading the column layout -----------------------------------------------------------------
 _NONE = type(None)
 
@@ -452,17 +460,20 @@ def _column(d: dict, name: str, count: int) -> list:
 
 
 def _shapes(values: list, what: str) -> list:
-    """Lists of ints (or null) -> tuples, each distinct shape made once and shared."""
-    made: dict = {}
-    out = []
-    for s in values:
-        if s is None:
-            out.append(None)
-            continue
-        key = tuple(s) if isinstance(s, list) else None
-        if key is None or not set(map(type, key)) <= {int}:
-            raise ValueError(f"graph {what} entries must be lists of integers or null")
-        out.append(made.setdefault(key, key))
+    """Lists of ints (or null) -> tuples, each distinct shape made once and shared. The types
+    are checked in C over the whole list, the ints once per distinct shape."""
+    kinds = set(map(type, values))
+    if not kinds <= {list, _NONE}:
+        raise ValueError(f"graph {what} entries must be lists of integers or null")
+    tuples: Iterable = map(tuple, values) if _NONE not in kinds else \
+        (None if s is None else tuple(s) for s in values)
+    distinct = Interned()
+    try:
+        out = list(map(distinct.__getitem__, tuples))
+    except TypeError:  # a list inside: unhashable
+        out = None
+    if out is None or not all(set(map(type, s)) <= {int} for s in distinct if s is not None):
+        raise ValueError(f"graph {what} entries must be lists of integers or null")
     return out
 
 

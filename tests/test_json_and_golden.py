@@ -200,6 +200,14 @@ def test_loading_columns_checks_every_value():
         (dict(good, op=["A"]), "list of 2 values"),
         (dict(good, op=["A", 3]), "strings or nulls"),
         (dict(good, shape=[[], ["2"]]), "lists of integers"),
+        # (shapes are made tuples in bulk and their values checked once per distinct shape:
+        # nothing but a list of ints or a null gets through)
+        (dict(good, shape=[[], [[2]]]), "lists of integers"),
+        (dict(good, shape=[[], [2.0]]), "lists of integers"),
+        (dict(good, shape=[[], [True]]), "lists of integers"),
+        (dict(good, shape=[[], "2"]), "lists of integers"),
+        (dict(good, shape=[[], {}]), "lists of integers"),
+        (dict(good, shape=[None, 2]), "lists of integers"),
         (dict(good, outputs=[1, "1"]), "integers"),
         (dict(good, edges={"src": [2], "dst": [0]}), "positions from 0 to 1"),
         (dict(good, edges={"src": [1], "dst": [-1]}), "positions from 0 to 1"),

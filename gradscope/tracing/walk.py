@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from ..graph import LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED, Graph, SavedTensor
+from ..graph import LEAF_INPUT, LEAF_PARAMETER, LEAF_UNREGISTERED, Graph, Interned, SavedTensor
 
 _new_tuple = tuple.__new__
 
@@ -446,14 +446,6 @@ def _positions(targets: list, fns: list, first: int) -> list:
     return list(map(dict(zip(fns, range(len(fns)))).__getitem__, targets))
 
 
-class _Interned(dict):
-    """Each distinct value to its first instance (``interned[value]``): equal values shared."""
-
-    def __missing__(self, value: Any) -> Any:
-        self[value] = value
-        return value
-
-
 def _tuples(shapes: list, slow: int) -> list:
     """The walk's shapes (lists of ints from the fast path; tuples or None from the slow one)
     as tuples, each distinct shape made once and shared (one pass), and checked once: a
@@ -462,7 +454,7 @@ def _tuples(shapes: list, slow: int) -> list:
         tuples: Iterable = map(tuple, shapes)
     else:
         tuples = (s if s is None or type(s) is tuple else tuple(s) for s in shapes)
-    distinct = _Interned()
+    distinct = Interned()
     try:
         shared = list(map(distinct.__getitem__, tuples))
     except TypeError:  # an unhashable (symbolic) size: the slow way, one at a time
