@@ -10,7 +10,7 @@ import operator
 import sys
 import threading
 import time
-from itertools import compress
+from itertools import compress, repeat
 import weakref
 import warnings
 from typing import Any, Callable, Iterable, Optional
@@ -160,6 +160,61 @@ def _not_compiled(fn: Callable) -> Callable:
             disabled.append(torch.compiler.disable(fn))
         return disabled[0](*args, **kwargs)
     return call
+
+
+# The parameter table's columns, in the order of its rows' keys.
+_ROW_KEYS = ("model", "name", "module", "shape", "dtype", "device", "numel", "requires_grad",
+             "in_graph", "in_optimizer", "has_grad", "grad_seen", "aliases", "grad_norm")
+_shape_of, _dtype_of, _grad_of, _needs_grad, _on_cpu = map(
+    operator.attrgetter, ("shape", "dtype", "grad", "requires_grad", "is_cpu"))
+
+
+class _Names(dict):
+    """A dtype or device -> its name (``float32``, ``cuda:0``), each made once."""
+
+    def __missing__(self, value: Any) -> str:
+        text = self[value] = str(value).replace("torch.", "")
+        return text
+
+
+_DTYPE_NAMES, _DEVICE_NAMES = _Names(), _Names()
+
+
+def _parameter_rows(label: str, unique: list, more: dict, in_graph: set,
+                    optimized: Optional[set], seen: Optional[set], norms: dict,
+                    sizes: dict) -> tuple:
+    """``(rows, total size)``: one row of the parameter table per ``(name, parameter)`` of
+    ``unique``, and each one's size put in ``sizes`` (by id). ``more``: tied weights' other
+    names; ``optimized`` / ``seen``: None when no optimizer is known / no backward ran.
+
+    Column by column, the reads in C (``map`` over the tensors' getters), then one dict per
+    row from them."""
+    names = [n for n, _ in unique]
+    params = [p for _, p in unique]
+    ids = list(map(id, params))
+    count = len(params)
+    if all(map(operator.is_, map(type, params), repeat(_Parameter))):
+        numels = list(map(_Tensor.numel, params))
+        shapes: Any = map(list, map(_shape_of, params))
+    else:  # a subclass, maybe a LazyModule's parameter that never ran: no shape yet
+        lazy = list(map(_uninitialized, params))
+        numels = [0 if z else p.numel() for p, z in zip(params, lazy)]
+        shapes = [None if z else list(p.shape) for p, z in zip(params, lazy)]
+    sizes.update(zip(ids, numels))
+    dtypes = map(_DTYPE_NAMES.__getitem__, map(_dtype_of, params))
+    if all(map(_on_cpu, params)):  # (.device builds an object per parameter)
+        devices: Any = repeat("cpu", count)
+    else:
+        devices = ["cpu" if p.is_cpu else _DEVICE_NAMES[p.device] for p in params]
+    rows = list(map(dict, map(zip, repeat(_ROW_KEYS), zip(
+        repeat(label, count), names, [n.rpartition(".")[0] for n in names], shapes, dtypes,
+        devices, numels, map(_needs_grad, params),
+        map(in_graph.__contains__, zip(repeat(label, count), names)),
+        repeat(None, count) if optimized is None else map(optimized.__contains__, ids),
+        map(operator.is_not, map(_grad_of, params), repeat(None, count)),
+        repeat(None, count) if seen is None else map(seen.__contains__, ids),
+        [more.get(pid) or [] for pid in ids], map(norms.get, names)))))
+    return rows, sum(numels)
 
 
 class Capture(steporder.StepOrderEvents):
@@ -769,44 +824,16 @@ class Capture(steporder.StepOrderEvents):
         any_optimizer = self.optimizers.active
         models, parameters = [], []
         sizes: dict = {}    # id(parameter) -> numel, for the module table
-        dtypes: dict = {}   # their names, made once each
-        devices: dict = {}
         backward_ran = (self.backward_calls + self.grad_calls) > 0
         seen = self.gradients.seen
         for label, model in self.tracker.models.items():
             if model is None:
                 continue
-            total = 0
             unique, more = self.unique_parameters(model)  # more: tied weights' other names
-            norm_of = self.grad_norms.get(label, {}).get
-            for name, p in unique:
-                pid = id(p)
-                lazy = _uninitialized(p)  # a LazyModule that never ran: no shape yet
-                numel = sizes[pid] = 0 if lazy else p.numel()
-                total += numel
-                module = name.rpartition(".")[0]
-                aliases = more.get(pid)
-                dtype = p.dtype
-                text = dtypes.get(dtype)
-                if text is None:
-                    text = dtypes[dtype] = str(dtype).replace("torch.", "")
-                if p.is_cpu:  # (.device builds an object per parameter)
-                    where = "cpu"
-                else:
-                    device = p.device
-                    where = devices.get(device)
-                    if where is None:
-                        where = devices[device] = str(device)
-                parameters.append({
-                    "model": label, "name": name, "module": module,
-                    "shape": None if lazy else list(p.shape), "dtype": text, "device": where,
-                    "numel": numel, "requires_grad": p.requires_grad,
-                    "in_graph": (label, name) in in_graph,
-                    "in_optimizer": (pid in optimized) if any_optimizer else None,
-                    "has_grad": p.grad is not None,
-                    "grad_seen": (pid in seen) if backward_ran else None,
-                    "aliases": aliases or [], "grad_norm": norm_of(name),
-                })
+            rows, total = _parameter_rows(
+                label, unique, more, in_graph, optimized if any_optimizer else None,
+                seen if backward_ran else None, self.grad_norms.get(label, {}), sizes)
+            parameters += rows
             models.append({"label": label, "type": type(model).__name__, "parameters": total,
                            "training": model.training})
         attributes = scan_attributes(self.tracker.models, self.backward_seqs,
