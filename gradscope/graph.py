@@ -460,21 +460,19 @@ def _column(d: dict, name: str, count: int) -> list:
 
 
 def _shapes(values: list, what: str) -> list:
-    """Lists of ints (or null) -> tuples, each distinct shape made once and shared. The types
-    are checked in C over the whole list, the ints once per distinct shape."""
+    """Lists of ints (or null) -> tuples, each distinct shape made once and shared. Every
+    value is checked, in C over the whole column: first the entries, then all their items
+    (``[2.0, 3]`` equals ``[2, 3]``, so checking one copy of each distinct shape would not do)."""
     kinds = set(map(type, values))
-    if not kinds <= {list, _NONE}:
+    if not all(k is _NONE or issubclass(k, list) for k in kinds):
+        raise ValueError(f"graph {what} entries must be lists of integers or null")
+    lists = [s for s in values if s is not None] if _NONE in kinds else values
+    if not set(map(type, chain.from_iterable(lists))) <= {int}:
         raise ValueError(f"graph {what} entries must be lists of integers or null")
     tuples: Iterable = map(tuple, values) if _NONE not in kinds else \
         (None if s is None else tuple(s) for s in values)
     distinct = Interned()
-    try:
-        out = list(map(distinct.__getitem__, tuples))
-    except TypeError:  # a list inside: unhashable
-        out = None
-    if out is None or not all(set(map(type, s)) <= {int} for s in distinct if s is not None):
-        raise ValueError(f"graph {what} entries must be lists of integers or null")
-    return out
+    return list(map(distinct.__getitem__, tuples))
 
 
 def _check_positions(what: str, positions: Any, count: int) -> None:

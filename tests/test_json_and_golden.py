@@ -208,6 +208,8 @@ def test_loading_columns_checks_every_value():
         (dict(good, shape=[[], "2"]), "lists of integers"),
         (dict(good, shape=[[], {}]), "lists of integers"),
         (dict(good, shape=[None, 2]), "lists of integers"),
+        (dict(good, shape=[[2], [2.0]]), "lists of integers"),  # equal to an earlier shape
+        (dict(good, shape=[[1], [True]]), "lists of integers"),
         (dict(good, outputs=[1, "1"]), "integers"),
         (dict(good, edges={"src": [2], "dst": [0]}), "positions from 0 to 1"),
         (dict(good, edges={"src": [1], "dst": [-1]}), "positions from 0 to 1"),

@@ -131,6 +131,20 @@ def test_a_node_read_partly_before_a_hooked_tensor_counts_its_plain_tensors_once
     assert node.saved_bytes == 2 * 4 * 3 * 4
 
 
+def test_activations_on_the_meta_device_count_and_parameters_do_not():
+    # Every meta storage has address 0: a (device, data_ptr) key took them all for one storage,
+    # the weight's, and counted no activation. A storage is told by its own object now.
+    lin = nn.Linear(3, 3, device="meta")
+    x = torch.randn(2, 3, device="meta", requires_grad=True)
+    g = gradscope.graph_of(torch.relu(lin(x)).sum(), params=dict(lin.named_parameters()))
+    relu = next(n for n in g.nodes if n.op == "ReluBackward0")
+    addmm = next(n for n in g.nodes if n.op == "AddmmBackward0")
+    assert [(s.name, s.bytes, s.counted) for s in relu.saved] == [("result", 2 * 3 * 4, True)]
+    assert {s.name: (s.bytes, s.counted) for s in addmm.saved} == {
+        "mat1": (2 * 3 * 4, True), "mat2": (3 * 3 * 4, False)}  # the weight: never counted
+    assert g.saved_bytes == 2 * (2 * 3 * 4)
+
+
 def test_custom_autograd_function_saved_tensors():
     class Square(torch.autograd.Function):
         @staticmethod
