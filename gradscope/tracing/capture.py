@@ -39,7 +39,7 @@ from . import steporder
 from .userwarnings import CompileHookWarningFilter, WarningRelocator
 from .registrations import RegistrationRecorder
 from .steady import SteadySteps, backward_key
-from .walk import AutogradWalker, storage_id
+from .walk import AutogradWalker, _Strings, storage_id
 
 MAX_EVENTS = 10_000
 FLUSH_SECONDS = 5.0  # a distributed rank writes its report this often: a crash loses little
@@ -167,17 +167,7 @@ _ROW_KEYS = ("model", "name", "module", "shape", "dtype", "device", "numel", "re
              "in_graph", "in_optimizer", "has_grad", "grad_seen", "aliases", "grad_norm")
 _shape_of, _dtype_of, _grad_of, _needs_grad, _on_cpu = map(
     operator.attrgetter, ("shape", "dtype", "grad", "requires_grad", "is_cpu"))
-
-
-class _Names(dict):
-    """A dtype or device -> its name (``float32``, ``cuda:0``), each made once."""
-
-    def __missing__(self, value: Any) -> str:
-        text = self[value] = str(value).replace("torch.", "")
-        return text
-
-
-_DTYPE_NAMES, _DEVICE_NAMES = _Names(), _Names()
+_NAMES = _Strings()  # dtypes' and devices' names, for every parameter table of the process
 
 
 def _parameter_rows(label: str, unique: list, more: dict, in_graph: set,
@@ -201,11 +191,11 @@ def _parameter_rows(label: str, unique: list, more: dict, in_graph: set,
         numels = [0 if z else p.numel() for p, z in zip(params, lazy)]
         shapes = [None if z else list(p.shape) for p, z in zip(params, lazy)]
     sizes.update(zip(ids, numels))
-    dtypes = map(_DTYPE_NAMES.__getitem__, map(_dtype_of, params))
+    dtypes = map(_NAMES.__getitem__, map(_dtype_of, params))
     if all(map(_on_cpu, params)):  # (.device builds an object per parameter)
         devices: Any = repeat("cpu", count)
     else:
-        devices = ["cpu" if p.is_cpu else _DEVICE_NAMES[p.device] for p in params]
+        devices = ["cpu" if p.is_cpu else _NAMES[p.device] for p in params]
     rows = list(map(dict, map(zip, repeat(_ROW_KEYS), zip(
         repeat(label, count), names, [n.rpartition(".")[0] for n in names], shapes, dtypes,
         devices, numels, map(_needs_grad, params),

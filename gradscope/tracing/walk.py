@@ -28,7 +28,8 @@ def _dtype_name(dtype: Any) -> str:
 
 
 class _Strings(dict):
-    """dtype or device -> its name (``float32``, ``cuda:0``), each formatted once per walk."""
+    """dtype or device -> its name (``float32``, ``cuda:0``), each formatted once (per walk;
+    the snapshot's parameter table keeps one for the process)."""
 
     def __missing__(self, value: Any) -> str:
         text = self[value] = _dtype_name(value)
