@@ -100,7 +100,9 @@ def no_leaks():
     wrapped = op_watch_attributes()
     show = warnings._showwarnmsg
     patched = _step_order_attributes()
+    call_impl = torch.nn.Module.__dict__["_call_impl"]
     yield
+    assert torch.nn.Module.__dict__["_call_impl"] is call_impl  # a trace's module-call path
     assert _step_order_attributes() == patched  # clipping, schedulers, optimizers, GradScaler
     assert list(_get_current_function_mode_stack()) == modes
     now = op_watch_attributes()  # every torch function the op watch wrapped is back
@@ -113,6 +115,17 @@ def no_leaks():
     assert torch.autograd.grad is grad
     assert (torch.optim.Optimizer.__dict__["zero_grad"],
             torch.nn.Module.__dict__["zero_grad"]) == zero
+
+
+_TORCH_CALL_IMPL = torch.nn.Module.__dict__["_call_impl"]
+
+
+@pytest.fixture(autouse=True)
+def _torch_module_calls_after_each_test():
+    """A trace puts its own Module._call_impl in while it is open: every test ends with
+    torch's back."""
+    yield
+    assert torch.nn.Module.__dict__["_call_impl"] is _TORCH_CALL_IMPL
 
 
 @pytest.fixture(autouse=True)

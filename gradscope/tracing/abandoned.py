@@ -18,17 +18,25 @@ from typing import Optional
 
 from torch import nn
 
-# torch's Module._call_impl: every hook of a module call runs under its frame
-_CALL_CODES = tuple(f.__code__ for f in (getattr(nn.Module, "_call_impl", None),)
-                    if hasattr(f, "__code__"))
+from . import modulecall
+
+# torch's Module._call_impl, or a trace's own (modulecall.py): every hook of a module call runs
+# under its frame
+_TORCH_CALL = getattr(getattr(nn.Module, "_call_impl", None), "__code__", None)
+_CALL_CODES = tuple(c for c in (_TORCH_CALL, modulecall.CALL_CODE) if c is not None)
 
 
 def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     """The ``Module._call_impl`` frame of the module call a hook runs for: ``frame`` (the
-    hook's caller) or one of the few above it. None on a torch whose call path differs (no
-    abandoned forward is told then)."""
+    hook's caller) or one of the few above it; a trace's own ``_call_impl`` when torch's runs
+    under it (a module with hooks of its own), so that all hooks of one call find one frame.
+    None on a torch whose call path differs (no abandoned forward is told then)."""
     for _ in range(8):
         if frame is None or frame.f_code in _CALL_CODES:
+            if frame is not None and frame.f_code is _TORCH_CALL:
+                above = frame.f_back
+                if above is not None and above.f_code is modulecall.CALL_CODE:
+                    return above
             return frame
         frame = frame.f_back
     return None

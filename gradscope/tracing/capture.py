@@ -226,6 +226,7 @@ class Capture(steporder.StepOrderEvents):
             self.opwatch = OpWatch(self.tracker)
             self.opwatch.history.counters = lambda: (self.backward_calls, self.optimizer_steps)
             self.tracker.direct.nested = True  # the op watch looks inside forwards too
+            self.tracker.patch_calls = True  # module calls through our _call_impl: cheaper
         # watch: after the first steps, module calls recorded without a hook per call
         self.light = LightForwards(self.tracker) if mode == "watch" else None
         self.failure: Optional[dict] = None      # an error of the run, explained (plain data)

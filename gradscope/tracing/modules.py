@@ -1,12 +1,13 @@
 """Which module's forward was running when each autograd node was created.
 
-Two global forward hooks (pre and post, ``always_call=True`` so the stack stays balanced when a
-forward raises) push and pop a stack of running modules and record, for every call, the range of
-autograd sequence numbers handed out while it ran (``torch._C._autograd._get_sequence_nr`` peeks
-the thread's counter for the price of a dict lookup). After the run, a node's sequence number is
+Two hooks, pre and post, push and pop a stack of running modules and record, for every call, the
+range of autograd sequence numbers handed out while it ran (``torch._C._autograd._get_sequence_nr``
+peeks the thread's counter for the price of a dict lookup). After the run, a node's sequence number is
 looked up in those nested ranges: the innermost range that holds it is the module that made it.
 This costs two counter reads per module call and nothing per op, unlike wrapping every torch
-function.
+function. A trace calls the hooks from its own ``Module._call_impl`` (modulecall.py, cheaper); a
+watch registers them as global forward hooks (``always_call=True``, so that the stack stays
+balanced when a forward raises), which it can take out and put back between steps.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from . import modulecall
 from .abandoned import call_frame, unwound
 from .attributes import container_items
 from .directcall import DirectCalls, holder_in_frames, under_construction
@@ -142,6 +144,10 @@ class ModuleTracker:
         self._plain_types: set = set()  # module types seen that are no batch norm
         self._handles: Optional[HandleGroup] = None
         self._forward_handles: list = []
+        # a trace sees module calls through its own Module._call_impl (modulecall.py); a
+        # watch, which takes its hooks out and puts them back between steps, through two
+        # global forward hooks
+        self.patch_calls = False
         self.light_entry: Optional[tuple] = None  # (model, name) of a light forward running
         # model -> list(model.named_modules()): the capture's listing, shared by its passes
         self.listing: Callable[[nn.Module], list] = lambda m: list(m.named_modules())
@@ -165,11 +171,15 @@ class ModuleTracker:
         handles.on_remove(lambda: self.forward_hooks(False))
 
     def forward_hooks(self, on: bool) -> None:
-        """Put the two global forward hooks in (they see every module call) or take them out
-        (a watch session's light steps, see ``lightmode``). Idempotent."""
+        """Put the two hooks in (they see every module call; a trace's through modulecall, a
+        watch's as global forward hooks) or take them out (a watch session's light steps, see
+        ``lightmode``). Idempotent."""
         if on and not self._forward_handles:
+            if self.patch_calls:  # (modulecall's _call_impl tells is_compiling() first)
+                self._forward_handles = [modulecall.install(*self._fast_hooks(False))]
+                return
             reg = nn.modules.module
-            pre, post = self._fast_hooks()
+            pre, post = self._fast_hooks(True)
             self._forward_handles = [
                 reg.register_module_forward_pre_hook(pre),
                 reg.register_module_forward_hook(post, always_call=True)]
@@ -407,8 +417,8 @@ class ModuleTracker:
         return (isinstance(module, _GraphModule) and id(module) not in self._names) \
             or module.__dict__.get("_is_replica", False)
 
-    def _fast_hooks(self) -> tuple:
-        """The two global hooks: the common call (a named submodule of a running forward, not
+    def _fast_hooks(self, check_compiling: bool) -> tuple:
+        """The two hooks (global hooks, or called by modulecall's ``_call_impl``): the common call (a named submodule of a running forward, not
         a batch norm, nothing special going on) handled in a few lookups, the rest by
         :meth:`_pre_hook` / :meth:`_post_hook`.
 
@@ -425,7 +435,9 @@ class ModuleTracker:
         muted, direct, plain = self._muted_depth, self.direct, self._plain_types
         get_ident, peek = threading.get_ident, _peek_sequence_nr
         # (folded to True while torch.compile traces; True while AOTAutograd and export run)
-        compiling = torch.compiler.is_compiling
+        # (called by modulecall's _call_impl, which has told it already: bool() is False,
+        # one C call)
+        compiling = torch.compiler.is_compiling if check_compiling else bool
         modes = getattr(torch._C, "_len_torch_function_stack", lambda: 1)
         tensor = torch.Tensor
         inputs = self.input_ids

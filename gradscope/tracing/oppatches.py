@@ -168,7 +168,7 @@ def _wrap_layer(name: str, original: Callable) -> Callable:
                 if cls in trusted:
                     own = module.__dict__
                     if "forward" not in own and not own.get("_forward_pre_hooks") \
-                            and len(_GLOBAL_PRE_HOOKS) == 1:
+                            and not _GLOBAL_PRE_HOOKS:
                         continue
                 code = _FORWARD_CODES.get(cls) or forward_code(cls)
             if frame is None:
@@ -202,8 +202,8 @@ def _torch_forwards(name: str) -> frozenset:
     """torch's own module classes (these classes exactly, not subclasses, which may override a
     helper or a property that the forward calls) whose forward calls layer function ``name``
     where it should. While such a module runs, with torch's forward (none set on the instance)
-    and no forward pre-hook but the tracker's own, nothing else can call the function; the
-    frame decides for every other module."""
+    and no forward pre-hook (the tracker's own runs from its ``_call_impl``, see modulecall),
+    nothing else can call the function; the frame decides for every other module."""
     classes = set()
     for cls_name in _TORCH_LAYERS.get(name, ()):
         cls = getattr(torch.nn, cls_name, None)
