@@ -42,6 +42,17 @@ _peek_sequence_nr: Optional[Callable[[], int]] = getattr(
     getattr(torch._C, "_autograd", None), "_get_sequence_nr", None)
 
 
+# Tests only: every module call through the full hooks (the fast path must record the same)
+FULL_HOOKS_ONLY = False
+
+
+class _NotCounting:
+    enabled = False
+
+
+_NOT_COUNTING = _NotCounting()
+
+
 class ModuleRecord:
     """What was seen of one module (one qualified name in one model). A plain class with
     slots: a trace makes one per module called (2,000 in a 1000-layer MLP)."""
@@ -418,18 +429,26 @@ class ModuleTracker:
             or module.__dict__.get("_is_replica", False)
 
     def _fast_hooks(self, check_compiling: bool) -> tuple:
-        """The two hooks (global hooks, or called by modulecall's ``_call_impl``): the common call (a named submodule of a running forward, not
-        a batch norm, nothing special going on) handled in a few lookups, the rest by
-        :meth:`_pre_hook` / :meth:`_post_hook`.
+        """The two hooks (global hooks, or called by modulecall's ``_call_impl``): the common
+        call (a named submodule of a running forward, not a batch norm, nothing special going
+        on) handled in a few lookups, the rest by :meth:`_pre_hook` / :meth:`_post_hook`.
 
         Every module call pays these twice: in a 1000-layer MLP of 32-wide layers a module's
         own work is ~10 us, and the full hooks cost about as much (a wrapper frame, five
         method calls, torch-function handling switched off). The fast path touches no tensor
         attribute, so it needs no torch-function guard, and defers to the full hook for
         anything it does not decide itself (the first call of a module, which describes its
-        output; the top of a forward; muting, pausing, direct calls, the benchmark's timing).
+        output; the top of a forward; muting, pausing, direct calls).
+
+        Made while the watch benchmark counts our own time (``selftime``), the fast path is
+        counted too, as a whole; counting switched on after they were made sends every call
+        to the full hooks, which count themselves.
         """
         slow_pre, slow_post = self._pre_hook, self._post_hook
+        if FULL_HOOKS_ONLY:
+            return slow_pre, slow_post
+        timed = selftime.enabled
+        timing = _NOT_COUNTING if timed else selftime  # (the fast paths' test of counting)
         stacks, names, records = self._stacks, self._names, self._records
         pending = self._pending
         muted, direct, plain = self._muted_depth, self.direct, self._plain_types
@@ -447,7 +466,7 @@ class ModuleTracker:
                 return None
             stack = stacks.get(get_ident())
             if stack and not self.paused and not muted and peek is not None \
-                    and not selftime.enabled:
+                    and not timing.enabled:
                 entry = names.get(id(module))
                 # (DataParallel's replicas, new objects at each forward, are never named)
                 # (entry[2]: a model's own call, "", or a wrapper's, "<DDP>", goes to the
@@ -468,7 +487,7 @@ class ModuleTracker:
             ident = get_ident()
             stack = stacks.get(ident)
             if stack and len(stack) > 1 and output is not None and not self.paused \
-                    and not muted and not selftime.enabled:
+                    and not muted and not timing.enabled:
                 frame = stack[-1]
                 if frame[0] is module and frame[2][:1] != "<":  # (a wrapper: the full hook)
                     if type(output) is tensor and ident == self._owner and not modes():
@@ -507,6 +526,14 @@ class ModuleTracker:
                     return None
             return slow_post(module, args, output)
 
+        if timed:
+            fast_pre, fast_post, count = pre, post, selftime.call
+
+            def pre(module: nn.Module, args: Any) -> None:  # noqa: F811 - the counted form
+                return count(fast_pre, (module, args), {})
+
+            def post(module: nn.Module, args: Any, output: Any) -> None:  # noqa: F811
+                return count(fast_post, (module, args, output), {})
         return pre, post
 
     def unmute(self) -> None:
