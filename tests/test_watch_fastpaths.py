@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.tracing import lightmode, steady, uniform
+from gradscope.tracing import capture, lightmode, steady, uniform
 
 STEPS = 80  # past the warm-up (8) and one periodic full step (64)
 
@@ -314,6 +314,23 @@ def _same_gradients(fast: dict, slow: dict) -> None:
             # (a parameter frozen part way has norms for the first steps only)
             steps = fast["norm_steps"][:len(values)]
             assert values == [slow[kind][name][at[s]] for s in steps], (kind, name)
+
+
+@pytest.mark.parametrize("kept", [150, 203, 250])
+def test_the_timeline_is_cut_at_the_same_event_when_idle_steps_are_written_back(kept,
+                                                                               monkeypatch):
+    """Idle steps' events go into the timeline in one go when the steps end: the cut (the
+    note and the mark) falls where the general path, event by event, puts it, inside the
+    idle steps or not; past it, the backward calls are still counted."""
+    monkeypatch.setattr(capture, "MAX_EVENTS", kept)
+    fast, _ = _report(_plain, True, monkeypatch)
+    slow, _ = _report(_plain, False, monkeypatch)
+    assert fast["idle_steps"] >= 30
+    assert fast["events"] == slow["events"] and len(fast["events"]) == kept + 1
+    assert fast["events"][-1] == {"kind": "truncated"}
+    assert fast["notes"] == slow["notes"] and \
+        sum(f"first {kept} events" in n for n in fast["notes"]) == 1
+    assert fast["backward_calls"] == slow["backward_calls"] == STEPS
 
 
 def test_the_fast_paths_do_engage(monkeypatch):

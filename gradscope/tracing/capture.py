@@ -691,11 +691,27 @@ class Capture(steporder.StepOrderEvents):
             if steady.idle:
                 steady.wake()  # an event no idle step has: the idle steps come first
             steady.add_event(event)
+        self._keep_event(event)
+
+    def _keep_event(self, event: dict) -> None:
         if len(self.events) < MAX_EVENTS:
             self.events.append(event)
         elif len(self.events) == MAX_EVENTS:
             self.notes.append(f"Only the first {MAX_EVENTS} events are kept in the timeline.")
             self.events.append({"kind": "truncated"})
+
+    def events_room(self) -> int:
+        """How many more events the timeline keeps (negative once it was cut)."""
+        return MAX_EVENTS - len(self.events)
+
+    def replayed_events(self, events: list) -> None:
+        """The events of idle steps, written back in order when they end (steady.py): kept as
+        :meth:`_add_event` keeps each, in one go (none is the full step's, being recorded)."""
+        if len(events) < self.events_room():
+            self.events += events
+            return
+        for event in events:
+            self._keep_event(event)
 
     def on_backward(self, roots: Any, kind: str = "backward", retain: bool = False) -> None:
         """Called just before a backward (or ``autograd.grad``) call runs."""

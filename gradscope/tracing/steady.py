@@ -258,16 +258,22 @@ class SteadySteps:
             self.cap.gradients.resync_after_idle(backwards)
 
     def _replay_events(self, events: list, backward: int, step: Optional[int]) -> int:
-        add = self.cap._add_event
+        """The recorded step's events again, numbered as step ``step``'s and as the backward
+        calls after ``backward``; returns the last backward's number."""
+        cap = self.cap
+        if cap.events_room() < 0:  # the timeline was cut: only the numbering goes on
+            return backward + sum(1 for ev in events if ev["kind"] == "backward")
+        out = []
         for ev in events:
-            e = dict(ev)
-            kind = e["kind"]
+            kind = ev["kind"]
             if kind == "backward":
                 backward += 1
-                e["index"] = backward
+                out.append({**ev, "index": backward})
             elif kind == "step":
-                e["index"] = step
-            add(e)
+                out.append({**ev, "index": step})
+            else:
+                out.append(dict(ev))
+        cap.replayed_events(out)
         return backward
 
 
