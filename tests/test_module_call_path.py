@@ -156,3 +156,120 @@ def test_torch_compile_first_imported_during_a_trace_keeps_its_shortcut(tmp_path
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# -- what an independent review of the first version found ---------------------------------
+def test_a_class_with_its_own_call_impl_is_still_seen(no_leaks):
+    """torch.compiler.disable on a module class gives the class its own _call_impl (torch's,
+    wrapped, as it was then): its calls must not look like direct forward calls."""
+    @torch.compiler.disable
+    class Eager(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(x).relu()
+
+    own = Eager.__dict__["_call_impl"]
+    model = nn.Sequential(nn.Linear(4, 4), Eager(), nn.Linear(4, 1))
+    report = gradscope.trace(model, torch.randn(3, 4))
+    assert Eager.__dict__["_call_impl"] is own
+    assert report.findings == []
+    assert {m["name"]: m["calls"] for m in report.trace.modules} == \
+        {"": 1, "0": 1, "1": 1, "1.lin": 1, "2": 1}
+    assert [n.module for n in report.graph.nodes if n.op == "ReluBackward0"] == ["1"]
+
+
+def test_a_call_impl_the_program_set_before_runs_during_the_trace_and_stays(no_leaks):
+    seen = []
+
+    def counting(self, *args, **kwargs):
+        seen.append(type(self).__name__)
+        return TORCH_CALL_IMPL(self, *args, **kwargs)
+
+    nn.Module._call_impl = counting
+    try:
+        report = gradscope.trace(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), torch.randn(5, 3))
+        assert nn.Module.__dict__["_call_impl"] is counting
+    finally:
+        nn.Module._call_impl = TORCH_CALL_IMPL
+    assert seen == ["Sequential", "Linear", "ReLU"]
+    assert [m["calls"] for m in report.trace.modules] == [1, 1, 1]
+
+
+def test_a_second_trace_after_a_replacement_on_top_of_ours_does_not_call_itself(no_leaks):
+    def wrap(inner):
+        def call_impl(self, *args, **kwargs):
+            return inner(self, *args, **kwargs)
+        return call_impl
+
+    def loss(out):
+        nn.Module._call_impl = wrap(nn.Module.__dict__["_call_impl"])  # a profiler starting
+        return out.sum()
+
+    try:
+        gradscope.trace(nn.Sequential(nn.Linear(3, 3)), torch.randn(2, 3), loss_fn=loss)
+        model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+        model[0].register_forward_hook(lambda m, a, o: None)  # (torch's _call_impl for it)
+        report = gradscope.trace(model, torch.randn(2, 3))  # recursed before the fix
+    finally:
+        nn.Module._call_impl = TORCH_CALL_IMPL
+    assert [m["calls"] for m in report.trace.modules] == [1, 1, 1]
+
+
+def test_a_forward_hook_calling_another_layers_forward_is_a_direct_call(no_leaks):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.extra, self.b = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 1)
+            self.a.register_forward_hook(lambda m, args, out: out + self.extra.forward(out))
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class UsesWeight(Net):  # the hook's own op with another layer's weight: no direct call
+        def __init__(self):
+            super().__init__()
+            self.a._forward_hooks.clear()
+            self.a.register_forward_hook(
+                lambda m, args, out: out + nn.functional.linear(out, self.extra.weight))
+
+    report = gradscope.trace(Net(), torch.randn(3, 4))
+    assert [(c["module"], c["method"]) for c in report.trace.direct_calls] == \
+        [("extra", "forward")]
+    assert [f.check for f in report.findings] == ["forward-called-directly"]
+    ops = [(n.op, n.module) for n in report.graph.nodes if n.op and n.op.startswith("Addmm")]
+    assert sorted(ops) == [("AddmmBackward0", "a"), ("AddmmBackward0", "b"),
+                           ("AddmmBackward0", "extra")]
+    report = gradscope.trace(UsesWeight(), torch.randn(3, 4))
+    assert report.trace.direct_calls == []
+    assert [f.check for f in report.findings] == ["unused-parameter"]  # (extra.bias: right)
+    assert {m["name"]: m["calls"] for m in report.trace.modules}["a"] == 1
+
+
+def test_a_failed_call_is_described_with_what_its_pre_hooks_passed_on(no_leaks):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    model[0].register_forward_pre_hook(lambda m, args: (args[0].to("meta"),))
+    with pytest.raises(gradscope.TracedProgramError) as info:
+        gradscope.trace(model, torch.randn(2, 4))
+    failure = info.value.report.trace.failure
+    assert failure["kind"] == "device-mismatch" and failure["module"]["module"] == "0"
+    inputs = [d for d in failure["module"]["devices"] if d["kind"] == "input"]
+    assert [d["device"] for d in inputs] == ["meta"]  # the input the forward got
+
+
+def test_a_forward_hook_that_raises_keeps_the_forwards_output(no_leaks):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    def bad(m, args, out):
+        raise ValueError("hook boom")
+
+    model[2].register_forward_hook(bad)
+    with pytest.raises(gradscope.TracedProgramError):
+        gradscope.trace(model, torch.randn(5, 3))
+    try:
+        gradscope.trace(model, torch.randn(5, 3))
+    except gradscope.TracedProgramError as e:
+        rows = {m["name"]: (m["calls"], m["output"]) for m in e.report.trace.modules}
+    assert rows["2"] == (1, "(5, 2)")

@@ -13,17 +13,18 @@ the frames the Ctrl-C unwound (and their locals) stay alive: one forward's worth
 """
 from __future__ import annotations
 
+import os
 from types import FrameType
 from typing import Optional
 
-from torch import nn
 
 from . import modulecall
 
 # torch's Module._call_impl, or a trace's own (modulecall.py): every hook of a module call runs
 # under its frame
-_TORCH_CALL = getattr(getattr(nn.Module, "_call_impl", None), "__code__", None)
-_CALL_CODES = tuple(c for c in (_TORCH_CALL, modulecall.CALL_CODE) if c is not None)
+_CALL_CODES = modulecall.CALL_CODES
+_is_torch_call = modulecall.is_torch_call
+_DISABLE_FILE = os.path.join("torch", "_dynamo", "eval_frame.py")
 
 
 def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
@@ -32,10 +33,14 @@ def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     under it (a module with hooks of its own), so that all hooks of one call find one frame.
     None on a torch whose call path differs (no abandoned forward is told then)."""
     for _ in range(8):
-        if frame is None or frame.f_code in _CALL_CODES:
-            if frame is not None and frame.f_code is _TORCH_CALL:
+        if frame is None or frame.f_code in _CALL_CODES or _is_torch_call(frame.f_code):
+            if frame is not None and _is_torch_call(frame.f_code):
+                # (ours right above, or above our helper and torch.compiler.disable's wrapper)
                 above = frame.f_back
-                if above is not None and above.f_code is modulecall.CALL_CODE:
+                while above is not None and (above.f_code is modulecall.EACH_CODE or
+                                             above.f_code.co_filename.endswith(_DISABLE_FILE)):
+                    above = above.f_back
+                if above is not None and above.f_code in modulecall.CALL_CODES:
                     return above
             return frame
         frame = frame.f_back

@@ -19,6 +19,7 @@ from torch import nn
 from .locations import display_path, frame_locals, is_installed_file
 
 MAX_FRAMES = 24
+_GLOBAL_FORWARD_HOOKS = nn.modules.module._global_forward_hooks
 MAX_SITES = 50
 
 
@@ -79,7 +80,11 @@ class DirectCalls:
         frame = _past_torch_functions(frame)
         if top is None or frame is None:
             return None
-        if frame.f_code is getattr(getattr(type(top), "forward", None), "__code__", None):
+        if frame.f_code is getattr(getattr(type(top), "forward", None), "__code__", None) and (
+                not (top.__dict__.get("_forward_hooks") or _GLOBAL_FORWARD_HOOKS)
+                or frame_locals(frame).get("self") is top):
+            # (a trace runs forward hooks inside the module's call: one of them may call
+            # another module's forward of the same class, told by its self)
             return None
         found = _running_method(frame)
         if found is None or found[0] is top or self.tracker.running(found[0]):

@@ -165,12 +165,19 @@ def _wrap_layer(name: str, original: Callable) -> Callable:
             if stack:
                 module = stack[-1][0]
                 cls = type(module)
-                if cls in trusted:
-                    own = module.__dict__
+                own = module.__dict__
+                if own.get("_forward_hooks") or _GLOBAL_FORWARD_HOOKS:
+                    # forward hooks run inside the module's call (modulecall): a hook calling
+                    # another module's forward of the same class has the same code; the
+                    # frames decide (the op watch's nested_op, by the method's self)
+                    pass
+                elif cls in trusted:
                     if "forward" not in own and not own.get("_forward_pre_hooks") \
                             and not _GLOBAL_PRE_HOOKS:
                         continue
-                code = _FORWARD_CODES.get(cls) or forward_code(cls)
+                    code = _FORWARD_CODES.get(cls) or forward_code(cls)
+                else:
+                    code = _FORWARD_CODES.get(cls) or forward_code(cls)
             if frame is None:
                 frame = sys._getframe(1)
             if code is None or frame.f_code is not code:
@@ -196,6 +203,7 @@ _TORCH_LAYERS = {
     "lstm": ("LSTM",), "gru": ("GRU",), "rnn_tanh": ("RNN",), "rnn_relu": ("RNN",),
     "multi_head_attention_forward": ("MultiheadAttention",), "prelu": ("PReLU",)}
 _GLOBAL_PRE_HOOKS = torch.nn.modules.module._global_forward_pre_hooks
+_GLOBAL_FORWARD_HOOKS = torch.nn.modules.module._global_forward_hooks
 
 
 def _torch_forwards(name: str) -> frozenset:
