@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import os
 from types import FrameType
-from typing import Optional
+from typing import Any, Optional
 
 
 from . import modulecall
 
 # torch's Module._call_impl, or a trace's own (modulecall.py): every hook of a module call runs
-# under its frame
-_CALL_CODES = modulecall.CALL_CODES
-_is_torch_call = modulecall.is_torch_call
+# under its frame. (torch's told by its name and file only when gradscope came after the
+# program replaced it, and its code object could not be taken from nn.Module.)
+_TORCH = modulecall.TORCH_CODE
+_CALL_CODES = modulecall.CALL_CODES + ((_TORCH,) if _TORCH is not None else ())
 _DISABLE_FILE = os.path.join("torch", "_dynamo", "eval_frame.py")
+
+
+def _is_torch(code: Any) -> bool:
+    return code is _TORCH if _TORCH is not None else modulecall.is_torch_call(code)
 
 
 def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
@@ -33,8 +38,11 @@ def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
     under it (a module with hooks of its own), so that all hooks of one call find one frame.
     None on a torch whose call path differs (no abandoned forward is told then)."""
     for _ in range(8):
-        if frame is None or frame.f_code in _CALL_CODES or _is_torch_call(frame.f_code):
-            if frame is not None and _is_torch_call(frame.f_code):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code in _CALL_CODES or (_TORCH is None and modulecall.is_torch_call(code)):
+            if _is_torch(code):
                 # (ours right above, or above our helper and torch.compiler.disable's wrapper)
                 above = frame.f_back
                 while above is not None and (above.f_code is modulecall.EACH_CODE or

@@ -66,6 +66,12 @@ def is_torch_call(code: Any) -> bool:
     return code.co_name == "_call_impl" and code.co_filename == _TORCH_FILE
 
 
+# torch's code object when it is known (the usual: nothing replaced it before gradscope came)
+TORCH_CODE = getattr(nn.Module.__dict__["_call_impl"], "__code__", None)
+if TORCH_CODE is not None and not is_torch_call(TORCH_CODE):
+    TORCH_CODE = None
+
+
 _torch_call_impl: Callable = nn.Module.__dict__["_call_impl"]  # what ours calls: set at install
 _FAST = True                # _torch_call_impl is torch's own: a module without hooks skips it
 _displaced = False          # ours is under a replacement the program put on top of it
