@@ -273,3 +273,32 @@ def test_a_forward_hook_that_raises_keeps_the_forwards_output(no_leaks):
     except gradscope.TracedProgramError as e:
         rows = {m["name"]: (m["calls"], m["output"]) for m in e.report.trace.modules}
     assert rows["2"] == (1, "(5, 2)")
+
+
+def test_a_class_made_during_a_trace_is_seen_once_in_the_next_trace(no_leaks):
+    """A module class decorated with torch.compiler.disable while a trace is open wraps ours
+    (it is nn.Module's then): at the next trace its calls must not run our hooks twice."""
+    made = []
+
+    def loss(out):
+        @torch.compiler.disable
+        class Late(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(3, 3)
+
+            def forward(self, x):
+                return self.lin(x)
+        made.append(Late)
+        return out.sum()
+
+    gradscope.trace(nn.Linear(3, 3), torch.randn(2, 3), loss_fn=loss)
+    late = made[0]
+    assert nn.Module.__dict__["_call_impl"] is TORCH_CALL_IMPL
+    model = nn.Sequential(late(), nn.ReLU())
+    for _ in range(2):  # (the second: the first trace's class wrapper is gone again)
+        report = gradscope.trace(model, torch.randn(4, 3))
+        assert {m["name"]: m["calls"] for m in report.trace.modules} == \
+            {"": 1, "0": 1, "0.lin": 1, "1": 1}
+        assert report.findings == []
+    assert late()(torch.ones(1, 3)).shape == (1, 3)

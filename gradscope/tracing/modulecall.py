@@ -37,6 +37,7 @@ trace ends.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 import threading
 import warnings
@@ -203,10 +204,19 @@ def _wrap_classes() -> None:
                 stack.append(cls)
                 own = cls.__dict__.get("_call_impl")
                 if own is not None and not hasattr(own, "__gradscope_wraps__") \
-                        and own is not _call_impl:
+                        and _unwrapped(own) is not _call_impl:
                     wrapper = _class_call(own)
                     _classes[cls] = (own, wrapper)
                     cls._call_impl = wrapper
+
+
+def _unwrapped(fn: Callable) -> Any:
+    """``fn`` without its wrappers (``__wrapped__``): a class made while a trace was open
+    wrapped ours (``torch.compiler.disable`` does), which a second layer would run twice."""
+    try:
+        return inspect.unwrap(fn)
+    except ValueError:  # a cycle of __wrapped__
+        return fn
 
 
 def _uninstall() -> None:
