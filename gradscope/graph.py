@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import chain, repeat
+from collections import Counter
+from itertools import chain, islice, repeat
+from operator import itemgetter, le
 from typing import Any, Iterable, Iterator, NamedTuple, Optional
 
 _SAFE_ID = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -313,7 +315,10 @@ class Graph:
     def saved_bytes(self) -> int:
         if "saved" not in self._columns:
             return 0
-        return sum(map(_saved_bytes, filter(None, self._columns["saved"])))
+        # (records repeat: a walk shares one per kind of saved tensor; counted once per kind,
+        # in C, then weighed by how often it occurs)
+        uses = Counter(chain.from_iterable(filter(None, self._columns["saved"])))
+        return sum(s.bytes * n for s, n in uses.items() if s.counted)
 
     # -- plain data ----------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -325,6 +330,9 @@ class Graph:
                 value = [None if s is None else list(s) for s in value]
             elif key == "edges":
                 value = {k: list(v) for k, v in value.items()}
+            elif key == "saved":  # (the writer's table shares one list per distinct shape)
+                value = {**value, "shape": [None if s is None else list(s)
+                                            for s in value["shape"]]}
             d[key] = list(value) if type(value) is list else value
         return d
 
@@ -342,17 +350,20 @@ class Graph:
         yield "edges", {"src": self.src, "dst": self.dst}
 
     def _saved_table(self) -> dict:
+        """One row per saved tensor, in node order (loops in C: a million-node graph saves
+        about as many); shapes as lists, each distinct shape converted once."""
         owner: list = []
         rows: list = []
-        if "saved" in self._columns:
-            for i, saved in enumerate(self._columns["saved"]):
-                if saved:
-                    owner.extend(repeat(i, len(saved)))
-                    rows.extend(saved)
-        cols = list(zip(*rows)) if rows else [()] * 5
-        return {"node": owner, "name": list(cols[0]),
-                "shape": [None if s is None else list(s) for s in cols[1]],
-                "dtype": list(cols[2]), "bytes": list(cols[3]), "counted": list(cols[4])}
+        col = self._columns.get("saved")
+        if col:
+            owner = list(chain.from_iterable(map(repeat, range(len(col)), map(len, col))))
+            rows = list(chain.from_iterable(col))
+        cols = [list(map(itemgetter(k), rows)) for k in range(5)]  # (zip(*rows): 10x slower)
+        as_list: dict = {None: None}
+        for shape in set(cols[1]):
+            as_list[shape] = None if shape is None else list(shape)
+        return {"node": owner, "name": cols[0], "shape": list(map(as_list.__getitem__, cols[1])),
+                "dtype": cols[2], "bytes": cols[3], "counted": cols[4]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Graph":
@@ -405,6 +416,14 @@ class Interned(dict):
     def __missing__(self, value: Any) -> Any:
         self[value] = value
         return value
+
+
+class _SavedRows(dict):
+    """``(name, shape, dtype, bytes, counted)`` -> its SavedTensor, made once."""
+
+    def __missing__(self, fields: tuple) -> SavedTensor:
+        row = self[fields] = tuple.__new__(SavedTensor, fields)
+        return row
 
 
 # -- reading the column layout -----------------------------------------------------------------
@@ -499,8 +518,15 @@ def _saved_column(table: Any, count: int) -> list:
             or not set(map(type, sizes)) <= {int} or not set(map(type, counted)) <= {bool}:
         raise ValueError("graph saved columns: names and dtypes are strings, bytes integers, "
                          "counted true or false")
-    rows = map(tuple.__new__, repeat(SavedTensor),
+    # equal rows shared, as the walk shares them (a few kinds of saved tensor, a million uses)
+    rows = map(_SavedRows().__getitem__,
                zip(names, _shapes(shapes, "saved shape"), dtypes, sizes, counted))
+    if all(map(le, owner, islice(owner, 1, None))):
+        # in node order, as written: each node's rows follow each other; grouped in C (a
+        # count per node, then that many rows each)
+        lengths = Counter(owner)
+        by_node = dict(zip(lengths, map(tuple, map(islice, repeat(rows), lengths.values()))))
+        return list(map(by_node.get, range(count), repeat((), count)))
     saved: list = [()] * count
     pending: dict = {}
     for i, row in zip(owner, rows):

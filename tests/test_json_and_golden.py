@@ -110,6 +110,37 @@ def test_from_dict_rejects_other_json():
         Trace.from_dict({"nodes": []})
 
 
+def test_saved_tables_in_any_row_order_read_back_and_total_once_per_storage():
+    """The writer puts saved rows in node order (read back grouped in bulk); a file from
+    elsewhere may not: both give the same graph. Equal rows become one shared record, and the
+    total counts each counted row once per use."""
+    from gradscope.graph import Graph
+
+    base = {"nodes": 4, "roots": [0], "op": ["A", "B", "C", "D"],
+            "edges": {"src": [1, 2, 3], "dst": [0, 0, 1]}}
+    rows = [(0, "self", [2, 2], "float32", 16, True), (0, "other", None, "float32", 8, False),
+            (2, "result", [2, 2], "float32", 16, True), (3, "self", [2, 2], "float32", 16, True),
+            (3, "self", [2, 2], "float32", 16, True)]
+
+    def table(order):
+        picked = [rows[k] for k in order]
+        return dict(base, saved={key: [r[j] for r in picked] for j, key in enumerate(
+            ("node", "name", "shape", "dtype", "bytes", "counted"))})
+
+    in_order = Graph.from_dict(table([0, 1, 2, 3, 4]))
+    shuffled = Graph.from_dict(table([3, 0, 2, 4, 1]))  # node 0's rows keep their order
+    assert in_order == shuffled
+    assert [[s.name for s in saved] for saved in in_order.column("saved")] == \
+        [["self", "other"], [], ["result"], ["self", "self"]]
+    a, b = in_order.column("saved")[3]
+    assert a is b and a.shape == (2, 2)
+    assert in_order.saved_bytes == 16 * 4 and in_order.node("n1").saved_bytes == 0
+    d = in_order.to_dict()
+    assert d["saved"]["node"] == [0, 0, 2, 3, 3] and d["saved"]["shape"][1] is None
+    assert d["saved"]["shape"][0] == [2, 2] and Graph.from_dict(d) == in_order
+    assert d["saved"]["shape"][0] is not d["saved"]["shape"][2]  # (plain data: one list each)
+
+
 def test_columns_round_trip_hand_built_graphs_with_any_ids():
     from gradscope.graph import Edge, Graph, Node, SavedTensor
 
