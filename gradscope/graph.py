@@ -315,9 +315,12 @@ class Graph:
     def saved_bytes(self) -> int:
         if "saved" not in self._columns:
             return 0
-        # (records repeat: a walk shares one per kind of saved tensor; counted once per kind,
-        # in C, then weighed by how often it occurs)
-        uses = Counter(chain.from_iterable(filter(None, self._columns["saved"])))
+        saved = self._columns["saved"]
+        try:  # (records repeat: a walk shares one per kind of saved tensor; counted once per
+            # kind, in C, then weighed by how often it occurs)
+            uses = Counter(chain.from_iterable(filter(None, saved)))
+        except TypeError:  # a hand-built record with a list for a shape: one by one
+            return sum(map(_saved_bytes, filter(None, saved)))
         return sum(s.bytes * n for s, n in uses.items() if s.counted)
 
     # -- plain data ----------------------------------------------------------------------------
@@ -356,13 +359,23 @@ class Graph:
         rows: list = []
         col = self._columns.get("saved")
         if col:
-            owner = list(chain.from_iterable(map(repeat, range(len(col)), map(len, col))))
-            rows = list(chain.from_iterable(col))
+            try:
+                owner = list(chain.from_iterable(map(repeat, range(len(col)), map(len, col))))
+                rows = list(chain.from_iterable(col))
+            except TypeError:  # None for "no saved tensors" (a hand-built column)
+                for i, saved in enumerate(col):
+                    if saved:
+                        owner.extend(repeat(i, len(saved)))
+                        rows.extend(saved)
         cols = [list(map(itemgetter(k), rows)) for k in range(5)]  # (zip(*rows): 10x slower)
-        as_list: dict = {None: None}
-        for shape in set(cols[1]):
-            as_list[shape] = None if shape is None else list(shape)
-        return {"node": owner, "name": cols[0], "shape": list(map(as_list.__getitem__, cols[1])),
+        # each distinct shape object made a list once (by identity: (2, 3) and (2.0, 3) are
+        # equal, and a hand-built shape may be a list already)
+        shapes = cols[1]
+        as_list = dict(zip(map(id, shapes), shapes))
+        for key, shape in as_list.items():
+            as_list[key] = None if shape is None else list(shape)
+        return {"node": owner, "name": cols[0],
+                "shape": list(map(as_list.__getitem__, map(id, shapes))),
                 "dtype": cols[2], "bytes": cols[3], "counted": cols[4]}
 
     @classmethod

@@ -141,6 +141,23 @@ def test_saved_tables_in_any_row_order_read_back_and_total_once_per_storage():
     assert d["saved"]["shape"][0] is not d["saved"]["shape"][2]  # (plain data: one list each)
 
 
+def test_hand_built_saved_records_write_as_they_are():
+    """What the bulk writer must not merge or refuse: a list for a shape, equal shapes of other
+    types, None for "nothing saved" in a column."""
+    from gradscope.graph import Graph, Node, SavedTensor
+
+    g = Graph([Node("a", "X", saved=[SavedTensor("s", [2, 3], "f", 24, True),
+                                     SavedTensor("t", (2.0, 3), "f", 24, True),
+                                     SavedTensor("u", (2, 3), "f", 24, False)])], [], ["a"])
+    assert g.saved_bytes == 48
+    table = json.loads(Trace(graph=g).to_json())["graph"]["saved"]
+    assert table["shape"] == [[2, 3], [2.0, 3], [2, 3]]
+    assert [type(v) for v in table["shape"][1]] == [float, int]
+    g = Graph.from_columns(2, {"op": ["a", "b"], "saved": [
+        None, (SavedTensor("s", (2,), "f", 8, True),)]}, [], [], [0])
+    assert g.saved_bytes == 8 and g.to_dict()["saved"]["node"] == [1]
+
+
 def test_columns_round_trip_hand_built_graphs_with_any_ids():
     from gradscope.graph import Edge, Graph, Node, SavedTensor
 

@@ -302,3 +302,35 @@ def test_a_class_made_during_a_trace_is_seen_once_in_the_next_trace(no_leaks):
             {"": 1, "0": 1, "0.lin": 1, "1": 1}
         assert report.findings == []
     assert late()(torch.ones(1, 3)).shape == (1, 3)
+
+
+def test_a_replacement_undone_during_a_trace_leaves_the_next_traces_whole(no_leaks):
+    """The program's _call_impl set before a trace and taken out inside it (torch's own back):
+    ours is under nothing then, and the next traces put it in again."""
+    def theirs(self, *args, **kwargs):
+        return TORCH_CALL_IMPL(self, *args, **kwargs)
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    class Undoes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            nn.Module._call_impl = TORCH_CALL_IMPL  # the program's patch undone
+            return self.inner(x)
+
+    def rows(report):
+        return [(m["name"], m["calls"], m["output"]) for m in report.trace.modules]
+
+    clean = gradscope.trace(model, torch.randn(3, 4))
+    nn.Module._call_impl = theirs
+    try:
+        gradscope.trace(Undoes(), torch.randn(3, 4))
+    finally:
+        nn.Module._call_impl = TORCH_CALL_IMPL
+    for _ in range(2):
+        report = gradscope.trace(model, torch.randn(3, 4))
+        assert rows(report) == rows(clean) and report.findings == clean.findings
+        assert [n.module for n in report.graph.nodes] == [n.module for n in clean.graph.nodes]

@@ -181,12 +181,12 @@ def install(pre: Callable, post: Callable) -> _Handle:
     with _lock:
         if not _HOOKS:
             current = nn.Module.__dict__["_call_impl"]
-            if current is not _call_impl and not (_displaced and current is not _torch_call_impl):
+            if current is not _call_impl and not (
+                    _displaced and current is not _torch_call_impl and not _is_torch(current)):
                 # (still displaced: the replacement on top calls ours, which calls what it
                 # called before; another layer of ours would call itself)
                 _torch_call_impl = current
-                _FAST = is_torch_call(current.__code__) if hasattr(current, "__code__") \
-                    else False
+                _FAST = _is_torch(current)
                 nn.Module._call_impl = _call_impl
             _displaced = False
             _wrap_classes()
@@ -219,12 +219,18 @@ def _unwrapped(fn: Callable) -> Any:
         return fn
 
 
+def _is_torch(fn: Any) -> bool:
+    code = getattr(fn, "__code__", None)
+    return code is not None and is_torch_call(code)
+
+
 def _uninstall() -> None:
     global _displaced
-    if nn.Module.__dict__.get("_call_impl") is _call_impl:
+    current = nn.Module.__dict__.get("_call_impl")
+    if current is _call_impl:
         nn.Module._call_impl = _torch_call_impl
-    else:
-        _displaced = True
+    else:  # (ours is under what is there, unless that is what ours called, or torch's own)
+        _displaced = current is not _torch_call_impl and not _is_torch(current)
     for cls, (own, wrapper) in _classes.items():
         if cls.__dict__.get("_call_impl") is wrapper:
             cls._call_impl = own
