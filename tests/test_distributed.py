@@ -95,9 +95,23 @@ def test_watch_inside_torchrun_then_merge(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sample = os.path.join(REPO, "samples", "ddp_clean.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
-                           f"--master-port={port}", sample, "--self-watch"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    # torch's Gloo worker threads may abort a rank while the interpreter shuts down, after
+    # everything ran ("terminate called without an active exception", SIGABRT; see
+    # pytorch/pytorch#179291): 3 of 20 plain runs of this sample without gradscope here. That
+    # one failure, and only it, is run again.
+    for _ in range(3):
+        for old in tmp_path.glob("trace.rank*.json"):
+            old.unlink()
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                               "--nproc-per-node=2", f"--master-port={port}", sample,
+                               "--self-watch"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode == 0 or "terminate called without an active exception" \
+                not in proc.stderr or "exitcode  : -6" not in proc.stderr:
+            break
+        with socket.socket() as sock:  # (the next launch on a fresh port)
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in tmp_path.glob("trace.rank*.json"))
     assert files == ["trace.rank0.json", "trace.rank1.json"]
