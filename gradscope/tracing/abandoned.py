@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import os
 from types import FrameType
-from typing import Any, Optional
-
+from typing import Optional
 
 from . import modulecall
 
@@ -26,10 +25,6 @@ from . import modulecall
 _TORCH = modulecall.TORCH_CODE
 _CALL_CODES = modulecall.CALL_CODES + ((_TORCH,) if _TORCH is not None else ())
 _DISABLE_FILE = os.path.join("torch", "_dynamo", "eval_frame.py")
-
-
-def _is_torch(code: Any) -> bool:
-    return code is _TORCH if _TORCH is not None else modulecall.is_torch_call(code)
 
 
 def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
@@ -42,7 +37,7 @@ def call_frame(frame: Optional[FrameType]) -> Optional[FrameType]:
             return None
         code = frame.f_code
         if code in _CALL_CODES or (_TORCH is None and modulecall.is_torch_call(code)):
-            if _is_torch(code):
+            if modulecall.is_torch_call(code):
                 # (ours right above, or above our helper and torch.compiler.disable's wrapper)
                 above = frame.f_back
                 while above is not None and (above.f_code is modulecall.EACH_CODE or

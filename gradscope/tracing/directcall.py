@@ -19,8 +19,8 @@ from torch import nn
 from .locations import display_path, frame_locals, is_installed_file
 
 MAX_FRAMES = 24
-_GLOBAL_FORWARD_HOOKS = nn.modules.module._global_forward_hooks
 MAX_SITES = 50
+_GLOBAL_FORWARD_HOOKS = nn.modules.module._global_forward_hooks
 
 
 class DirectCalls:

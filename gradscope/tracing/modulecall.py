@@ -61,16 +61,20 @@ _HOOKS: tuple = ()          # ((pre, post), ...) of the open traces, in the orde
 _TORCH_FILE = _module.__file__
 
 
-def is_torch_call(code: Any) -> bool:
-    """Is ``code`` torch's own ``Module._call_impl``? (By its file and name: gradscope may be
-    imported after the program replaced it.)"""
+def _named_torch_call(code: Any) -> bool:
     return code.co_name == "_call_impl" and code.co_filename == _TORCH_FILE
 
 
 # torch's code object when it is known (the usual: nothing replaced it before gradscope came)
 TORCH_CODE = getattr(nn.Module.__dict__["_call_impl"], "__code__", None)
-if TORCH_CODE is not None and not is_torch_call(TORCH_CODE):
+if TORCH_CODE is not None and not _named_torch_call(TORCH_CODE):
     TORCH_CODE = None
+
+
+def is_torch_call(code: Any) -> bool:
+    """Is ``code`` torch's own ``Module._call_impl``? (By its file and name when gradscope
+    came after the program replaced it, and its code object is not known.)"""
+    return code is TORCH_CODE if TORCH_CODE is not None else _named_torch_call(code)
 
 
 _torch_call_impl: Callable = nn.Module.__dict__["_call_impl"]  # what ours calls: set at install
@@ -129,7 +133,6 @@ def _class_call(own: Callable) -> Callable:
 
 
 CALL_CODES = (_call_impl.__code__, _class_call(_call_impl).__code__)
-CALL_CODE = _call_impl.__code__
 EACH_CODE = _each.__code__
 
 

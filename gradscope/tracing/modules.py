@@ -1,9 +1,10 @@
 """Which module's forward was running when each autograd node was created.
 
-Two hooks, pre and post, push and pop a stack of running modules and record, for every call, the
-range of autograd sequence numbers handed out while it ran (``torch._C._autograd._get_sequence_nr``
-peeks the thread's counter for the price of a dict lookup). After the run, a node's sequence number is
-looked up in those nested ranges: the innermost range that holds it is the module that made it.
+Two hooks, pre and post, push and pop a stack of running modules and record, for every call,
+the range of autograd sequence numbers handed out while it ran
+(``torch._C._autograd._get_sequence_nr`` peeks the thread's counter for the price of a dict
+lookup). After the run, a node's sequence number is looked up in those nested ranges: the
+innermost range that holds it is the module that made it.
 This costs two counter reads per module call and nothing per op, unlike wrapping every torch
 function. A trace calls the hooks from its own ``Module._call_impl`` (modulecall.py, cheaper); a
 watch registers them as global forward hooks (``always_call=True``, so that the stack stays

@@ -166,17 +166,13 @@ def _wrap_layer(name: str, original: Callable) -> Callable:
                 module = stack[-1][0]
                 cls = type(module)
                 own = module.__dict__
-                if own.get("_forward_hooks") or _GLOBAL_FORWARD_HOOKS:
-                    # forward hooks run inside the module's call (modulecall): a hook calling
-                    # another module's forward of the same class has the same code; the
-                    # frames decide (the op watch's nested_op, by the method's self)
-                    pass
-                elif cls in trusted:
-                    if "forward" not in own and not own.get("_forward_pre_hooks") \
-                            and not _GLOBAL_PRE_HOOKS:
+                # (with forward hooks, which run inside the module's call (modulecall), a hook
+                # calling another module's forward of the same class has the same code: no
+                # code, the frames decide, by the method's self in the op watch's nested_op)
+                if not (own.get("_forward_hooks") or _GLOBAL_FORWARD_HOOKS):
+                    if cls in trusted and "forward" not in own \
+                            and not own.get("_forward_pre_hooks") and not _GLOBAL_PRE_HOOKS:
                         continue
-                    code = _FORWARD_CODES.get(cls) or forward_code(cls)
-                else:
                     code = _FORWARD_CODES.get(cls) or forward_code(cls)
             if frame is None:
                 frame = sys._getframe(1)
