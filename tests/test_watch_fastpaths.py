@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradscope
-from gradscope.tracing import capture, lightmode, steady, uniform
+from gradscope.tracing import capture, gradients, lightmode, steady, uniform
 
 STEPS = 80  # past the warm-up (8) and one periodic full step (64)
 
@@ -331,6 +331,23 @@ def test_the_timeline_is_cut_at_the_same_event_when_idle_steps_are_written_back(
     assert fast["notes"] == slow["notes"] and \
         sum(f"first {kept} events" in n for n in fast["notes"]) == 1
     assert fast["backward_calls"] == slow["backward_calls"] == STEPS
+
+
+@pytest.mark.parametrize("kept", [20, 45, 64])
+def test_the_step_records_end_at_the_same_step_when_idle_steps_are_written_back(kept,
+                                                                                monkeypatch):
+    """Idle steps' accumulation records are written in bulk when the steps end: the records
+    stop (with their mark) at the step where the general path, step by step, stops them,
+    inside an idle run (20, 45) or at a full step (64)."""
+    monkeypatch.setattr(gradients, "MAX_STEP_RECORDS", kept)
+    fast, _ = _report(_plain, True, monkeypatch)
+    slow, _ = _report(_plain, False, monkeypatch)
+    assert fast["idle_steps"] >= 30
+    assert fast["accumulation"] == slow["accumulation"]
+    assert len(fast["accumulation"]) == kept + 1
+    assert fast["accumulation"][-1]["truncated"] is True
+    assert fast["accumulation"][-1]["step"] == kept + 1
+    assert fast["findings"] == slow["findings"]
 
 
 def test_the_fast_paths_do_engage(monkeypatch):

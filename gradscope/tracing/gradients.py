@@ -437,6 +437,28 @@ class GradientRecorder:
         elif trainable and not received and not assigned:
             self.dead_steps_past_records += 1
 
+    def store_idle_steps(self, first: int, count: int, optimizer: Any, location: Optional[str],
+                         names: list, new: int, serial: Optional[int], dead: tuple) -> None:
+        """The records of ``count`` idle steps from step ``first`` on (``steady``): what
+        :meth:`_uniform_step` stores for a step without a read (``uniform_record``, then
+        ``_store_step`` and ``_dead_training``), in one go."""
+        base = uniform_record(first, optimizer, location, names, new, [])
+        trainable, received, assigned = dead
+        base.update(optimizer_id=serial, trainable=trainable, received=received,
+                    assigned=assigned)
+        steps = self.steps
+        kept = max(0, min(count, MAX_STEP_RECORDS - len(steps)))
+        summed = base["summed"]
+        steps += [{**base, "step": s, "summed": dict(summed), "carried": []}
+                  for s in range(first, first + kept)]
+        rest = count - kept
+        if rest and len(steps) == MAX_STEP_RECORDS:  # the mark where the records end
+            step = first + kept
+            self._store_step(uniform_record(step, optimizer, location, names, new, []),
+                             optimizer, step, [], {"found_inf": None}, False, [])
+        if rest and trainable and not received and not assigned:
+            self.dead_steps_past_records += rest
+
     def _uniform_step(self, optimizer: Any, step: int, serial: Optional[int], pairs: list,
                       tensors: list, others: list, location: Optional[str] = None) -> bool:
         """Record a step of the uniform loop (see ``uniform``); False if it is not one."""

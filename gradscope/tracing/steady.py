@@ -38,7 +38,7 @@ from .gradients import _scaler_found_inf, stream_capturing
 from .locations import user_site
 from .modules import _peek_sequence_nr
 from .patches import PATCHES, backward_running
-from .uniform import GRAD, none_missing, uniform_record
+from .uniform import GRAD, none_missing
 
 WINDOW = 32  # idle steps end before each multiple of this; that step is recorded in full
 MAX_ENTRIES = 64  # a step with more entries of ours than this is never idle
@@ -220,18 +220,17 @@ class SteadySteps:
         location, names, new, dead = p["record"]
         step, backward = p["start_step"], p["start_backward"]
         events = p["events"]
-        for _ in range(done):
-            step += 1
-            backward = self._replay_events(events, backward, step)
+        if done:  # (in bulk: on a fast step this write is the costliest part of a wake)
+            backward = self._replay_events(events, backward, step + 1, done)
             if optimizer is not None:
-                record = uniform_record(step, optimizer, location, names, new, [])
-                g._store_step(record, optimizer, step, [], {"found_inf": None}, False, [])
-                g._dead_training(step, p["serial"], *dead)
+                g.store_idle_steps(step + 1, done, optimizer, location, names, new,
+                                   p["serial"], dead)
+            step += done
         roots, looks = done * p["roots"], done * p["looks"]
         backwards = 0
         if partial:
             last = partial[-1]
-            self._replay_events(events[:last[2]], backward, None)
+            self._replay_events(events[:last[2]], backward, None, 1)
             roots += last[3] - p["start"][0]
             looks += last[4] - p["start"][1]
             backwards = sum(1 for key, *_ in partial if key[0] == "b")
@@ -257,22 +256,26 @@ class SteadySteps:
         if backwards is not None:
             self.cap.gradients.resync_after_idle(backwards)
 
-    def _replay_events(self, events: list, backward: int, step: Optional[int]) -> int:
-        """The recorded step's events again, numbered as step ``step``'s and as the backward
-        calls after ``backward``; returns the last backward's number."""
+    def _replay_events(self, events: list, backward: int, step: Optional[int],
+                       count: int) -> int:
+        """The recorded step's events again, ``count`` times: numbered as steps ``step``,
+        ``step + 1``, ... and as the backward calls after ``backward``; returns the last
+        backward's number."""
         cap = self.cap
         if cap.events_room() < 0:  # the timeline was cut: only the numbering goes on
-            return backward + sum(1 for ev in events if ev["kind"] == "backward")
-        out = []
-        for ev in events:
-            kind = ev["kind"]
-            if kind == "backward":
-                backward += 1
-                out.append({**ev, "index": backward})
-            elif kind == "step":
-                out.append({**ev, "index": step})
-            else:
-                out.append(dict(ev))
+            return backward + count * sum(1 for ev in events if ev["kind"] == "backward")
+        out: list = []
+        add = out.append
+        for k in range(count):
+            for ev in events:
+                copy = ev.copy()  # (each step its own dicts, as a full step has)
+                kind = ev["kind"]
+                if kind == "backward":
+                    backward += 1
+                    copy["index"] = backward
+                elif kind == "step":
+                    copy["index"] = None if step is None else step + k
+                add(copy)
         cap.replayed_events(out)
         return backward
 
