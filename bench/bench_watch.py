@@ -136,8 +136,8 @@ def bench(name, model, x, y, steps, block, amp=None) -> str:
     long = one_session(step, model, opt, steps)
     plain_wall, plain_cpu = median(r["plain"], 0), median(r["plain"], 1)
     own = median(r["counted"], 2) / 1e9 if selftime is not None else math.nan
-    # the mean shows what the median cannot: the costlier steps every 8th (norm read), 32nd
-    # (max-abs) and 64th (full recording) one
+    # the mean shows what the median cannot: the costlier steps (in a steady loop every 64th,
+    # which reads the norms and records its forwards in full, and the wake before it)
     own_mean = statistics.mean(c[2] for c in r["counted"]) / 1e9 if selftime is not None \
         else math.nan
     long_mean = statistics.mean(c[2] for c in long) / 1e9 if long else math.nan

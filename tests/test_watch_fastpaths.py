@@ -80,7 +80,7 @@ def _first_layer_frozen_late(model, opt, x, y, k):
     opt.step()
 
 
-# Bugs that start while the session is idle (steady.py: steps 11-31 and 34-63 here): each is
+# Bugs that start while the session is idle (steady.py: k 11-62 and 65-79 here): each is
 # recorded as with every step recorded in full, and found (test_late_bugs_are_found).
 def _stops_zero_grad_late(model, opt, x, y, k):
     if k < 50:
@@ -384,7 +384,7 @@ def test_late_bugs_are_found(loop, monkeypatch):
 def test_idle_steps_engage_on_a_steady_loop(monkeypatch):
     report, _ = _report(_plain, True, monkeypatch)
     # 80 steps: idle from the second step that repeats the one before, up to each multiple of
-    # 32, the warm-up and the periodic full steps excepted
+    # 64 (steady.WINDOW), the warm-up and the periodic full steps excepted
     assert 55 <= report["idle_steps"] <= 68, report["idle_steps"]
     slow, _ = _report(_plain, False, monkeypatch)
     assert slow["idle_steps"] == 0
@@ -392,8 +392,8 @@ def test_idle_steps_engage_on_a_steady_loop(monkeypatch):
 
 def test_a_steady_loop_is_recorded_in_full_only_at_its_warm_up_and_periodic_steps():
     """Warm-up (8), the first light forward (9, whose pattern is recorded), two full steps that
-    match (10, 11); then each 32nd step reads the norms, each 64th also records its forwards in
-    full, and the step after that one is compared with the step before it: idle again at 66."""
+    match (10, 11); then each 64th step reads the norms and records its forwards in full, and
+    the step after that one is compared with the step before it: idle again at 66."""
     model = _net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
@@ -405,7 +405,7 @@ def test_a_steady_loop_is_recorded_in_full_only_at_its_warm_up_and_periodic_step
             _plain(model, opt, x, y, k)
             if idle.idle_steps == before:
                 full.append(k + 1)
-    assert full == [*range(1, 12), 32, 64, 65, 96, 128, 129, 160, 192, 193]
+    assert full == [*range(1, 12), 64, 65, 128, 129, 192, 193]
 
 
 class _BranchLate(nn.Module):
