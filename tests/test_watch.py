@@ -262,6 +262,33 @@ def test_a_thousand_steps_keep_memory_flat():
     assert global_hook_counts() == {k: 0 for k in global_hook_counts()}
 
 
+@pytest.mark.parametrize("steady", [True, False], ids=["steady", "changing-batches"])
+def test_norms_go_on_being_kept_after_the_series_is_thinned(steady, monkeypatch):
+    """Past MAX_NORM_STEPS kept reads, every other one is dropped and then every second read
+    is kept, and so on: the series goes on to the end of the run. (Reads fall at multiples
+    of 8, or of 64 in a steady loop: a stride over step numbers kept none of them.)"""
+    from gradscope.tracing import gradients
+    monkeypatch.setattr(gradients, "MAX_NORM_STEPS", 20)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    steps = 1400 if steady else 400
+    every = 64 if steady else 8  # steps between two reads once sampled
+    with gradscope.watch(model, opt) as scope:
+        for k in range(steps):
+            n = 4 if steady else 3 + k % 2  # another batch size each step: never idle
+            opt.zero_grad()
+            nn.functional.mse_loss(model(torch.randn(n, 4)), torch.randn(n, 1)).backward()
+            opt.step()
+        recorder = scope._capture.gradients
+        stride = recorder._norm_stride
+        kept = list(recorder.norm_steps)
+        series = [len(v) for v in recorder.norms.values()]
+    assert stride >= 2  # the series was thinned at least once
+    assert len(kept) < 20 and kept == sorted(set(kept))
+    assert kept[-1] > steps - 2 * stride * every, (kept, stride)  # not stuck where it was cut
+    assert series == [len(kept)] * len(series)
+
+
 def test_zero_grad_call_sites_are_in_the_timeline(no_leaks):
     model = _mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -137,7 +137,8 @@ class GradientRecorder:
         self.nonfinite: list = []        # {"step", "params": [...]}
         self.read_step = 0               # the last step whose norms were read
         self.losses_nonfinite: list = []  # {"backward", "location"}
-        self._norm_stride = 1
+        self._norm_stride = 1            # reads per kept one, once MAX_NORM_STEPS was reached
+        self._unkept_reads = 0           # reads since the last kept one
         self._pending_losses: list = []  # (backward index, location, device bool tensor)
         self.syncs = 0                   # host reads performed (tests check: <= 1 per step)
         self.captured_steps = 0          # steps inside CUDA graph capture: not recorded
@@ -426,8 +427,14 @@ class GradientRecorder:
         dense = len(self.norm_steps) < DENSE_NORMS  # steps GradScaler skipped do not count
         want_norms = dense or step % SPARSE_NORMS == 0 or not self.sampled
         every = SPARSE_MAXABS if self.sampled else SPARSE_NORMS
-        return (want_norms, want_norms and (dense or step % every == 0),
-                want_norms and (step - 1) % self._norm_stride == 0, _scaler_found_inf(optimizer))
+        # Kept: every _norm_stride-th read, counted in reads (they fall at multiples of 8, or
+        # of 64 while idle: a test on the step's number keeps none once the stride is even).
+        # A kept read that GradScaler's skip drops leaves the next one due (_store_step).
+        keep = want_norms and self._unkept_reads + 1 >= self._norm_stride
+        if want_norms and not keep:
+            self._unkept_reads += 1
+        return (want_norms, want_norms and (dense or step % every == 0), keep,
+                _scaler_found_inf(optimizer))
 
     def _dead_training(self, step: int, serial: Optional[int], trainable: int, received: int,
                        assigned: int) -> None:
@@ -666,6 +673,7 @@ class GradientRecorder:
         if bad and not self._skipped_by_scaler(optimizer, values["found_inf"]):
             self.nonfinite.append({"step": step, "params": bad})
         if keep_norms:
+            self._unkept_reads = 0
             self.norm_steps.append(step)
             for (state, _), norm, top in zip(states, values["norm"], values["max"]):
                 if state.norms is None:  # its two series, looked up once
