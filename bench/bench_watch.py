@@ -16,9 +16,9 @@ Figures per model, all from this one run:
 
 - *own time*: median over counted steps of gradscope's time inside its hooks and step code,
   as a share of the median plain step (wall); and its mean, which also carries the costlier
-  steps: each 32nd (gradient norms and max-abs read), each 64th (its forwards recorded in
-  full), the records of idle steps written before those, and a session's first light forward
-  and its keep-alive looks (denser at a session's start). The direct measure: no difference
+  steps: in a steady loop each 64th (gradient norms and max-abs read, its forwards recorded
+  in full) and the one after it, the records of idle steps written before it, and a session's
+  first light forward and its keep-alive looks (denser at a session's start). The direct measure: no difference
   of two noisy medians. It leaves out torch's side of calling each Python hook, which the
   CPU overhead has.
 - *own time in one long session*: the mean over as many steps as each kind above, after the

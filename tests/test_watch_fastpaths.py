@@ -316,12 +316,13 @@ def _same_gradients(fast: dict, slow: dict) -> None:
             assert values == [slow[kind][name][at[s]] for s in steps], (kind, name)
 
 
-@pytest.mark.parametrize("kept", [150, 203, 250])
+@pytest.mark.parametrize("kept", [150, 203, 250, 254, 290])
 def test_the_timeline_is_cut_at_the_same_event_when_idle_steps_are_written_back(kept,
                                                                                monkeypatch):
     """Idle steps' events go into the timeline in one go when the steps end: the cut (the
     note and the mark) falls where the general path, event by event, puts it, inside the
-    idle steps or not; past it, the backward calls are still counted."""
+    first idle run (150, 203, 250), in the 64th step, recorded in full (254), or in the
+    second idle run (290); past it, the backward calls are still counted."""
     monkeypatch.setattr(capture, "MAX_EVENTS", kept)
     fast, _ = _report(_plain, True, monkeypatch)
     slow, _ = _report(_plain, False, monkeypatch)

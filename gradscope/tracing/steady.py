@@ -42,8 +42,8 @@ from .uniform import GRAD, none_missing
 
 WINDOW = 64  # idle steps end before each multiple of this; that step is recorded in full
 # (and reads the gradient norms). At 32, that step and the wake before it cost a 5 ms step
-# of a 20-layer MLP 1% on their own (bench/RESULTS.md); a read at every 64th step is still
-# 15 times as dense as wandb.watch's default (log_freq=1000).
+# of a 20-layer MLP about 0.7% on their own (bench/RESULTS.md); a read at every 64th step is
+# still 15 times as dense as wandb.watch's default (log_freq=1000).
 MAX_ENTRIES = 64  # a step with more entries of ours than this is never idle
 _KINDS = frozenset(("zero_grad", "forward", "backward", "step"))
 _PERIODIC = ("periodic",)  # _signature: a step that is neither compared nor a pattern
