@@ -48,6 +48,12 @@ SPARSE_MAXABS = 32        # max-abs: every step of the first ones, then every 32
 _CUDA: list = []  # torch.cuda.is_available(), asked once
 
 
+def _trains_nothing(trainable: int, received: int, assigned: int) -> bool:
+    """A step past the kept records that dead training counts: trainable parameters, and
+    none received a gradient from backward or had one written by other code."""
+    return bool(trainable) and not received and not assigned
+
+
 def stream_capturing() -> bool:
     """Is a CUDA graph being captured on the current stream? Then nothing may synchronise (the
     capture would be invalidated), and replays of the graph run no Python hooks at all."""
@@ -441,7 +447,7 @@ class GradientRecorder:
         if len(self.steps) <= MAX_STEP_RECORDS and self.steps[-1]["step"] == step:
             self.steps[-1].update(optimizer_id=serial, trainable=trainable, received=received,
                                   assigned=assigned)
-        elif trainable and not received and not assigned:
+        elif _trains_nothing(trainable, received, assigned):
             self.dead_steps_past_records += 1
 
     def store_idle_steps(self, first: int, count: int, optimizer: Any, location: Optional[str],
@@ -463,7 +469,7 @@ class GradientRecorder:
             step = first + kept
             self._store_step(uniform_record(step, optimizer, location, names, new, []),
                              optimizer, step, [], {"found_inf": None}, False, [])
-        if rest and trainable and not received and not assigned:
+        if rest and _trains_nothing(trainable, received, assigned):
             self.dead_steps_past_records += rest
 
     def _uniform_step(self, optimizer: Any, step: int, serial: Optional[int], pairs: list,

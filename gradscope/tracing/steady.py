@@ -221,14 +221,14 @@ class SteadySteps:
         g = cap.gradients
         optimizer = p["optimizer"]()
         location, names, new, dead = p["record"]
-        step, backward = p["start_step"], p["start_backward"]
+        backward = p["start_backward"]
         events = p["events"]
         if done:  # (in bulk: on a fast step this write is the costliest part of a wake)
-            backward = self._replay_events(events, backward, step + 1, done)
+            first = p["start_step"] + 1
+            backward = self._replay_events(events, backward, first, done)
             if optimizer is not None:
-                g.store_idle_steps(step + 1, done, optimizer, location, names, new,
+                g.store_idle_steps(first, done, optimizer, location, names, new,
                                    p["serial"], dead)
-            step += done
         roots, looks = done * p["roots"], done * p["looks"]
         backwards = 0
         if partial:
