@@ -18,9 +18,9 @@ Figures per model, all from this one run:
   as a share of the median plain step (wall); and its mean, which also carries the costlier
   steps: in a steady loop each 64th (gradient norms and max-abs read, its forwards recorded
   in full) and the one after it, the records of idle steps written before it, and a session's
-  first light forward and its keep-alive looks (denser at a session's start). The direct measure: no difference
-  of two noisy medians. It leaves out torch's side of calling each Python hook, which the
-  CPU overhead has.
+  first light forward and its keep-alive looks (denser at a session's start). The direct
+  measure: no difference of two noisy medians. It leaves out torch's side of calling each
+  Python hook, which the CPU overhead has.
 - *own time in one long session*: the mean over as many steps as each kind above, after the
   warm-up, in one session: what a training run pays per step once under way, where the
   blocks' sessions restart every block.

@@ -37,19 +37,17 @@ CHILD = r"""
 import gc, os, sys
 sys.path.insert(0, {here!r})
 import bench_walk as B
-import gradscope
 graph, walk, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 root = {{"chain": B.chain, "recurrence": B.recurrence}}[graph](n)
 gc.collect()
 gc.disable()
 if walk != "none":
-    {{"bare BFS + metadata reads": B.bare_with_metadata,
-      "bare BFS + metadata + saved reads": B.bare_with_saved,
-      "graph_of(shapes=False)": lambda r: gradscope.graph_of(r, shapes=False),
-      "graph_of() (shapes, dtypes, saved)": gradscope.graph_of}}[walk](root)
+    B.WALKS[walk](root)
 os._exit(0)  # (no teardown counted: freeing a deep graph is not the walk)
 """
 
+# bench_walk.WALKS's names ("none": build the graph only); its id()-set and object-set walks,
+# which read no metadata, are left out
 WALKS = ("none", "bare BFS + metadata reads", "bare BFS + metadata + saved reads",
          "graph_of(shapes=False)", "graph_of() (shapes, dtypes, saved)")
 
@@ -57,9 +55,15 @@ _COUNT = {"Ir": r"I\s+refs:\s+([\d,]+)", "D1": r"D1\s+misses:\s+([\d,]+)",
           "LL": r"LL misses:\s+([\d,]+)"}
 
 
-def counts(script: str, graph: str, walk: str, nodes: int, ll_bytes: int) -> dict:
+def _env() -> dict:
+    """The children's environment: the hash seed fixed, compiled modules written and read."""
     env = dict(os.environ, PYTHONHASHSEED="0")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # every child reads the same compiled modules
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def counts(script: str, graph: str, walk: str, nodes: int, ll_bytes: int) -> dict:
+    env = _env()
     with tempfile.NamedTemporaryFile(suffix=".cg") as out:
         # Address randomisation off where setarch can: objects hash by address, so it moves
         # the sets' and dicts' collisions and the counts with them.
@@ -95,7 +99,7 @@ def main() -> None:
         f.write(CHILD.format(here=HERE))
     # Compile every module once outside Valgrind, so no child counts the compiling.
     subprocess.run([sys.executable, "-c", "import gradscope, torch"], cwd=ROOT, check=True,
-                   env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+                   env=_env())
     lines = [f"cachegrind, {args.nodes:,}-node graphs, simulated LL cache "
              f"{args.ll_bytes // 1024} KB; counts of the walk alone (less a child that "
              "builds the graph and does not walk it)", ""]
